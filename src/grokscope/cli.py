@@ -1,0 +1,144 @@
+"""The `grokscope` command: train, analyze, report, reproduce, sweep, runs.
+
+Exit codes (DESIGN.md): 0 success, 2 bad input with a one-line message, 1 an internal error.
+Bad input never touches what is already saved: every check runs before the first write.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from grokscope import config as C
+from grokscope import experiments
+from grokscope.store import StoreError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Train small transformers, watch them grok, and explain why.")
+
+SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override a config field: KEY=VALUE (dotted), repeatable.")]
+OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Run folder (default: runs/NAME).")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+
+
+class BadInput(Exception):
+    """Raised for user errors that are not config or store errors."""
+
+
+def echo_err(msg: str) -> None:
+    typer.echo(msg, err=True)
+
+
+# ------------------------------------------------------------------------------------- train
+@app.command()
+def train(
+    config: Annotated[str | None, typer.Argument(help="YAML config file, or a named experiment.")] = None,
+    out: OutOpt = None,
+    set_: SetOpt = None,
+    resume: Annotated[Path | None, typer.Option("--resume", help="Continue the run in this folder from its latest checkpoint.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a run already in --out.")] = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Train one run into a run folder (or resume one)."""
+    from grokscope import pipeline
+    from grokscope.store import Run
+
+    if resume is not None:
+        if config is not None:
+            raise BadInput("--resume takes its config from the run folder; drop the CONFIG argument")
+        cfg = pipeline.load_run_config(Run(resume), set_)
+        info = pipeline.train_run(cfg, resume, resume=True, progress=not quiet)
+        _print_train_summary(resume, info)
+        return
+    if config is None:
+        raise BadInput("give a CONFIG (YAML file or experiment name) or --resume RUN_DIR")
+    cfg, _ = experiments.load(config, set_)
+    out = out or Path("runs") / (cfg.name or Path(config).stem)
+    info = pipeline.train_run(cfg, out, overwrite=overwrite, progress=not quiet)
+    _print_train_summary(out, info)
+
+
+def _print_train_summary(out: Path, info: dict) -> None:
+    typer.echo(f"run: {out}  status: {info.get('status')}  steps: {info.get('last_step')}")
+    if "grok_epoch_50" in info:
+        typer.echo(f"test accuracy first above 50% at epoch {_fmt(info.get('grok_epoch_50'))}, "
+                   f"above 99% at epoch {_fmt(info.get('grok_epoch_99'))}")
+    if info.get("steps_per_second"):
+        typer.echo(f"speed: {info['steps_per_second']:.1f} steps/s over {info.get('train_seconds', 0):.0f} s")
+
+
+def _fmt(x: float | None) -> str:
+    return "never" if x is None else f"{x:.0f}"
+
+
+# ------------------------------------------------------------------------------------- reproduce
+@app.command()
+def reproduce(
+    name: Annotated[str | None, typer.Argument(help="Experiment name (see --list).")] = None,
+    list_: Annotated[bool, typer.Option("--list", help="List the named experiments.")] = False,
+    out: OutOpt = None,
+    set_: SetOpt = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", help="Shorthand for --set train.epochs=N.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted reproduction in --out.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace runs already in --out.")] = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Run a named experiment end to end: train, analyze, report."""
+    if list_ or name is None:
+        for n in experiments.names():
+            m = experiments.meta(n)
+            typer.echo(f"{n:24s} {m.get('title', '')}  [{m.get('reproduces', '')}]")
+        return
+    from grokscope import pipeline
+
+    overrides = list(set_ or []) + ([f"train.epochs={epochs}"] if epochs is not None else [])
+    cfg, exp = experiments.load(name, overrides)
+    out = out or Path("runs") / name
+    info = pipeline.train_run(cfg, out, resume=resume, overwrite=overwrite, progress=not quiet)
+    _print_train_summary(out, info)
+
+
+# ------------------------------------------------------------------------------------- config
+@app.command("config")
+def show_config(
+    config: Annotated[str, typer.Argument(help="YAML config file or experiment name.")] = "mainline",
+    set_: SetOpt = None,
+) -> None:
+    """Print a fully resolved config (defaults filled in, overrides applied)."""
+    cfg, _ = experiments.load(config, set_)
+    typer.echo(C.to_yaml(cfg), nl=False)
+
+
+def main() -> None:
+    """Entry point: map bad input to exit 2 with one line, internal errors to exit 1."""
+    try:
+        app(standalone_mode=False)
+    except (C.ConfigError, StoreError, BadInput) as err:
+        echo_err(f"grokscope: {err}")
+        sys.exit(2)
+    except typer.Abort:
+        echo_err("grokscope: interrupted; continue with `grokscope train --resume RUN_DIR`")
+        sys.exit(130)
+    except KeyboardInterrupt:
+        echo_err("grokscope: interrupted; continue with `grokscope train --resume RUN_DIR`")
+        sys.exit(130)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except Exception as err:
+        # click's usage errors (typer may vendor click, so match by shape, not by class)
+        if hasattr(err, "show") and hasattr(err, "exit_code") and hasattr(err, "format_message"):
+            echo_err(f"grokscope: {err.format_message()}; see `grokscope --help`")
+            sys.exit(2)
+        raise
+
+
+def _json_dump(obj: object) -> str:
+    return json.dumps(obj, indent=2)
+
+
+if __name__ == "__main__":
+    main()

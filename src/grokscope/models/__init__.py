@@ -1,0 +1,1 @@
+"""Models: the grokking transformer family and the Llama-style copy LM."""

@@ -1,0 +1,248 @@
+"""The grokking paper's transformer family, with TransformerLens parameter and hook names.
+
+SPEC section 1: n layers (1 in the mainline), learned positional embedding, optional LayerNorm,
+ReLU or GELU MLP, attention-only option, untied embed/unembed, no biases outside the MLP.
+Parameter names and shapes follow TransformerLens (`embed.W_E [d_vocab, d_model]`,
+`blocks.0.attn.W_Q [n_heads, d_model, d_head]`, ...), so a state dict moves across unchanged.
+
+Two forward passes compute the same function:
+- `forward` runs every position and can fill an activation cache keyed by TransformerLens hook
+  names (`blocks.0.attn.hook_pattern`, `blocks.0.mlp.hook_post`, ...). Analysis uses it.
+- `forward_last` returns only the logits the loss reads (the final position). For a 1-layer
+  model without normalisation it tabulates everything that depends on one (position, token)
+  pair: the query, key and value projections and the attention scores, so the per-example work
+  is a gather, a 3-way softmax, one W_O product, the MLP and the unembedding. Training uses it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from grokscope.config import ModelConfig
+
+
+class Cache(dict):
+    """Activations by TransformerLens hook name; `cache["post", 0]` works as in TransformerLens."""
+
+    def __getitem__(self, key: str | tuple) -> Tensor:
+        if isinstance(key, tuple):
+            name, layer = key
+            for prefix in (f"blocks.{layer}.attn.hook_", f"blocks.{layer}.mlp.hook_", f"blocks.{layer}.hook_"):
+                if prefix + name in self:
+                    return super().__getitem__(prefix + name)
+            raise KeyError(key)
+        return super().__getitem__(key)
+
+
+def _record(cache: Cache | None, name: str, x: Tensor) -> Tensor:
+    if cache is not None:
+        cache[name] = x
+    return x
+
+
+class LayerNorm(nn.Module):
+    def __init__(self, d: int):
+        super().__init__()
+        self.w = nn.Parameter(torch.ones(d))
+        self.b = nn.Parameter(torch.zeros(d))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.layer_norm(x, x.shape[-1:], self.w, self.b, eps=1e-5)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, d: int, eps: float = 1e-6):
+        super().__init__()
+        self.w = nn.Parameter(torch.ones(d))
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.w
+
+
+def make_norm(kind: str, d: int) -> nn.Module | None:
+    return {"none": None, "LN": LayerNorm, "RMS": RMSNorm}[kind](d) if kind != "none" else None
+
+
+class Embed(nn.Module):
+    def __init__(self, d_vocab: int, d_model: int):
+        super().__init__()
+        self.W_E = nn.Parameter(torch.empty(d_vocab, d_model))
+
+
+class PosEmbed(nn.Module):
+    def __init__(self, n_ctx: int, d_model: int):
+        super().__init__()
+        self.W_pos = nn.Parameter(torch.empty(n_ctx, d_model))
+
+
+class Unembed(nn.Module):
+    def __init__(self, d_model: int, d_vocab_out: int):
+        super().__init__()
+        self.W_U = nn.Parameter(torch.empty(d_model, d_vocab_out))
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        h, d, e = cfg.n_heads, cfg.d_model, cfg.d_head
+        self.W_Q = nn.Parameter(torch.empty(h, d, e))
+        self.W_K = nn.Parameter(torch.empty(h, d, e))
+        self.W_V = nn.Parameter(torch.empty(h, d, e))
+        self.W_O = nn.Parameter(torch.empty(h, e, d))
+        self.scale = 1.0 / math.sqrt(e)
+
+    def forward(self, x: Tensor, cache: Cache | None, name: str, q_last: bool = False) -> Tensor:
+        """x [batch, pos, d_model] -> attention output [batch, pos or 1, d_model]."""
+        xq = x[:, -1:] if q_last else x
+        q = _record(cache, f"{name}.hook_q", torch.einsum("bpd,hde->bphe", xq, self.W_Q))
+        k = _record(cache, f"{name}.hook_k", torch.einsum("bpd,hde->bphe", x, self.W_K))
+        v = _record(cache, f"{name}.hook_v", torch.einsum("bpd,hde->bphe", x, self.W_V))
+        scores = torch.einsum("bqhe,bkhe->bhqk", q, k) * self.scale
+        n_q, n_k = scores.shape[-2:]
+        causal = torch.ones(n_q, n_k, dtype=torch.bool).tril(diagonal=n_k - n_q)
+        scores = _record(cache, f"{name}.hook_attn_scores", scores.masked_fill(~causal, float("-inf")))
+        pattern = _record(cache, f"{name}.hook_pattern", scores.softmax(dim=-1))
+        z = _record(cache, f"{name}.hook_z", torch.einsum("bhqk,bkhe->bqhe", pattern, v))
+        return torch.einsum("bqhe,hed->bqd", z, self.W_O)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.W_in = nn.Parameter(torch.empty(cfg.d_model, cfg.d_mlp))
+        self.b_in = nn.Parameter(torch.zeros(cfg.d_mlp))
+        self.W_out = nn.Parameter(torch.empty(cfg.d_mlp, cfg.d_model))
+        self.b_out = nn.Parameter(torch.zeros(cfg.d_model))
+        self.act = {"relu": F.relu, "gelu": F.gelu, "silu": F.silu}[cfg.act_fn]
+
+    def post(self, x: Tensor, cache: Cache | None, name: str) -> Tensor:
+        pre = _record(cache, f"{name}.hook_pre", x @ self.W_in + self.b_in)
+        return _record(cache, f"{name}.hook_post", self.act(pre))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.ln1 = make_norm(cfg.normalization, cfg.d_model)
+        self.attn = Attention(cfg)
+        self.ln2 = None if cfg.attn_only else make_norm(cfg.normalization, cfg.d_model)
+        self.mlp = None if cfg.attn_only else MLP(cfg)
+
+
+def dropout(x: Tensor, p: float, gen: torch.Generator | None) -> Tensor:
+    """Inverted dropout drawn from an explicit generator, so a resumed run replays the same masks."""
+    if p == 0.0 or gen is None:
+        return x
+    keep = torch.rand(x.shape, generator=gen) >= p
+    return x * keep / (1.0 - p)
+
+
+class Transformer(nn.Module):
+    """Decoder-only transformer; see the module docstring."""
+
+    def __init__(self, cfg: ModelConfig, d_vocab: int, d_vocab_out: int, n_ctx: int, mlp_dropout: float = 0.0):
+        super().__init__()
+        self.cfg, self.d_vocab, self.d_vocab_out, self.n_ctx = cfg, d_vocab, d_vocab_out, n_ctx
+        self.mlp_dropout = mlp_dropout
+        self.embed = Embed(d_vocab, cfg.d_model)
+        self.pos_embed = PosEmbed(n_ctx, cfg.d_model)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.ln_final = make_norm(cfg.normalization, cfg.d_model)
+        self.unembed = Unembed(cfg.d_model, d_vocab_out)
+
+    def init_weights(self, seed: int) -> None:
+        """N(0, 1/d_model) for weights (or init_std), N(0, 1/d_vocab) for W_U, zero biases."""
+        g = torch.Generator().manual_seed(seed)
+        std = self.cfg.init_std or 1.0 / math.sqrt(self.cfg.d_model)
+        with torch.no_grad():
+            for name, prm in self.named_parameters():
+                leaf = name.rsplit(".", 1)[-1]
+                if leaf.startswith("b") and leaf != "W_pos":
+                    prm.zero_()
+                elif leaf == "w":  # norm gains
+                    prm.fill_(1.0)
+                elif leaf == "W_U":
+                    prm.copy_(torch.randn(prm.shape, generator=g) / math.sqrt(self.d_vocab))
+                else:
+                    prm.copy_(torch.randn(prm.shape, generator=g) * std)
+
+    # --------------------------------------------------------------------------- full forward
+    def forward(self, tokens: Tensor, cache: Cache | None = None, gen: torch.Generator | None = None) -> Tensor:
+        """tokens [batch, pos] -> logits [batch, pos, d_vocab_out]."""
+        return self._run(tokens, cache, gen, last_only=False)
+
+    def run_with_cache(self, tokens: Tensor) -> tuple[Tensor, Cache]:
+        cache = Cache()
+        logits = self._run(tokens, cache, None, last_only=False)
+        return logits, cache
+
+    def _run(self, tokens: Tensor, cache: Cache | None, gen: torch.Generator | None, last_only: bool) -> Tensor:
+        n_pos = tokens.shape[1]
+        x = _record(cache, "hook_embed", self.embed.W_E[tokens])
+        x = x + _record(cache, "hook_pos_embed", self.pos_embed.W_pos[:n_pos])
+        for layer, block in enumerate(self.blocks):
+            name = f"blocks.{layer}"
+            x = _record(cache, f"{name}.hook_resid_pre", x)
+            q_last = last_only and layer == len(self.blocks) - 1
+            h = block.ln1(x) if block.ln1 is not None else x
+            attn_out = _record(cache, f"{name}.hook_attn_out", block.attn(h, cache, f"{name}.attn", q_last))
+            x = (x[:, -1:] if q_last else x) + attn_out
+            if block.mlp is not None:
+                x = _record(cache, f"{name}.hook_resid_mid", x)
+                h = block.ln2(x) if block.ln2 is not None else x
+                post = dropout(block.mlp.post(h, cache, f"{name}.mlp"), self.mlp_dropout, gen)
+                x = x + _record(cache, f"{name}.hook_mlp_out", post @ block.mlp.W_out + block.mlp.b_out)
+            x = _record(cache, f"{name}.hook_resid_post", x)
+        if self.ln_final is not None:
+            x = _record(cache, "ln_final.hook_normalized", self.ln_final(x))
+        return x @ self.unembed.W_U
+
+    # --------------------------------------------------------------------------- last position
+    @property
+    def tabulable(self) -> bool:
+        """The tabulated path needs 1 layer, no normalisation, and an MLP."""
+        return self.cfg.n_layers == 1 and self.cfg.normalization == "none" and not self.cfg.attn_only
+
+    def forward_last(self, tokens: Tensor, gen: torch.Generator | None = None) -> Tensor:
+        """tokens [batch, pos] -> logits at the final position [batch, d_vocab_out]."""
+        if not self.tabulable:
+            return self._run(tokens, None, gen, last_only=True)[:, -1]
+        return self._tabulated_last(tokens, gen)
+
+    def _tabulated_last(self, tokens: Tensor, gen: torch.Generator | None) -> Tensor:
+        n, n_pos = tokens.shape
+        attn, mlp = self.blocks[0].attn, self.blocks[0].mlp
+        n_heads, d_head = attn.W_Q.shape[0], attn.W_Q.shape[2]
+        # Residual stream per (position, token): [pos, vocab, d_model]; only a few hundred rows.
+        resid = self.embed.W_E[None] + self.pos_embed.W_pos[:n_pos, None]
+        q_tab = torch.einsum("vd,hde->vhe", resid[-1], attn.W_Q) * attn.scale  # [vocab, head, d_head]
+        k_tab = torch.einsum("pvd,hde->phve", resid, attn.W_K)  # [pos, head, vocab, d_head]
+        v_tab = torch.einsum("pvd,hde->pvhe", resid, attn.W_V).reshape(n_pos * self.d_vocab, -1)
+        # Scores for every (query token, position, key token): [vocab_q, pos, head, vocab_k].
+        s_tab = torch.einsum("qhe,phke->qphk", q_tab, k_tab)
+        flat = tokens + torch.arange(n_pos) * self.d_vocab  # row of (pos, token) in v_tab
+        tok_q = tokens[:, -1]
+        # scores[n, p, h] = s_tab[tok_q[n], p, h, tokens[n, p]], read by one flat index
+        pos_head = (torch.arange(n_pos)[:, None] * n_heads + torch.arange(n_heads)) * self.d_vocab
+        idx = (tok_q[:, None, None] * (n_pos * n_heads * self.d_vocab) + pos_head + tokens[:, :, None])
+        scores = s_tab.reshape(-1)[idx]  # [n, pos, head]
+        pattern = scores.softmax(dim=1)  # over key positions; the last query sees them all
+        v = v_tab[flat].view(n, n_pos, n_heads, d_head)
+        z = torch.einsum("nph,nphe->nhe", pattern, v).reshape(n, n_heads * d_head)
+        resid_mid = resid[-1][tok_q] + z @ attn.W_O.reshape(n_heads * d_head, -1)
+        post = mlp.act(resid_mid @ mlp.W_in + mlp.b_in)
+        post = dropout(post, self.mlp_dropout, gen)
+        # The MLP output meets the unembedding once, as the neuron-logit map W_L = W_out W_U.
+        w_l = mlp.W_out @ self.unembed.W_U
+        return (resid_mid + mlp.b_out) @ self.unembed.W_U + post @ w_l
+
+
+def build(cfg: ModelConfig, d_vocab: int, d_vocab_out: int, n_ctx: int, seed: int, mlp_dropout: float = 0.0) -> Transformer:
+    model = Transformer(cfg, d_vocab, d_vocab_out, n_ctx, mlp_dropout)
+    model.init_weights(seed)
+    return model

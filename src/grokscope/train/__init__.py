@@ -1,0 +1,1 @@
+"""Training: the loop, the float64 loss, the schedule and Grokfast gradient filters."""

@@ -1,0 +1,302 @@
+"""The training loop for the grokking tasks: AdamW, warmup, regularisers, cadence, resume.
+
+One step = one optimiser update. With a full batch (the paper's mainline) one step is one epoch.
+Every source of randomness after initialisation (minibatch order, fresh data, dropout masks) is
+drawn from a generator seeded by (seed, step), so a run resumed from any checkpoint replays the
+uninterrupted run bit for bit, with no RNG state to save.
+
+The trainer never plots and never analyses: it writes checkpoints and cheap metrics to the store.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import torch
+from torch import Tensor
+
+import grokscope
+from grokscope import config as C
+from grokscope.models.transformer import Transformer, build
+from grokscope.store import Run, StoreError
+from grokscope.tasks import make_task
+from grokscope.tasks.base import TaskData
+from grokscope.train.filters import GradFilter
+from grokscope.train.loss import cross_entropy64, loss_and_acc, per_position
+
+Callback = Callable[[int, dict[str, float]], None]
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def setup_torch(threads: int | None) -> None:
+    torch.set_num_threads(threads or os.cpu_count() or 1)
+    torch.set_flush_denormal(True)  # helps on 1 thread; the loss also zeroes subnormal grads
+
+
+def step_generator(seed: int, step: int, stream: int) -> torch.Generator:
+    """A generator that depends only on (seed, step, stream): resume needs no RNG state."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 8 + stream)
+
+
+def lr_at(step: int, total: int, cfg: C.OptimConfig) -> float:
+    """Linear warmup from 0 over warmup_steps, then constant or cosine down to min_lr_frac."""
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return cfg.lr * step / cfg.warmup_steps  # step 0 takes lr 0, as in the paper's LambdaLR
+    if cfg.schedule == "constant":
+        return cfg.lr
+    span = max(1, total - cfg.warmup_steps)
+    frac = min(1.0, (step - cfg.warmup_steps) / span)
+    floor = cfg.min_lr_frac * cfg.lr
+    return floor + (cfg.lr - floor) * 0.5 * (1 + math.cos(math.pi * frac))
+
+
+def eval_steps(total: int, every: int, schedule: str) -> set[int]:
+    """Steps at which cheap metrics are logged: 0, every `every`, and the last."""
+    if schedule == "log":
+        pts = {0, total} | {int(round(x)) for x in torch.logspace(0, math.log10(max(total, 1)), 60).tolist()}
+        pts |= set(range(0, total + 1, max(every, total // 20 or 1)))
+        return {s for s in pts if 0 <= s <= total}
+    return set(range(0, total + 1, every)) | {total}
+
+
+def sum_sq_weights(model: torch.nn.Module) -> float:
+    with torch.no_grad():
+        return float(sum(p.double().pow(2).sum() for p in model.parameters()))
+
+
+@dataclass
+class Batch:
+    x: Tensor
+    y: Tensor
+
+
+class Trainer:
+    """Trains one run into its folder. `fit()` starts or resumes; see module docstring."""
+
+    def __init__(self, cfg: C.RunConfig, run: Run, task: TaskData | None = None, progress: bool = True,
+                 callbacks: list[Callback] | None = None):
+        self.cfg, self.run = cfg, run
+        setup_torch(cfg.train.threads)
+        self.task = task or make_task(cfg)
+        t = self.task
+        self.model: Transformer = build(cfg.model, t.d_vocab, t.d_vocab_out, t.n_ctx, cfg.seed, cfg.optim.dropout)
+        self.params = list(self.model.parameters())
+        self.opt = torch.optim.AdamW(self.params, lr=cfg.optim.lr, betas=cfg.optim.betas, eps=cfg.optim.eps,
+                                     weight_decay=cfg.optim.weight_decay, foreach=True)
+        self.filter = GradFilter(cfg.optim.filter, self.params) if cfg.optim.filter.kind != "none" else None
+        self.total = C.total_steps(cfg, t.n_train)
+        self.steps_per_epoch = self._steps_per_epoch()
+        self.progress = progress
+        self.callbacks = callbacks or []
+        self.last_only = t.label_pos == [t.n_ctx - 1]
+        self.step = 0
+
+    def _steps_per_epoch(self) -> int:
+        n, b = self.task.n_train, self.cfg.train.batch_size
+        if n is None or b is None or b >= n:
+            return 1
+        return math.ceil(n / b)
+
+    # ------------------------------------------------------------------------------ the step
+    def logits(self, x: Tensor, gen: torch.Generator | None = None) -> Tensor:
+        """Logits at the label positions: [n, n_label, d_vocab_out]."""
+        if self.last_only and self.cfg.train.fast:
+            return self.model.forward_last(x, gen)[:, None]
+        return self.model(x, gen=gen)[:, self.task.label_pos]
+
+    def batch(self, step: int) -> Batch:
+        t, b = self.task, self.cfg.train.batch_size
+        if t.sample is not None:
+            x, y = t.sample(step_generator(self.cfg.seed, step, 0), b or 128)
+            return Batch(x, y)
+        n = len(t.train_x)
+        if b is None or b >= n:
+            return Batch(t.train_x, t.train_y)
+        epoch, i = divmod(step, self.steps_per_epoch)
+        perm = torch.randperm(n, generator=step_generator(self.cfg.seed, epoch, 1))
+        idx = perm[i * b:(i + 1) * b]
+        return Batch(t.train_x[idx], t.train_y[idx])
+
+    def train_step(self, step: int) -> float:
+        cfg = self.cfg
+        lr = lr_at(step, self.total, cfg.optim)
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        batch = self.batch(step)
+        gen = step_generator(cfg.seed, step, 2) if cfg.optim.dropout > 0 else None
+        self.opt.zero_grad(set_to_none=True)
+        n_micro = cfg.train.grad_accum
+        for xs, ys in zip(batch.x.chunk(n_micro), batch.y.chunk(n_micro), strict=True):
+            loss = cross_entropy64(self.logits(xs, gen), ys) * (len(xs) / len(batch.x))
+            if cfg.optim.l1 > 0:
+                loss = loss + cfg.optim.l1 * sum(p.abs().sum() for p in self.params) / n_micro
+            loss.backward()
+        if cfg.optim.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.params, cfg.optim.grad_clip)
+        if self.filter is not None:
+            self.filter.apply()
+        self.opt.step()
+        return lr
+
+    # ------------------------------------------------------------------------------ metrics
+    @torch.no_grad()
+    def evaluate(self, step: int, lr: float) -> dict[str, float]:
+        t = self.task
+        row: dict[str, float] = {"step": step, "epoch": step / self.steps_per_epoch, "lr": lr}
+        for split, x, y in (("train", t.train_x, t.train_y), ("test", t.test_x, t.test_y)):
+            logits = self.logits(x)
+            row[f"{split}_loss"], row[f"{split}_acc"] = loss_and_acc(logits, y)
+            if y.shape[1] > 1:
+                losses, accs = per_position(logits, y)
+                for j, (lo, ac) in enumerate(zip(losses, accs, strict=True)):
+                    row[f"{split}_loss_pos{j}"], row[f"{split}_acc_pos{j}"] = lo, ac
+        row["weight_norm"] = sum_sq_weights(self.model)
+        return row
+
+    # ------------------------------------------------------------------------------ state
+    def resume_state(self) -> dict[str, Tensor]:
+        out: dict[str, Tensor] = {}
+        index = {id(p): i for i, p in enumerate(self.params)}
+        for p, st in self.opt.state.items():
+            for k, v in st.items():
+                out[f"optim/{index[id(p)]}/{k}"] = v if isinstance(v, Tensor) else torch.tensor(v)
+        if self.filter is not None:
+            out.update(self.filter.state())
+        return out
+
+    def load_resume_state(self, tensors: dict[str, Tensor]) -> None:
+        keys = [k for k in tensors if k.startswith("optim/")]
+        if not keys:
+            raise StoreError(f"the latest checkpoint of {str(self.run.path)!r} has no optimiser state; it cannot be resumed exactly")
+        for k in keys:
+            _, i, name = k.split("/")
+            self.opt.state[self.params[int(i)]][name] = tensors[k].clone()
+        if self.filter is not None:
+            self.filter.load(tensors)
+
+    def save(self, step: int) -> None:
+        prev = self.run.checkpoint_steps()
+        self.run.save_checkpoint(step, self.model.state_dict(), self.resume_state())
+        if prev and prev[-1] != step:  # only the latest checkpoint keeps the resume state
+            self.run.strip_resume_state(prev[-1])
+        self.run.update_info(last_step=step)
+
+    # ------------------------------------------------------------------------------ the loop
+    def start(self) -> None:
+        info = {
+            "status": "running", "seed": self.cfg.seed, "total_steps": self.total,
+            "steps_per_epoch": self.steps_per_epoch, "started": now(), "ended": None, "last_step": 0,
+            "versions": {"grokscope": grokscope.__version__, "torch": torch.__version__,
+                         "python": platform.python_version()},
+            "threads": torch.get_num_threads(),
+        }
+        self.run.update_info(**info)
+        self.step = 0
+        self.save(0)
+        self.run.append("metrics", [self.evaluate(0, lr_at(0, self.total, self.cfg.optim))])
+
+    def resume(self) -> None:
+        step, tensors = self.run.load_checkpoint()
+        self.model.load_state_dict(self.run.params_only(tensors))
+        self.load_resume_state(tensors)
+        self.run.truncate_after(step, ["metrics"])
+        self.step = step
+        self.run.update_info(status="running", resumed_at=now(), ended=None)
+
+    def _should_stop(self, history: list[dict[str, float]]) -> bool:
+        rule = self.cfg.train.stop
+        if rule is None or not history or rule.metric not in history[-1]:
+            return False
+        since = None
+        for row in reversed(history):
+            if row[rule.metric] > rule.above:
+                since = row["step"]
+            else:
+                break
+        return since is not None and history[-1]["step"] - since >= rule.patience
+
+    def fit(self, resume: bool = False) -> dict[str, Any]:
+        if resume:
+            info = self.run.read_info()
+            done = info.get("status") == "stopped_early" or (
+                info.get("status") == "completed" and info.get("last_step", 0) >= self.total)
+            if done:
+                return info  # nothing left to do
+            self.resume()
+        else:
+            self.start()
+        cfg, run = self.cfg, self.run
+        evals = eval_steps(self.total, cfg.train.eval_every, cfg.train.eval_schedule)
+        history = run.metrics().to_dict("records") if cfg.train.stop else []
+        bar = None
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=self.total, initial=self.step, unit="step", dynamic_ncols=True, mininterval=0.5,
+                       desc=run.path.name)
+        pending: list[dict[str, float]] = []
+        status = "completed"
+        t0, s0 = time.perf_counter(), self.step
+        try:
+            self.model.train()
+            while self.step < self.total:
+                lr = self.train_step(self.step)
+                self.step += 1
+                s = self.step
+                if s in evals:
+                    row = self.evaluate(s, lr)
+                    pending.append(row)
+                    if cfg.train.stop:
+                        history.append(row)
+                    for cb in self.callbacks:
+                        cb(s, row)
+                    if bar is not None:
+                        bar.set_postfix(train=f"{row['train_loss']:.3g}", test=f"{row['test_loss']:.3g}",
+                                        acc=f"{row['test_acc']:.3f}", refresh=False)
+                if s % cfg.train.checkpoint_every == 0 or s == self.total:
+                    run.append("metrics", pending)
+                    pending = []
+                    self.save(s)
+                if bar is not None:
+                    bar.update(1)
+                if s in evals and self._should_stop(history):
+                    status = "stopped_early"
+                    break
+            if pending or self.step not in run.checkpoint_steps():
+                run.append("metrics", pending)
+                self.save(self.step)
+        except KeyboardInterrupt:
+            run.update_info(status="interrupted", ended=now())
+            raise
+        except BaseException:
+            run.update_info(status="failed", ended=now())
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+        elapsed = time.perf_counter() - t0
+        return run.update_info(status=status, ended=now(), last_step=self.step,
+                               train_seconds=elapsed, steps_per_second=(self.step - s0) / max(elapsed, 1e-9),
+                               **grok_epochs(run))
+
+
+def grok_epochs(run: Run) -> dict[str, float | None]:
+    """First epoch at which test accuracy passed 50% and 99% (None if it never did)."""
+    m = run.metrics()
+    out: dict[str, float | None] = {"grok_epoch_50": None, "grok_epoch_99": None}
+    if "test_acc" not in m:
+        return out
+    for key, thr in (("grok_epoch_50", 0.5), ("grok_epoch_99", 0.99)):
+        hit = m.loc[m["test_acc"] > thr, "epoch"]
+        out[key] = float(hit.iloc[0]) if len(hit) else None
+    return out
