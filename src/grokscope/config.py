@@ -236,6 +236,8 @@ def _one_line(err: ValidationError) -> str:
 
 def resolve(raw: dict[str, Any], overrides: list[str] | None = None) -> RunConfig:
     raw = apply_overrides(dict(raw), overrides or [])
+    if isinstance(raw.get("task"), dict):
+        raw["task"].setdefault("name", "modular")  # the mainline task needs no name
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as err:

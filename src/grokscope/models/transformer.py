@@ -215,31 +215,56 @@ class Transformer(nn.Module):
         return self._tabulated_last(tokens, gen)
 
     def _tabulated_last(self, tokens: Tensor, gen: torch.Generator | None) -> Tensor:
+        """Logits at the last position, from per-(position, token) tables.
+
+        Key positions before the last are read from tables with gathers (embedding_bag): each
+        table row is shared by few examples. The query position's own terms (its residual and
+        its attention to itself) are shared by every example with the same query token (all of
+        them in the mainline, where it is `=`): those go through a one-hot matmul over the
+        distinct query tokens, so their gradients are sums reduced as accurately as a plain
+        model's, not thousands of float32 additions into one row.
+        """
         n, n_pos = tokens.shape
-        attn, mlp = self.blocks[0].attn, self.blocks[0].mlp
-        n_heads, d_head = attn.W_Q.shape[0], attn.W_Q.shape[2]
-        # Residual stream per (position, token): [pos, vocab, d_model]; only a few hundred rows.
-        resid = self.embed.W_E[None] + self.pos_embed.W_pos[:n_pos, None]
-        q_tab = torch.einsum("vd,hde->vhe", resid[-1], attn.W_Q) * attn.scale  # [vocab, head, d_head]
-        k_tab = torch.einsum("pvd,hde->phve", resid, attn.W_K)  # [pos, head, vocab, d_head]
-        v_tab = torch.einsum("pvd,hde->pvhe", resid, attn.W_V).reshape(n_pos * self.d_vocab, -1)
-        # Scores for every (query token, position, key token): [vocab_q, pos, head, vocab_k].
-        s_tab = torch.einsum("qhe,phke->qphk", q_tab, k_tab)
-        flat = tokens + torch.arange(n_pos) * self.d_vocab  # row of (pos, token) in v_tab
-        tok_q = tokens[:, -1]
-        # scores[n, p, h] = s_tab[tok_q[n], p, h, tokens[n, p]], read by one flat index
-        pos_head = (torch.arange(n_pos)[:, None] * n_heads + torch.arange(n_heads)) * self.d_vocab
-        idx = (tok_q[:, None, None] * (n_pos * n_heads * self.d_vocab) + pos_head + tokens[:, :, None])
-        scores = s_tab.reshape(-1)[idx]  # [n, pos, head]
-        pattern = scores.softmax(dim=1)  # over key positions; the last query sees them all
-        v = v_tab[flat].view(n, n_pos, n_heads, d_head)
-        z = torch.einsum("nph,nphe->nhe", pattern, v).reshape(n, n_heads * d_head)
-        resid_mid = resid[-1][tok_q] + z @ attn.W_O.reshape(n_heads * d_head, -1)
-        post = mlp.act(resid_mid @ mlp.W_in + mlp.b_in)
-        post = dropout(post, self.mlp_dropout, gen)
+        last = n_pos - 1
+        attn, mlp, W_U = self.blocks[0].attn, self.blocks[0].mlp, self.unembed.W_U
+        n_heads, d_vocab = attn.W_Q.shape[0], self.d_vocab
+        resid = self.embed.W_E[None] + self.pos_embed.W_pos[:n_pos, None]  # [pos, vocab, d_model]
+        uniq, inv = torch.unique(tokens[:, last], return_inverse=True)
+        onehot = F.one_hot(inv, len(uniq)).to(resid.dtype)  # [n, n_query_tokens]
+        x_q = resid[last, uniq]  # [u, d_model]
+        q = torch.einsum("ud,hde->uhe", x_q, attn.W_Q) * attn.scale  # [u, head, d_head]
+        # Scores to earlier positions: [u, pos<last, head, vocab], then one gather per example.
+        k_tab = torch.einsum("pvd,hde->phve", resid[:last], attn.W_K)
+        s_tab = torch.einsum("uhe,phke->uphk", q, k_tab)
+        pos_head = (torch.arange(last)[:, None] * n_heads + torch.arange(n_heads)) * d_vocab
+        idx = inv[:, None, None] * (last * n_heads * d_vocab) + pos_head + tokens[:, :last, None]
+        s_self = (q * torch.einsum("ud,hde->uhe", x_q, attn.W_K)).sum(-1)  # [u, head]
+        scores = torch.cat([s_tab.reshape(-1)[idx], _shared(onehot, s_self)[:, None]], dim=1)
+        pattern = scores.softmax(dim=1)  # [n, pos, head]; the last query sees every position
+        # Each head's output per (position, token) through W_O, then through W_in and W_U, so
+        # the per-example work is a weighted sum of table rows rather than a d_model-wide matmul.
+        vo = torch.einsum("pvd,hde,hef->pvhf", resid[:last], attn.W_V, attn.W_O).reshape(-1, resid.shape[-1])
+        vo_q = torch.einsum("ud,hde,hef->uhf", x_q, attn.W_V, attn.W_O).reshape(-1, resid.shape[-1])
+        rows = ((torch.arange(last) * d_vocab + tokens[:, :last]) * n_heads)[..., None] + torch.arange(n_heads)
+        rows = rows.reshape(n, last * n_heads)
+        weights = pattern[:, :last].reshape(n, last * n_heads)
+        a_q = torch.cat([(onehot[:, :, None] * pattern[:, last, None, :]).reshape(n, -1), onehot], dim=1)
+        r_in = torch.cat([vo_q @ mlp.W_in, x_q @ mlp.W_in + mlp.b_in])  # [u*(head+1), d_mlp]
+        r_u = torch.cat([vo_q @ W_U, (x_q + mlp.b_out) @ W_U])
+        pre = F.embedding_bag(rows, vo @ mlp.W_in, per_sample_weights=weights, mode="sum") + _shared(a_q, r_in)
+        post = dropout(mlp.act(pre), self.mlp_dropout, gen)
+        direct = F.embedding_bag(rows, vo @ W_U, per_sample_weights=weights, mode="sum") + _shared(a_q, r_u)
         # The MLP output meets the unembedding once, as the neuron-logit map W_L = W_out W_U.
-        w_l = mlp.W_out @ self.unembed.W_U
-        return (resid_mid + mlp.b_out) @ self.unembed.W_U + post @ w_l
+        return torch.addmm(direct, post, mlp.W_out @ W_U)
+
+
+def _shared(weights: Tensor, rows: Tensor) -> Tensor:
+    """weights [n, r] @ rows [r, d] for rows shared by many examples, in float64.
+
+    The gradient of `rows` sums n terms that largely cancel (the query token's rows collect every
+    example); float32 GEMM accumulation lost three digits there, float64 costs little at r <= 5.
+    """
+    return (weights.double() @ rows.double()).to(rows.dtype)
 
 
 def build(cfg: ModelConfig, d_vocab: int, d_vocab_out: int, n_ctx: int, seed: int, mlp_dropout: float = 0.0) -> Transformer:

@@ -21,6 +21,7 @@ class Float64CrossEntropy(torch.autograd.Function):
         lse = lg.logsumexp(dim=-1, keepdim=True)
         logp = lg - lse
         ctx.save_for_backward(logp, labels)
+        ctx.out_dtype = logits.dtype
         return -logp.gather(-1, labels[..., None]).mean()
 
     @staticmethod
@@ -28,8 +29,9 @@ class Float64CrossEntropy(torch.autograd.Function):
         logp, labels = ctx.saved_tensors
         grad = logp.exp()
         grad.scatter_add_(-1, labels[..., None], torch.full_like(grad[..., :1], -1.0))
-        grad = (grad * (grad_out / labels.numel())).float()
-        grad.masked_fill_(grad.abs() < FLOAT32_TINY, 0.0)
+        grad = (grad * (grad_out / labels.numel())).to(ctx.out_dtype)
+        if ctx.out_dtype == torch.float32:
+            grad.masked_fill_(grad.abs() < FLOAT32_TINY, 0.0)
         return grad, None
 
 

@@ -1,0 +1,147 @@
+"""The trainer and the run store: learning, exact resume, refusing to clobber, bad checkpoints."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from grokscope import config as C
+from grokscope import pipeline
+from grokscope.store import Run, StoreError
+from grokscope.train.trainer import Trainer, lr_at
+from tests.conftest import TINY, run_cli
+
+
+def _cfg(*extra: str) -> C.RunConfig:
+    return C.resolve({}, [*TINY, *extra])
+
+
+def test_tiny_modular_run_memorises_the_train_set(tmp_path):
+    info = pipeline.train_run(_cfg("train.epochs=300"), tmp_path / "r", progress=False)
+    m = Run(tmp_path / "r").metrics()
+    assert info["status"] == "completed" and info["last_step"] == 300
+    assert m["train_acc"].iloc[-1] == 1.0
+    assert m["train_loss"].iloc[-1] < 0.5 < 2.5 < m["train_loss"].iloc[0]  # chance: ln 23 = 3.1
+    assert list(m["step"]) == list(range(0, 301, 10))
+    assert Run(tmp_path / "r").checkpoint_steps() == [0, 50, 100, 150, 200, 250, 300]
+
+
+def test_only_latest_checkpoint_keeps_resume_state_and_names_are_tl(tmp_path):
+    pipeline.train_run(_cfg("train.epochs=100"), tmp_path / "r", progress=False)
+    run = Run(tmp_path / "r")
+    old, new = load_file(run.checkpoint_path(50)), load_file(run.checkpoint_path(100))
+    assert not any("/" in k for k in old) and any(k.startswith("optim/") for k in new)
+    assert "blocks.0.mlp.W_in" in old and "embed.W_E" in old
+
+
+class Interrupt(Exception):
+    pass
+
+
+def _interrupt_at(step: int):
+    def cb(s, row):
+        if s == step:
+            raise KeyboardInterrupt
+    return cb
+
+
+@pytest.mark.parametrize("extra", [
+    [],
+    ["train.batch_size=64", "optim.dropout=0.1"],  # minibatch order and dropout masks replay too
+    ["optim.filter.kind=ema", "optim.l1=1e-5"],
+])
+def test_resume_after_interrupt_is_bit_identical(tmp_path, extra):
+    cfg = _cfg("train.epochs=120", *extra)
+    pipeline.train_run(cfg, tmp_path / "full", progress=False)
+    run = Run(tmp_path / "cut")
+    run.write_config(C.to_yaml(cfg))
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(cfg, run, progress=False, callbacks=[_interrupt_at(70 * Trainer(cfg, run).steps_per_epoch)]).fit()
+    assert run.read_info()["status"] == "interrupted"
+    pipeline.train_run(pipeline.load_run_config(run), run.path, resume=True, progress=False)
+    a, b = Run(tmp_path / "full"), run
+    ma, mb = a.metrics(), b.metrics()
+    assert ma.drop(columns=[]).equals(mb)
+    sa, ta = a.load_checkpoint()
+    sb, tb = b.load_checkpoint()
+    assert sa == sb and all(torch.equal(ta[k], tb[k]) for k in ta)
+
+
+def test_kill_9_then_resume_matches_uninterrupted_run(tmp_path):
+    args = ["--set", *TINY, "--set", "train.epochs=400", "--set", "train.checkpoint_every=20"]
+    args = [a for x in [*TINY, "train.epochs=400", "train.checkpoint_every=20"] for a in ("--set", x)]
+    full = run_cli("train", "mainline", "--out", str(tmp_path / "full"), "-q", *args)
+    assert full.returncode == 0, full.stderr
+    proc = subprocess.Popen([sys.executable, "-m", "grokscope.cli", "train", "mainline", "--out",
+                             str(tmp_path / "cut"), "-q", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cut = Run(tmp_path / "cut")
+    deadline = time.time() + 120
+    while time.time() < deadline and max(cut.checkpoint_steps() or [0]) < 60:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert cut.read_info()["status"] == "running" and max(cut.checkpoint_steps()) < 400
+    res = run_cli("train", "--resume", str(tmp_path / "cut"), "-q")
+    assert res.returncode == 0, res.stderr
+    a, b = Run(tmp_path / "full"), cut
+    assert a.metrics().equals(b.metrics())
+    _, ta = a.load_checkpoint()
+    _, tb = b.load_checkpoint()
+    assert all(torch.equal(ta[k], tb[k]) for k in ta)
+
+
+def test_refuses_existing_run_without_resume_or_overwrite(tmp_path):
+    out = tmp_path / "r"
+    pipeline.train_run(_cfg("train.epochs=20"), out, progress=False)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and "sqlite" not in p.name}
+    res = run_cli("train", "mainline", "--out", str(out), *[a for x in TINY for a in ("--set", x)])
+    assert res.returncode == 2 and "already holds a run" in res.stderr
+    assert all(p.read_bytes() == b for p, b in before.items())
+    res = run_cli("train", "mainline", "--out", str(out), "--overwrite", "-q",
+                  *[a for x in [*TINY, "train.epochs=10"] for a in ("--set", x)])
+    assert res.returncode == 0 and Run(out).read_info()["last_step"] == 10
+
+
+def test_corrupt_checkpoint_is_a_clear_error_and_nothing_is_lost(tmp_path):
+    out = tmp_path / "r"
+    pipeline.train_run(_cfg("train.epochs=100"), out, progress=False)
+    run = Run(out)
+    path = run.checkpoint_path(100)
+    path.write_bytes(b"not a safetensors file")
+    with pytest.raises(StoreError, match="corrupt"):
+        run.load_checkpoint()
+    res = run_cli("train", "--resume", str(out), "--set", "train.epochs=200")
+    assert res.returncode == 2 and "corrupt" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert path.read_bytes() == b"not a safetensors file" and run.checkpoint_path(50).exists()
+
+
+def test_resume_rejects_config_changes_other_than_length(tmp_path):
+    out = tmp_path / "r"
+    pipeline.train_run(_cfg("train.epochs=20"), out, progress=False)
+    res = run_cli("train", "--resume", str(out), "--set", "optim.lr=0.1")
+    assert res.returncode == 2 and "keeps its config" in res.stderr
+    res = run_cli("train", "--resume", str(out), "--set", "train.epochs=40", "-q")
+    assert res.returncode == 0 and Run(out).read_info()["last_step"] == 40
+
+
+def test_warmup_is_linear_from_zero():
+    cfg = C.OptimConfig()
+    assert [lr_at(s, 100, cfg) for s in (0, 5, 10, 50)] == [0.0, 5e-4, 1e-3, 1e-3]
+    cos = C.OptimConfig(schedule="cosine", warmup_steps=0, min_lr_frac=0.1)
+    assert lr_at(0, 100, cos) == pytest.approx(1e-3) and lr_at(100, 100, cos) == pytest.approx(1e-4)
+
+
+def test_stop_rule_ends_the_run_early(tmp_path):
+    cfg = _cfg("train.epochs=2000", "task.frac_train=0.6", "optim.lr=3e-3",
+               "train.stop={metric: train_acc, above: 0.99, patience: 50}")
+    info = pipeline.train_run(cfg, tmp_path / "r", progress=False)
+    assert info["status"] == "stopped_early" and info["last_step"] < 2000
+    m = Run(tmp_path / "r").metrics()
+    assert (m.loc[m["step"] >= info["last_step"] - 50, "train_acc"] > 0.99).all()
