@@ -1,0 +1,118 @@
+"""Mainline training throughput: grokscope's step against a straightforward PyTorch loop.
+
+    python benchmarks/train_speed.py [--threads 2] [--rounds 7] [--steps 20] [--from-run RUN --step N]
+
+Both implementations train the same mainline model (p=113, 3830 examples, full batch) from the
+same weights, in the same process, alternating in rounds so that machine noise hits both alike.
+The baseline is what a researcher's notebook does: an nn.Module over every position, the
+standard torch.optim.AdamW, a float64 log-softmax loss. grokscope's step is the real
+`Trainer.train_step`. It prints epochs/s of each, their ratio, the matmul GFLOP each step costs
+(counted by torch's FlopCounterMode), the GFLOP/s achieved, and the machine's measured float32
+matmul peak, so the distance to the physical limit is visible.
+
+`--from-run RUN --step N` starts both from a checkpoint of a real run (for example a grokked one,
+where float32 subnormals used to slow training).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from grokscope import config as C
+from grokscope.models.reference import ReferenceTransformer, reference_loss
+from grokscope.store import Run
+from grokscope.train.trainer import Trainer, setup_torch
+
+
+def matmul_peak(threads: int, n: int = 2048, reps: int = 10) -> float:
+    """Measured float32 GEMM GFLOP/s at this thread count (best of reps)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9
+
+
+class Baseline:
+    """The straightforward loop."""
+
+    def __init__(self, trainer: Trainer):
+        t = trainer.task
+        self.model = ReferenceTransformer(t.d_vocab, t.d_vocab_out, t.n_ctx)
+        self.model.load_tl_state(trainer.model.state_dict())
+        o = trainer.cfg.optim
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=o.lr, betas=o.betas, eps=o.eps,
+                                     weight_decay=o.weight_decay)
+        self.x, self.y = t.train_x, t.train_y[:, 0]
+
+    def step(self, _: int) -> None:
+        self.opt.zero_grad()
+        loss = reference_loss(self.model(self.x)[:, -1], self.y)
+        loss.backward()
+        self.opt.step()
+
+
+def flops_per_step(step_fn) -> float:
+    with FlopCounterMode(display=False) as counter:
+        step_fn(0)
+    return counter.get_total_flops()
+
+
+def timed(step_fn, start: int, steps: int) -> float:
+    t0 = time.perf_counter()
+    for s in range(start, start + steps):
+        step_fn(s)
+    return steps / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--steps", type=int, default=20, help="steps per implementation per round")
+    ap.add_argument("--from-run", default=None, help="start from a checkpoint of this run")
+    ap.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    args = ap.parse_args()
+
+    setup_torch(args.threads)
+    cfg = C.resolve({}, [f"train.threads={args.threads}", "train.epochs=100000"])
+    trainer = Trainer(cfg, Run("/nonexistent"), progress=False)
+    if args.from_run:
+        _, tensors = Run(args.from_run).require().load_checkpoint(args.step)
+        trainer.model.load_state_dict(Run.params_only(tensors))
+    baseline = Baseline(trainer)
+    ours = trainer.train_step
+    start = trainer.cfg.optim.warmup_steps + 1  # past warmup: constant lr, like most of a run
+    flops = {"baseline": flops_per_step(baseline.step), "grokscope": flops_per_step(ours)}
+    for fn in (baseline.step, ours):  # warm up allocators and caches
+        timed(fn, start, 3)
+
+    rates: dict[str, list[float]] = {"baseline": [], "grokscope": []}
+    for r in range(args.rounds):
+        rates["baseline"].append(timed(baseline.step, start + r * args.steps, args.steps))
+        rates["grokscope"].append(timed(ours, start + r * args.steps, args.steps))
+    peak = matmul_peak(args.threads)
+
+    print(f"threads: {torch.get_num_threads()}  rounds: {args.rounds} x {args.steps} steps each, alternating"
+          f"{'  from ' + args.from_run if args.from_run else '  from initialisation'}")
+    print(f"machine float32 matmul peak (2048^2): {peak:.0f} GFLOP/s")
+    for name, rs in rates.items():
+        med = statistics.median(rs)
+        gf = flops[name] / 1e9
+        print(f"{name:10s} {med:7.2f} epochs/s (min {min(rs):.2f}, max {max(rs):.2f})  "
+              f"{gf:5.2f} GFLOP/epoch (matmul)  {gf * med:6.1f} GFLOP/s  "
+              f"bound at peak: {peak / gf:6.1f} epochs/s")
+    ratio = statistics.median(rates["grokscope"]) / statistics.median(rates["baseline"])
+    print(f"speed-up: {ratio:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
