@@ -193,7 +193,7 @@ class Run:
         self.path.mkdir(parents=True, exist_ok=True)
         con = sqlite3.connect(self.db_path, timeout=30)
         con.execute("PRAGMA journal_mode=WAL")
-        con.execute("PRAGMA synchronous=NORMAL")
+        con.execute("PRAGMA synchronous=FULL")  # rows logged before a checkpoint survive power loss
         return con
 
     def append(self, table: str, rows: Iterable[Mapping[str, float | int | str | None]]) -> None:
