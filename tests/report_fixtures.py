@@ -39,7 +39,8 @@ def modular_config(p: int, name: str | None = None, paper: dict[str, Any] | None
             "paper": paper}
 
 
-def fake_metrics(epochs: int, every: int = 10, grok: float = 1200.0) -> list[dict[str, float]]:
+def fake_metrics(epochs: int, every: int = 10, grok: float | None = None) -> list[dict[str, float]]:
+    grok = 0.6 * epochs if grok is None else grok
     rows = []
     for s in range(0, epochs + 1, every):
         t = float(s)
@@ -51,7 +52,9 @@ def fake_metrics(epochs: int, every: int = 10, grok: float = 1200.0) -> list[dic
     return rows
 
 
-def fake_progress(epochs: int, every: int = 100, grok: float = 1200.0) -> list[dict[str, float]]:
+def fake_progress(epochs: int, every: int | None = None, grok: float | None = None) -> list[dict[str, float]]:
+    every = every or max(1, epochs // 20)  # like checkpoints: 20 of them
+    grok = 0.6 * epochs if grok is None else grok
     rows = []
     for s in range(0, epochs + 1, every):
         t = float(s)
@@ -74,7 +77,8 @@ def fake_summary(epochs: int) -> dict[str, Any]:
     return {"step": epochs, "key_frequencies": KEYS, "neuron_fve": 0.78125,  # 25 of the 32 fake neurons below have FVE > 0.85 "logit_fve": 0.93,
             "restricted_loss": 0.01, "excluded_loss": 5.2, "test_loss": 1e-4, "test_acc": 1.0,
             "gini_W_E": 0.8, "gini_W_L": 0.85,
-            "phases": {"memorization": [0, 300], "circuit_formation": [300, 1100], "cleanup": [1100, 1500]},
+            "phases": {"memorization": [0, 0.15 * epochs], "circuit_formation": [0.15 * epochs, 0.55 * epochs],
+                       "cleanup": [0.55 * epochs, 0.75 * epochs]},
             "wl_residual": 0.07, "logit_fit_loss": 0.02,
             "ablations": [{"name": "none", "loss": 1e-4, "acc": 1.0}, {"name": "remove k=3", "loss": 2.3, "acc": 0.4},
                           {"name": "remove non-key", "loss": 5e-5, "acc": 1.0}],
