@@ -182,3 +182,12 @@ def test_generic_run_gets_per_position_and_other_columns(tmp_path):
     assert not ({"embed_spectrum", "progress_losses"} & (set(figs) | set(missing)))
     # x is the stored epoch column (fractional epochs with minibatches), not the step
     assert np.array_equal(figs["loss"].series[0].x, m["epoch"].to_numpy())
+
+
+def test_crowded_fourier_axes_tick_cosines_at_round_frequencies():
+    labels = F.fourier_labels(113)
+    shown = [labels[i] for i in render.tick_subset(labels, 30)]
+    assert shown[0] == "const" and shown[1:4] == ["cos 2", "cos 4", "cos 6"] and shown[-1] == "cos 56"
+    assert len(shown) <= 30 and not any(s.startswith("sin") for s in shown)
+    assert render.tick_subset(F.fourier_labels(7), 30) == list(range(7))  # few labels: all shown
+    assert render.tick_subset([str(i) for i in range(113)], 12) == list(range(0, 113, 10))

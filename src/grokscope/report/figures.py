@@ -124,6 +124,11 @@ def _shape_note(d: RunData, name: str, want: str) -> str:
     return f"analysis/figures.safetensors `{name}` has shape {list(a.shape)}, expected {want}"
 
 
+def _keys_note(d: RunData) -> str:
+    keys = (d.summary or {}).get("key_frequencies")
+    return f" Key frequencies found by analysis: {', '.join(map(str, keys))}." if isinstance(keys, list) and keys else ""
+
+
 def _k_columns(df: pd.DataFrame, prefix: str) -> list[tuple[int, str]]:
     """Columns named PREFIX{K} (e.g. coef_k14), sorted by K."""
     pat = re.compile(re.escape(prefix) + r"(\d+)$")
@@ -270,7 +275,7 @@ def _spectrum(d: RunData, name: str, key: str, title: str, caption: str) -> Figu
     a = _arr(d, name, 1)
     if a is None:
         return Missing(key, title, _shape_note(d, name, "[p]"), section=FOURIER)
-    return Figure(key, title, caption, "bars", [Series("norm", np.array(fourier_labels(len(a))), a)],
+    return Figure(key, title, caption + _keys_note(d), "bars", [Series("norm", np.array(fourier_labels(len(a))), a)],
                   x_label="Fourier component", y_label="norm", section=FOURIER)
 
 
@@ -293,7 +298,7 @@ def logit_fourier(d: RunData) -> Figure | Missing:
         return Missing("logit_fourier", title, _shape_note(d, "logit_fourier_norm", "[p, p]"), section=FOURIER)
     lab = fourier_labels(a.shape[0])
     return Figure("logit_fourier", title, "Norm over outputs of the 2D Fourier transform of the logits over "
-                  "(a, b): the mass sits on the key frequencies' cos/sin terms (Nanda et al. Fig. 4).",
+                  "(a, b): the mass sits on the key frequencies' cos/sin terms (Nanda et al. Fig. 4)." + _keys_note(d),
                   "heatmaps", heatmaps=[Heatmap("logits", a, lab, lab)], x_label="b component",
                   y_label="a component", section=FOURIER)
 

@@ -57,6 +57,8 @@ def to_plotly(fig: Figure):
         out.add_vline(x=x, line_dash="dot", line_color="#444", annotation_text=label, annotation_position="top")
     if fig.x_range:
         out.update_xaxes(range=list(fig.x_range))
+    if fig.kind == "bars" and fig.series:
+        out.update_xaxes(**_plotly_category_ticks([str(x) for x in fig.series[0].x], most=40))
     out.update_yaxes(exponentformat="power")
     out.update_layout(colorway=COLOURS,
         xaxis_title=fig.x_label, yaxis_title=fig.y_label, yaxis_type="log" if fig.log_y else "linear",
@@ -93,7 +95,8 @@ def _plotly_heatmaps(fig: Figure):
                                  zmid=0 if h.diverging else None, name=h.title,
                                  hovertemplate=f"{fig.y_label} %{{y}}<br>{fig.x_label} %{{x}}<br>%{{z:.4g}}<extra></extra>"),
                       row=r, col=c)
-        out.update_yaxes(autorange="reversed", row=r, col=c)  # row 0 on top, as in the paper's plots
+        out.update_yaxes(autorange="reversed", row=r, col=c, **_plotly_category_ticks(list(_labels(h.y))))
+        out.update_xaxes(row=r, col=c, **_plotly_category_ticks(list(_labels(h.x))))  # row 0 on top (above)
         out.update_xaxes(title_text=fig.x_label if r == rows else None, row=r, col=c)
         out.update_yaxes(title_text=fig.y_label if c == 1 else None, row=r, col=c)
     side = 560 if len(fig.heatmaps) == 1 else 300
@@ -167,11 +170,32 @@ def _mpl_axes(fig: Figure, ax) -> None:
         ax.legend(fontsize=8, ncol=2)
 
 
+def tick_subset(labels: list[str], most: int) -> list[int]:
+    """Which labels to print on a crowded axis. On a Fourier axis (const, cos 1, sin 1, ...) the
+    ticks sit on `cos k` for round k (1, 2, 5, 10, ... apart), so they never show only sines."""
+    n = len(labels)
+    if n <= most:
+        return list(range(n))
+    if n > 2 and labels[0] == "const" and labels[1] == "cos 1":
+        n_freq = (n - 1) // 2
+        step = next(s for s in (1, 2, 5, 10, 20, 25, 50, 100, 200, 500, 1000) if n_freq / s <= most - 1 or s == 1000)
+        return [0] + [2 * k - 1 for k in range(step, n_freq + 1, step)]
+    every = math.ceil(n / most)
+    return list(range(0, n, every))
+
+
 def _sparse_ticks(set_ticks, set_labels, labels: list[str], most: int = 20) -> None:
-    every = max(1, math.ceil(len(labels) / most))
-    idx = list(range(0, len(labels), every))
+    idx = tick_subset(labels, most)
     set_ticks(idx)
     set_labels([labels[i] for i in idx], rotation=90, fontsize=7)
+
+
+def _plotly_category_ticks(labels: list[str], most: int = 30) -> dict:
+    """tickvals/ticktext for a plotly category axis (hover still names every row)."""
+    if not labels or not isinstance(labels[0], str) or len(labels) <= most:
+        return {}
+    idx = tick_subset(labels, most)
+    return {"tickmode": "array", "tickvals": [labels[i] for i in idx], "ticktext": [labels[i] for i in idx]}
 
 
 def _mpl_heatmaps(fig: Figure, plt):
