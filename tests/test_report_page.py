@@ -179,3 +179,26 @@ def test_load_run_refuses_a_non_run_folder(tmp_path):
     with pytest.raises(StoreError, match="not a run folder"):
         load_run(tmp_path)
     assert Path(tmp_path).is_dir()
+
+
+def test_unexpected_summary_values_do_not_break_the_page(tmp_path):
+    path = tmp_path / "run"
+    make_fake_run(path, p=11, epochs=300)
+    Run(path).write_summary({"key_frequencies": [2], "phases": {"memorization": [0, 50], "cleanup": None},
+                             "ablations": "n/a", "tables": ["x"], "extra": {"a": 1}})
+    page = write_report(path, experiment="mainline", png=False).read_text()
+    assert "<td>memorization</td><td class=\"num\" data-v=\"0\">0</td>" in page
+    assert "<td>cleanup</td><td>\u2014</td>" in page  # not reached: shown as a dash
+    assert "<td>extra</td><td>a: 1</td>" in page  # keys the report does not know still show
+    figs, _ = F.build_all(load_run(path))
+    assert next(f for f in figs if f.key == "loss").phases == {"memorization": [0.0, 50.0]}
+
+
+def test_a_run_with_only_its_config_still_gets_a_page(tmp_path):
+    path = tmp_path / "fresh"
+    path.mkdir()
+    (path / "config.yaml").write_text("task: {name: modular, p: 7}\n")
+    page = write_report(path).read_text()
+    assert "Train and test loss</b>: the metrics table has no rows yet" in page
+    assert "Plotly" not in page  # nothing to draw, so no 4 MB of plotly.js either
+    assert not list((path / "report").glob("*.png"))

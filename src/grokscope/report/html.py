@@ -165,7 +165,7 @@ def _ours(d: RunData, key: str) -> Any:
 def paper_section(d: RunData) -> str:
     if not d.paper:
         return ""
-    paper = d.paper.get("paper") or {}
+    paper = d.paper.get("paper") if isinstance(d.paper.get("paper"), Mapping) else {}
     head = []
     if d.paper.get("title"):
         head.append(f"<b>{esc(d.paper['title'])}</b>")
@@ -183,13 +183,15 @@ def summary_section(d: RunData) -> str:
         return ""
     parts = ["<h2 id='summary'>Analysis summary</h2>"]
     parts.append(table([{"quantity": k, "value": fmt(s[k])} for k in SUMMARY_KEYS if k in s]))
-    phases = s.get("phases") or {}
+    phases = s.get("phases") if isinstance(s.get("phases"), Mapping) else {}
     if phases:
         paper_phases = ((d.paper or {}).get("paper") or {}).get("phases") or {}
+        paper_phases = paper_phases if isinstance(paper_phases, Mapping) else {}
         rows = []
         for name, span in phases.items():
-            row = {"phase": name.replace("_", " "), "start epoch": span[0] if span else None,
-                   "end epoch": span[1] if span else None}
+            ok = isinstance(span, list | tuple) and len(span) == 2  # null: the run did not reach it
+            row = {"phase": str(name).replace("_", " "), "start epoch": span[0] if ok else None,
+                   "end epoch": span[1] if ok else None}
             if paper_phases:
                 row["the paper"] = fmt(paper_phases.get(name))
             rows.append(row)
@@ -198,7 +200,8 @@ def summary_section(d: RunData) -> str:
         rows = s.get(key)
         if isinstance(rows, list) and rows and all(isinstance(r, Mapping) for r in rows):
             parts.append(f"<h3>{esc(title)}</h3>" + table(rows))
-    for name, rows in (s.get("tables") or {}).items():
+    tables = s.get("tables") if isinstance(s.get("tables"), Mapping) else {}
+    for name, rows in tables.items():
         if isinstance(rows, list) and rows and all(isinstance(r, Mapping) for r in rows):
             parts.append(f"<h3>{esc(name)}</h3>" + table(rows))
     rest = {k: v for k, v in s.items() if k not in (*SUMMARY_KEYS, "phases", "ablations", "attention_heads", "tables")}
