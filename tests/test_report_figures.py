@@ -191,3 +191,46 @@ def test_crowded_fourier_axes_tick_cosines_at_round_frequencies():
     assert len(shown) <= 30 and not any(s.startswith("sin") for s in shown)
     assert render.tick_subset(F.fourier_labels(7), 30) == list(range(7))  # few labels: all shown
     assert render.tick_subset([str(i) for i in range(113)], 12) == list(range(0, 113, 10))
+
+
+def test_analysis_without_key_frequencies_says_why(tmp_path):
+    path = tmp_path / "run"
+    make_fake_run(path, p=11, epochs=300)
+    run = Run(path)
+    s = run.read_summary()
+    s["key_frequencies"] = []
+    run.write_summary(s)
+    prog = run.metrics("progress")
+    run.replace_table("progress", prog.drop(columns=[c for c in prog if "_k" in c]).to_dict("records"))
+    arrays = {k: v for k, v in load_run(path).arrays.items() if not k.startswith("cluster_")}
+    save_file(arrays, str(run.analysis_dir / "figures.safetensors"))
+    _, missing = by_key(load_run(path))
+    for key in ("key_coefficients", "excluded_per_frequency"):
+        assert missing[key].reason.startswith("analysis found no key frequencies at step 300")
+    assert "only when some neuron is explained by one frequency" in missing["cluster_wl"].reason
+
+
+def test_attention_only_runs_skip_the_mlp_figures(tmp_path):
+    path = tmp_path / "run"
+    make_fake_run(path, p=11, epochs=300, analysed=False)
+    cfg = (path / "config.yaml").read_text().replace("act_fn: relu", "act_fn: relu\n  attn_only: true")
+    (path / "config.yaml").write_text(cfg)
+    figs, missing = by_key(load_run(path))
+    mlp = {"wl_spectrum", "neuron_activations", "neuron_fourier", "neuron_fve", "neuron_clusters", "cluster_wl"}
+    assert not (mlp & (set(figs) | set(missing)))
+    assert {"embed_spectrum", "attention"} <= set(missing)  # these still apply
+
+
+def test_progress_columns_no_figure_shows_get_their_own(tmp_path):
+    path = tmp_path / "run"
+    make_fake_run(path, p=11, epochs=300)
+    run = Run(path)
+    rows = run.metrics("progress").to_dict("records")
+    for r in rows:
+        r["excluded_acc"] = 1 - r["step"] / 600
+    run.replace_table("progress", rows)
+    d = load_run(path)
+    figs, _ = by_key(d)
+    other = figs["progress_other"]
+    assert [s.name for s in other.series] == ["excluded_acc"]
+    assert np.array_equal(other.series[0].y, d.progress["excluded_acc"].to_numpy())

@@ -202,3 +202,21 @@ def test_a_run_with_only_its_config_still_gets_a_page(tmp_path):
     assert "Train and test loss</b>: the metrics table has no rows yet" in page
     assert "Plotly" not in page  # nothing to draw, so no 4 MB of plotly.js either
     assert not list((path / "report").glob("*.png"))
+
+
+def test_summary_tables_once_and_nested_values_folded(tmp_path):
+    path = tmp_path / "run"
+    make_fake_run(path, p=11, epochs=300)
+    run = Run(path)
+    s = run.read_summary()
+    s["tables"] = {"ablations": s["ablations"], "model": [{"test_loss": 0.1}]}
+    s["clusters"] = [{"freq": 3, "neurons": 11, "share": 0.4}]
+    s["phase_evidence"] = {"boundaries": {"start": {"epoch": 0}}}
+    s["frequency_shares"] = {"3": 0.4, "7": 0.6}
+    run.write_summary(s)
+    page = write_report(path, png=False).read_text()
+    assert page.count("<th>name</th><th>loss</th><th>acc</th>") == 1  # ablations: in tables, so shown once
+    assert "<h3>Table: ablations</h3>" in page and "<h3>Attention heads</h3>" in page  # heads not in tables
+    assert "<h3>Neuron clusters</h3>" in page and "<td class=\"num\" data-v=\"11\">11</td>" in page
+    assert "<details><summary>phase_evidence</summary><pre>{\n  &quot;boundaries&quot;" in page
+    assert "<td>frequency_shares</td><td>3: 0.4; 7: 0.6</td>" in page

@@ -124,6 +124,20 @@ def _shape_note(d: RunData, name: str, want: str) -> str:
     return f"analysis/figures.safetensors `{name}` has shape {list(a.shape)}, expected {want}"
 
 
+def _attn_only(d: RunData) -> bool:
+    """Attention-only models have no MLP: no neurons, no W_L (analysis writes none of their arrays)."""
+    return bool((d.config.get("model") or {}).get("attn_only"))
+
+
+def _no_keys(d: RunData) -> str | None:
+    """Why per-frequency columns are absent from an analysed run, if it is that analysis found none."""
+    s = d.summary or {}
+    if isinstance(s.get("key_frequencies"), list) and not s["key_frequencies"]:
+        return (f"analysis found no key frequencies at step {s.get('step', '?')} (no neuron is explained by one "
+                "frequency yet), so there is nothing per frequency to plot")
+    return None
+
+
 def _keys_note(d: RunData) -> str:
     keys = (d.summary or {}).get("key_frequencies")
     return f" Key frequencies found by analysis: {', '.join(map(str, keys))}." if isinstance(keys, list) and keys else ""
@@ -219,8 +233,9 @@ def test_over_restricted(d: RunData) -> Figure | Missing:
         return Missing("test_over_restricted", title, f"the progress table has no restricted loss yet; {ANALYZE_HINT}",
                        section="Progress measures")
     ratio = _col(p, "test_loss") / _col(p, "restricted_loss")  # a quotient of two stored columns, drawn as is
-    return Figure("test_over_restricted", title, "Ratio of test loss to restricted loss: large while the "
-                  "memorising components hide the circuit, near 1 after cleanup (Nanda et al. Fig. 7).", "lines",
+    return Figure("test_over_restricted", title, "Ratio of test loss to restricted loss: it grows while the "
+                  "circuit forms but memorisation still dominates the test loss, and falls in cleanup (Nanda et al. "
+                  "Fig. 7).", "lines",
                   [Series("test loss / restricted loss", _x(p), ratio)], x_label=_x_label(p), y_label="ratio",
                   log_y=True, phases=d.phases, section="Progress measures")
 
@@ -243,8 +258,8 @@ def key_coefficients(d: RunData) -> Figure | Missing:
     cols = _k_columns(p, "coef_k")
     title = "Key-frequency coefficients over training"
     if not cols:
-        return Missing("key_coefficients", title, f"the progress table has no coef_k* columns yet; {ANALYZE_HINT}",
-                       section="Progress measures")
+        return Missing("key_coefficients", title, _no_keys(d) or f"the progress table has no coef_k* columns yet; "
+                       f"{ANALYZE_HINT}", section="Progress measures")
     series = [Series(f"k = {k}", _x(p), _col(p, c)) for k, c in cols]
     return Figure("key_coefficients", title, "Coefficient of cos(w_k(a+b-c)) in the logits for each key "
                   "frequency k, per checkpoint: the circuit's terms grow during circuit formation.", "lines",
@@ -256,8 +271,8 @@ def excluded_per_frequency(d: RunData) -> Figure | Missing:
     cols = _k_columns(p, "excluded_loss_k")
     title = "Excluded loss per key frequency"
     if not cols:
-        return Missing("excluded_per_frequency", title, f"the progress table has no excluded_loss_k* columns yet; "
-                       f"{ANALYZE_HINT}", section="Progress measures")
+        return Missing("excluded_per_frequency", title, _no_keys(d) or "the progress table has no excluded_loss_k* "
+                       f"columns yet; {ANALYZE_HINT}", section="Progress measures")
     series = [Series(f"excluding k = {k}", _x(p), _col(p, c)) for k, c in cols]
     if _has(p, "train_loss"):
         series.append(Series("train loss", _x(p), _col(p, "train_loss"), dash=True))
@@ -285,7 +300,9 @@ def embed_spectrum(d: RunData) -> Figure | Missing:
                      "frequencies carry almost all of it (Nanda et al. Fig. 3).")
 
 
-def wl_spectrum(d: RunData) -> Figure | Missing:
+def wl_spectrum(d: RunData) -> Figure | Missing | list[Figure]:
+    if _attn_only(d):
+        return []  # no MLP: nothing to show, nothing missing
     return _spectrum(d, "wl_spectrum", "wl_spectrum", "Fourier spectrum of the neuron-logit map W_L",
                      "Norm over neurons of each Fourier component of W_L = W_out W_U along the output "
                      "axis: sparse, on the key frequencies (Nanda et al. Fig. 3).")
@@ -322,7 +339,9 @@ def _neuron_ids(d: RunData, n: int) -> list[int]:
     return list(range(n))
 
 
-def neuron_activations(d: RunData) -> Figure | Missing:
+def neuron_activations(d: RunData) -> Figure | Missing | list[Figure]:
+    if _attn_only(d):
+        return []  # no MLP: nothing to show, nothing missing
     a = _arr(d, "neuron_acts", 3)
     title = "Neuron activations over (a, b)"
     if a is None or a.shape[1] != a.shape[2]:
@@ -334,7 +353,9 @@ def neuron_activations(d: RunData) -> Figure | Missing:
                   x_label="b", y_label="a", section=NEURONS)
 
 
-def neuron_fourier(d: RunData) -> Figure | Missing:
+def neuron_fourier(d: RunData) -> Figure | Missing | list[Figure]:
+    if _attn_only(d):
+        return []  # no MLP: nothing to show, nothing missing
     a = _arr(d, "neuron_fourier", 3)
     title = "A neuron's activations in the 2D Fourier basis"
     if a is None or a.shape[1] != a.shape[2] or a.shape[0] == 0:
@@ -347,7 +368,9 @@ def neuron_fourier(d: RunData) -> Figure | Missing:
                   x_label="b component", y_label="a component", section=NEURONS)
 
 
-def neuron_fve_histogram(d: RunData) -> Figure | Missing:
+def neuron_fve_histogram(d: RunData) -> Figure | Missing | list[Figure]:
+    if _attn_only(d):
+        return []  # no MLP: nothing to show, nothing missing
     a = _arr(d, "neuron_fve", 1)
     title = "Fraction of variance explained per neuron"
     if a is None:
@@ -358,7 +381,9 @@ def neuron_fve_histogram(d: RunData) -> Figure | Missing:
                   y_label="neurons", toggle_log=False, vlines=[(0.85, "0.85")], x_range=(0.0, 1.0), section=NEURONS)
 
 
-def neuron_clusters(d: RunData) -> Figure | Missing:
+def neuron_clusters(d: RunData) -> Figure | Missing | list[Figure]:
+    if _attn_only(d):
+        return []  # no MLP: nothing to show, nothing missing
     freq, fve = _arr(d, "neuron_freq", 1), _arr(d, "neuron_fve", 1)
     title = "Neuron clusters by frequency"
     if freq is None or fve is None or len(freq) != len(fve):
@@ -374,9 +399,14 @@ def neuron_clusters(d: RunData) -> Figure | Missing:
                   x_label="frequency k", y_label="neurons", toggle_log=False, section=NEURONS)
 
 
-def cluster_wl(d: RunData) -> Figure | Missing:
+def cluster_wl(d: RunData) -> Figure | Missing | list[Figure]:
+    if _attn_only(d):
+        return []  # no MLP: nothing to show, nothing missing
     a = _arr(d, "cluster_wl_fourier", 2)
     title = "W_L columns of one cluster in the Fourier basis"
+    if a is None and d.arrays and "cluster_wl_fourier" not in d.arrays and "neuron_fve" in d.arrays:
+        return Missing("cluster_wl", title, "analysis writes it only when some neuron is explained by one frequency "
+                       f"(FVE > 0.85); none is at step {(d.summary or {}).get('step', '?')}", section=NEURONS)
     if a is None:
         return Missing("cluster_wl", title, _shape_note(d, "cluster_wl_fourier", "[p, m]"), section=NEURONS)
     k = d.arrays.get("cluster_freq")
@@ -407,6 +437,24 @@ def other_metric_columns(d: RunData) -> list[Figure]:
     return out
 
 
+PROGRESS_SHOWN = {"step", "epoch", "train_loss", "test_loss", "train_acc", "test_acc", "restricted_loss",
+                  "restricted_loss_train", "restricted_loss_test", "restricted_acc", "excluded_loss", "gini_W_E",
+                  "gini_W_L", "weight_norm"}
+
+
+def other_progress_columns(d: RunData) -> list[Figure]:
+    """The progress table's columns that no figure above shows (e.g. restricted/excluded accuracy)."""
+    p = d.progress
+    cols = [c for c in p.columns if c not in PROGRESS_SHOWN and not re.match(r"^(coef_k|excluded_loss_k)\d+$", c)
+            and pd.api.types.is_numeric_dtype(p[c]) and _has(p, c)]
+    if not cols:
+        return []
+    series = [Series(c, _x(p), _col(p, c), hidden=i >= 8) for i, c in enumerate(cols)]
+    return [Figure("progress_other", "Other progress measures", "Columns of analysis's progress table not shown "
+                   "above, per checkpoint.", "lines", series, x_label=_x_label(p), y_label="value", phases=d.phases,
+                   section="Progress measures")]
+
+
 def other_tables(d: RunData) -> list[Figure]:
     """One figure per extra table in metrics.sqlite (e.g. a copy-LM's evaluations): its numeric columns."""
     out = []
@@ -426,7 +474,7 @@ GENERIC: list[Builder] = [loss_curves, accuracy_curves, per_position("train", "l
 MODULAR: list[Builder] = [progress_losses, test_over_restricted, gini, key_coefficients, excluded_per_frequency,
                           embed_spectrum, wl_spectrum, logit_fourier, attention, neuron_activations, neuron_fourier,
                           neuron_fve_histogram, neuron_clusters, cluster_wl]
-EXTRA: list[Builder] = [other_metric_columns, other_tables]
+EXTRA: list[Builder] = [other_progress_columns, other_metric_columns, other_tables]
 
 
 def build_all(d: RunData) -> tuple[list[Figure], list[Missing]]:

@@ -96,9 +96,9 @@ def fmt(v: Any) -> str:
     if isinstance(v, float):
         return "\u2014" if math.isnan(v) else f"{v:.4g}"
     if isinstance(v, list | tuple):
-        return ", ".join(fmt(x) for x in v)
+        return ", ".join(fmt(x) for x in v) if v else "none"
     if isinstance(v, Mapping):
-        return "; ".join(f"{k}: {fmt(x)}" for k, x in v.items())
+        return "; ".join(f"{k}: {fmt(x)}" for k, x in v.items()) if v else "none"
     return str(v)
 
 
@@ -122,9 +122,10 @@ def table(rows: Iterable[Mapping[str, Any]], cls: str = "") -> str:
 
 
 # ------------------------------------------------------------------------------------ run page
-SUMMARY_KEYS = ("step", "key_frequencies", "neuron_fve", "logit_fve", "wl_residual", "logit_fit_loss",
-                "restricted_loss", "excluded_loss", "test_loss", "test_acc", "gini_W_E", "gini_W_L",
-                "gini_basis", "phase_rule")
+SUMMARY_KEYS = ("step", "key_frequencies", "key_frequencies_source", "neuron_fve", "neurons_explained",
+                "neuron_fve_mean", "logit_fve", "wl_residual", "logit_fit_loss", "logit_fit_acc", "restricted_loss",
+                "restricted_acc", "excluded_loss", "test_loss", "test_acc", "gini_W_E", "gini_W_L", "gini_basis",
+                "key_rule", "phase_rule")
 
 
 def _status(d: RunData) -> tuple[str, list[str]]:
@@ -139,9 +140,12 @@ def _status(d: RunData) -> tuple[str, list[str]]:
     if status in ("running", "interrupted", "failed"):
         notes.append(f"This run is {status} (step {fmt(last)} of {fmt(total)}): the report shows what exists so "
                      "far. Rebuild it at any time with `grokscope report RUN`.")
-    if d.summary is None:
+    if d.summary is None and d.is_modular:
         notes.append("No analysis yet (analysis/summary.json is missing): the progress measures, Fourier figures and "
                      "summary tables appear after `grokscope analyze RUN`, then `grokscope report RUN`.")
+    elif d.summary is None and d.task.get("name") == "text":
+        notes.append("No analysis yet (analysis/summary.json is missing): run `grokscope analyze RUN`, then "
+                     "`grokscope report RUN`.")
     elif isinstance(d.summary.get("step"), int | float) and isinstance(last, int | float) and d.summary["step"] < last:
         notes.append(f"The analysis is of step {fmt(d.summary['step'])}; the run has reached step {fmt(last)} since. "
                      "Rerun `grokscope analyze RUN` to bring it up to date.")
@@ -158,6 +162,8 @@ def _ours(d: RunData, key: str) -> Any:
     if key == "neuron_fve" and isinstance(s.get("neuron_fve"), int | float):
         arr = d.arrays.get("neuron_fve")
         share = f"{s['neuron_fve']:.1%} of neurons above 0.85"
+        if isinstance(s.get("neurons_explained"), int) and arr is not None:
+            return f"{share} ({s['neurons_explained']} of {arr.size})"
         return f"{share} ({int((arr > 0.85).sum())} of {arr.size})" if arr is not None and arr.ndim == 1 else share
     return s.get(key, info.get(key))
 
@@ -175,6 +181,15 @@ def paper_section(d: RunData) -> str:
     sep = " \u2014 "
     return (f"<h2 id='paper'>What the paper reports, beside this run</h2><p class='src'>{sep.join(head)}"
             f"{'<br>' if head else ''}Source: {esc(d.paper_source)}.</p>" + (table(rows) if rows else ""))
+
+
+def _rows(v: Any) -> bool:
+    """A list of dicts: shown as a table."""
+    return isinstance(v, list) and bool(v) and all(isinstance(r, Mapping) for r in v)
+
+
+def _nested(v: Any) -> bool:
+    return isinstance(v, Mapping) and any(isinstance(x, Mapping | list) for x in v.values())
 
 
 def summary_section(d: RunData) -> str:
@@ -196,17 +211,27 @@ def summary_section(d: RunData) -> str:
                 row["the paper"] = fmt(paper_phases.get(name))
             rows.append(row)
         parts.append("<h3>Phases</h3>" + table(rows))
-    for title, key in (("Ablations in Fourier space of the logits", "ablations"), ("Attention heads", "attention_heads")):
-        rows = s.get(key)
-        if isinstance(rows, list) and rows and all(isinstance(r, Mapping) for r in rows):
-            parts.append(f"<h3>{esc(title)}</h3>" + table(rows))
-    tables = s.get("tables") if isinstance(s.get("tables"), Mapping) else {}
+    # the paper's tables as analysis laid them out; ablations and heads on their own unless already there
+    tables = dict(s.get("tables")) if isinstance(s.get("tables"), Mapping) else {}
+    for title, key in (("Ablations in Fourier space of the logits", "ablations"), ("Attention heads", "attention_heads"),
+                       ("Neuron clusters", "clusters")):
+        if _rows(s.get(key)) and tables.get(key) != s.get(key):
+            parts.append(f"<h3>{esc(title)}</h3>" + table(s[key]))
     for name, rows in tables.items():
-        if isinstance(rows, list) and rows and all(isinstance(r, Mapping) for r in rows):
-            parts.append(f"<h3>{esc(name)}</h3>" + table(rows))
-    rest = {k: v for k, v in s.items() if k not in (*SUMMARY_KEYS, "phases", "ablations", "attention_heads", "tables")}
-    if rest:
-        parts.append("<h3>Other analysis results</h3>" + table([{"key": k, "value": fmt(v)} for k, v in rest.items()]))
+        if _rows(rows):
+            parts.append(f"<h3>Table: {esc(str(name).replace('_', ' '))}</h3>" + table(rows))
+        elif isinstance(rows, list) and not rows:
+            parts.append(f"<h3>Table: {esc(str(name).replace('_', ' '))}</h3><p class='src'>empty</p>")
+    shown = (*SUMMARY_KEYS, "phases", "ablations", "attention_heads", "clusters", "tables")
+    rest = {k: v for k, v in s.items() if k not in shown}
+    flat = {k: v for k, v in rest.items() if not _nested(v) and not _rows(v)}
+    if flat:
+        parts.append("<h3>Other analysis results</h3>" + table([{"key": k, "value": fmt(v)} for k, v in flat.items()]))
+    for k, v in rest.items():
+        if _rows(v):
+            parts.append(f"<h3>{esc(k)}</h3>" + table(v))
+        elif _nested(v):
+            parts.append(f"<details><summary>{esc(k)}</summary><pre>{esc(json.dumps(v, indent=2, default=str))}</pre></details>")
     return "".join(parts)
 
 
