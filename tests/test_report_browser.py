@@ -19,7 +19,7 @@ from grokscope import pipeline
 from grokscope.report import figures as F
 from grokscope.report import write_index, write_report
 from grokscope.report.data import load_run
-from report_fixtures import write_analysis
+from tests.report_fixtures import write_analysis
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -10,7 +10,7 @@ from grokscope.report import figures as F
 from grokscope.report import render
 from grokscope.report.data import load_run
 from grokscope.store import Run
-from report_fixtures import KEYS, fourier_basis, make_fake_digits_run, make_fake_run
+from tests.report_fixtures import KEYS, fourier_basis, make_fake_digits_run, make_fake_run
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from grokscope.report import html as H
 from grokscope.report import write_index, write_report
 from grokscope.report.data import load_run
 from grokscope.store import Run, StoreError
-from report_fixtures import make_fake_digits_run, make_fake_run
+from tests.report_fixtures import make_fake_digits_run, make_fake_run
 
 EVIL = "<b>x</b><script>window.__pwned=1</script>"
 
