@@ -220,3 +220,15 @@ def test_summary_tables_once_and_nested_values_folded(tmp_path):
     assert "<h3>Neuron clusters</h3>" in page and "<td class=\"num\" data-v=\"11\">11</td>" in page
     assert "<details><summary>phase_evidence</summary><pre>{\n  &quot;boundaries&quot;" in page
     assert "<td>frequency_shares</td><td>3: 0.4; 7: 0.6</td>" in page
+
+
+def test_reproduce_from_a_yaml_file_shows_that_files_paper_numbers(tmp_path, monkeypatch, capsys):
+    exp = tmp_path / "my_exp.yaml"
+    exp.write_text("experiment:\n  title: My <i>own</i> experiment\n  paper: {key_frequencies: [4, 5]}\n"
+                   "task: {name: modular, p: 7}\nmodel: {d_model: 8, n_heads: 1, d_head: 8, d_mlp: 16}\n"
+                   "train: {epochs: 20, checkpoint_every: 10, threads: 1}\n")
+    code, out, err = run_cli(monkeypatch, capsys, "reproduce", str(exp), "--out", str(tmp_path / "r"), "--quiet")
+    assert code == 0, err
+    text = (tmp_path / "r" / "report" / "index.html").read_text()
+    assert "<td>key_frequencies</td><td>4, 5</td>" in text and "My &lt;i&gt;own&lt;/i&gt; experiment" in text
+    assert "Source: the experiment this run reproduces." in text

@@ -102,7 +102,7 @@ def reproduce(
     _print_train_summary(out, info)
     from grokscope.report import write_report
 
-    typer.echo(f"report: {write_report(out, experiment=name)}")
+    typer.echo(f"report: {write_report(out, experiment=exp)}")
 
 
 # ------------------------------------------------------------------------------------- report

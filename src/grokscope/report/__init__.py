@@ -3,6 +3,10 @@
     write_report(RUN)        -> RUN/report/index.html and RUN/report/<figure>.png
     write_index(RUNS_DIR)    -> RUNS_DIR/index.html, a sortable table of every run below it
 
+    grokscope report RUN [--experiment NAME] [--no-png]
+    grokscope report --index RUNS_DIR
+    grokscope reproduce NAME ...      (ends with write_report and prints the page's path)
+
 The report reads the store only (DESIGN.md: "the report never computes a measure") and works with
 whatever exists: a run still training, a run not analysed yet (it says what is missing). It follows
 the figures of Nanda et al. 2023 for modular arithmetic (SPEC sections 2-4) and shows generic
@@ -14,7 +18,9 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from grokscope.store import StoreError, atomic_write_text
 
@@ -29,10 +35,11 @@ def _readable(path: Path) -> Path:
     return path
 
 
-def write_report(run_path: str | Path, experiment: str | None = None, png: bool = True) -> Path:
+def write_report(run_path: str | Path, experiment: str | Mapping[str, Any] | None = None, png: bool = True) -> Path:
     """Build RUN/report/index.html (and one PNG per figure); returns the page's path.
 
-    `experiment` names an experiment whose `paper` section is shown beside this run's numbers.
+    `experiment`: a named experiment, or an experiment's `experiment:` section (title, reproduces,
+    paper), whose `paper` numbers are shown beside this run's.
     """
     import plotly.io as pio
     import plotly.offline

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,13 +92,16 @@ def experiment_paper(name: str) -> dict[str, Any] | None:
 
 
 def _paper(cfg: dict[str, Any], info: dict[str, Any], folder: str,
-           experiment: str | None) -> tuple[dict[str, Any] | None, str]:
+           experiment: str | Mapping[str, Any] | None) -> tuple[dict[str, Any] | None, str]:
     """What the paper reports for this run, and where that came from.
 
-    In order: an experiment named by the caller (`reproduce`, `report --experiment`); the config's
+    In order: an experiment given by the caller (its name, from `report --experiment`, or its
+    `experiment:` section, from `reproduce`, which may have read it from a YAML file); the config's
     `paper` dict; run.json's `experiment`; an experiment named like the config's `name` or the
     folder (said on the page, since the run's settings may differ from the experiment's).
     """
+    if isinstance(experiment, Mapping):
+        return (dict(experiment), "the experiment this run reproduces") if experiment else (None, "")
     if experiment:
         meta = experiment_paper(experiment)
         if meta is None:
@@ -119,7 +123,7 @@ def _paper(cfg: dict[str, Any], info: dict[str, Any], folder: str,
     return None, ""
 
 
-def load_run(path: str | Path, experiment: str | None = None) -> RunData:
+def load_run(path: str | Path, experiment: str | Mapping[str, Any] | None = None) -> RunData:
     """Read everything the report can show from a run folder (StoreError if it is not one)."""
     run = Run(path).require()
     warnings: list[str] = []
