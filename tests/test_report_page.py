@@ -131,13 +131,16 @@ def test_index_lists_runs_sortably_with_relative_links(tmp_path):
     make_fake_digits_run(root / "sweep" / "b")
     (root / "notes").mkdir()
     (root / "notes" / "x.txt").write_text("not a run")
+    make_fake_run(root / "c", p=11, epochs=300, analysed=False)
+    Run(root / "c").update_info(grok_epoch_50=None, grok_epoch_99=None)  # finished, never grokked
     write_report(root / "a", png=False)
     page = write_index(root).read_text()
-    assert page.count("<tr>") == 3  # header + two runs (the notes folder is not a run)
+    assert page.count("<tr>") == 4  # header + three runs (the notes folder is not a run)
+    assert page.count("<td class='num' data-v=''>never</td>") == 2  # c's two grok epochs; b's are blank
     assert "class='sortable'" in page and "th.addEventListener('click'" in page
     assert EVIL not in page and "&lt;b&gt;x&lt;/b&gt;" in page
     hrefs = re.findall(r"href='([^']*)'", page)
-    assert hrefs == ["a/report/index.html"] and (root / hrefs[0]).is_file()
+    assert hrefs == ["a/report/index.html"] and (root / hrefs[0]).is_file()  # b and c have no report yet
     assert "none yet: grokscope report sweep/b" in page  # b has no report yet
     assert "modular add mod 11" in page and "digits (n_digits 2)" in page
     assert "data-v='1400.0'" in page  # grok epoch from run.json, sortable as a number

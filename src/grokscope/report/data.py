@@ -188,7 +188,7 @@ def index_row(path: Path) -> dict[str, Any]:
     row: dict[str, Any] = {"path": path, "name": path.name, "task": "", "settings": {}, "status": "",
                            "last_step": None, "total_steps": None, "test_acc": None, "epoch": None,
                            "grok_epoch_50": None, "grok_epoch_99": None, "key_frequencies": None,
-                           "report": (run.report_dir / "index.html").is_file(), "error": ""}
+                           "report": (run.report_dir / "index.html").is_file(), "error": "", "info_keys": set()}
     try:
         cfg = yaml.safe_load(run.config_path.read_text()) or {}
         cfg = cfg if isinstance(cfg, dict) else {}
@@ -204,7 +204,7 @@ def index_row(path: Path) -> dict[str, Any]:
     row["settings"] = {"seed": cfg.get("seed"), "frac_train": task.get("frac_train", task.get("n_train")),
                        "lr": optim.get("lr"), "weight_decay": optim.get("weight_decay"),
                        "model": describe_model(model)}
-    row.update(status=info.get("status", ""), last_step=info.get("last_step"), total_steps=info.get("total_steps"),
+    row.update(info_keys=set(info), status=info.get("status", ""), last_step=info.get("last_step"), total_steps=info.get("total_steps"),
                test_acc=_last(m, "test_acc"), epoch=_last(m, "epoch"), grok_epoch_50=info.get("grok_epoch_50"),
                grok_epoch_99=info.get("grok_epoch_99"), key_frequencies=summary.get("key_frequencies"))
     return row

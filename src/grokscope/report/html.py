@@ -314,13 +314,18 @@ def index_page(rows: list[dict[str, Any]], root: Path, built: str) -> str:
             (r["task"], None), (s.get("model"), None), (s.get("seed"), "num"),
             (s.get("frac_train"), "num"), (s.get("lr"), "num"), (s.get("weight_decay"), "num"),
             (r["status"] or (f"unreadable: {r['error']}" if r["error"] else ""), None), (r["epoch"], "num"),
-            (r["test_acc"], "pct"), (r["grok_epoch_50"], "num"), (r["grok_epoch_99"], "num"),
+            (r["test_acc"], "pct"), (r["grok_epoch_50"], "grok"), (r["grok_epoch_99"], "grok"),
             (r["key_frequencies"], None)]
         cells = [f"<td data-v='{esc(r['name'])}'>{esc(r['name'])}<br><span class='small'>{esc(rel.as_posix())}</span></td>"]
         for v, kind in vals:
             if kind == "num":
                 sort = "" if v is None else esc(v)
                 cells.append(f"<td class='num' data-v='{sort}'>{esc(fmt(v)) if v is not None else ''}</td>")
+            elif kind == "grok":  # None: never (a finished run) or not yet (one still training)
+                blank = "" if "grok_epoch_50" not in r["info_keys"] else (
+                    "not yet" if r["status"] in ("running", "interrupted") else "never")
+                cells.append(f"<td class='num' data-v='{'' if v is None else esc(v)}'>"
+                             f"{esc(fmt(v)) if v is not None else blank}</td>")
             elif kind == "pct":
                 sort = "" if v is None else esc(v)
                 cells.append(f"<td class='num' data-v='{sort}'>{f'{v:.1%}' if v is not None else ''}</td>")
