@@ -100,6 +100,30 @@ def reproduce(
     out = out or Path("runs") / name
     info = pipeline.train_run(cfg, out, resume=resume, overwrite=overwrite, progress=not quiet)
     _print_train_summary(out, info)
+    from grokscope.report import write_report
+
+    typer.echo(f"report: {write_report(out, experiment=exp)}")
+
+
+# ------------------------------------------------------------------------------------- report
+@app.command()
+def report(
+    run: Annotated[Path | None, typer.Argument(help="Run folder: writes RUN/report/index.html and RUN/report/*.png.")] = None,
+    index: Annotated[Path | None, typer.Option("--index", help="Instead: write RUNS_DIR/index.html, a sortable table of every run below RUNS_DIR.")] = None,
+    experiment: Annotated[str | None, typer.Option("--experiment", "-e", help="Show this named experiment's paper numbers beside the run's.")] = None,
+    no_png: Annotated[bool, typer.Option("--no-png", help="Only the HTML page (faster while a run trains).")] = False,
+) -> None:
+    """Write a run's report (self-contained HTML that opens offline, plus PNGs), or an index of runs."""
+    from grokscope.report import write_index, write_report
+
+    if (run is None) == (index is None):
+        raise BadInput("give a RUN folder, or --index RUNS_DIR for an index of runs (not both)")
+    if index is not None:
+        if experiment is not None or no_png:
+            raise BadInput("--experiment and --no-png apply to one RUN's report, not to --index")
+        typer.echo(f"index: {write_index(index)}")
+        return
+    typer.echo(f"report: {write_report(run, experiment=experiment, png=not no_png)}")
 
 
 # ------------------------------------------------------------------------------------- config

@@ -1,0 +1,489 @@
+"""What each figure of the report plots, taken straight from the store (no measure is computed).
+
+One small function per figure: it reads a `RunData` and returns a `Figure` (series or heatmaps plus
+titles, axis labels, the initial y scale and the phases to shade), or a `Missing` saying what the
+figure needs. `render.py` draws a `Figure` as an interactive plotly figure and as a matplotlib PNG,
+so the two always show the same numbers, and tests check the numbers here against the store.
+
+The modular-arithmetic figures follow Nanda et al. 2023 (SPEC sections 2-4): training curves
+(Fig. 1), progress measures (Fig. 7), Fourier spectra of W_E and W_L (Fig. 3), neurons and
+attention in the Fourier basis (Figs. 4-6, appendix), key-frequency coefficients. Other tasks get
+the generic figures: loss and accuracy, per-position losses (SPEC section 6), and every other
+logged column.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+from grokscope.report.data import RunData
+
+ANALYZE_HINT = "run `grokscope analyze RUN`"
+
+
+@dataclass
+class Series:
+    """One curve (or bar set, or sample for a histogram)."""
+
+    name: str
+    x: np.ndarray  # [n] numbers, or category labels for bars
+    y: np.ndarray  # [n]
+    dash: bool = False
+    hidden: bool = False  # starts hidden in the interactive figure (click its legend entry)
+
+
+@dataclass
+class Heatmap:
+    """One panel of a heatmap grid: z[row, col] with row/column labels (row 0 drawn at the top)."""
+
+    title: str
+    z: np.ndarray  # [rows, cols]
+    x: list[str] | np.ndarray  # [cols] column labels
+    y: list[str] | np.ndarray  # [rows] row labels
+    diverging: bool = False  # signed values: a colour scale centred on 0
+
+
+@dataclass
+class Figure:
+    key: str  # PNG file stem and HTML anchor: [a-z0-9_]+
+    title: str
+    caption: str
+    kind: Literal["lines", "bars", "hist", "heatmaps"]
+    series: list[Series] = field(default_factory=list)
+    heatmaps: list[Heatmap] = field(default_factory=list)
+    x_label: str = ""
+    y_label: str = ""
+    log_y: bool = False  # the initial y scale; the interactive figure has a log/linear toggle
+    toggle_log: bool = True
+    phases: dict[str, list[float]] = field(default_factory=dict)  # shaded spans over x (epochs)
+    vlines: list[tuple[float, str]] = field(default_factory=list)  # marked x values (a threshold), with a label
+    x_range: tuple[float, float] | None = None  # fixed x extent (hist bins span it); None = auto
+    section: str = "Training"
+
+
+@dataclass
+class Missing:
+    """A figure the report would show but cannot yet, and what it needs."""
+
+    key: str
+    title: str
+    reason: str
+    section: str = "Training"
+
+
+Builder = Callable[[RunData], "Figure | Missing | list[Figure]"]
+
+
+# ------------------------------------------------------------------------------------ helpers
+def fourier_labels(n: int) -> list[str]:
+    """Names of the Fourier basis rows (SPEC section 2): const, cos 1, sin 1, ..., [(-1)^x for even n]."""
+    labels = ["const"]
+    for k in range(1, (n - 1) // 2 + 1):
+        labels += [f"cos {k}", f"sin {k}"]
+    if n % 2 == 0:
+        labels.append("(-1)^x")
+    return labels
+
+
+def _col(df: pd.DataFrame, name: str) -> np.ndarray:
+    return df[name].to_numpy(dtype=float)
+
+
+def _x(df: pd.DataFrame) -> np.ndarray:
+    """Epochs when the table has them (the paper's axis), else steps."""
+    return _col(df, "epoch") if "epoch" in df and df["epoch"].notna().any() else _col(df, "step")
+
+
+def _x_label(df: pd.DataFrame) -> str:
+    return "epoch" if "epoch" in df and df["epoch"].notna().any() else "step"
+
+
+def _has(df: pd.DataFrame, *cols: str) -> bool:
+    return len(df) > 0 and all(c in df and df[c].notna().any() for c in cols)
+
+
+def _arr(d: RunData, name: str, ndim: int) -> np.ndarray | None:
+    a = d.arrays.get(name)
+    if a is None or a.ndim != ndim:
+        return None
+    return np.asarray(a)
+
+
+def _shape_note(d: RunData, name: str, want: str) -> str:
+    a = d.arrays.get(name)
+    if a is None:
+        if not d.arrays:
+            return f"analysis/figures.safetensors does not exist yet; {ANALYZE_HINT}"
+        return f"analysis/figures.safetensors has no `{name}`; {ANALYZE_HINT} again"
+    return f"analysis/figures.safetensors `{name}` has shape {list(a.shape)}, expected {want}"
+
+
+def _attn_only(d: RunData) -> bool:
+    """Attention-only models have no MLP: no neurons, no W_L (analysis writes none of their arrays)."""
+    return bool((d.config.get("model") or {}).get("attn_only"))
+
+
+def _no_keys(d: RunData) -> str | None:
+    """Why per-frequency columns are absent from an analysed run, if it is that analysis found none."""
+    s = d.summary or {}
+    if isinstance(s.get("key_frequencies"), list) and not s["key_frequencies"]:
+        return (f"analysis found no key frequencies at step {s.get('step', '?')} (no neuron is explained by one "
+                "frequency yet), so there is nothing per frequency to plot")
+    return None
+
+
+def _keys_note(d: RunData) -> str:
+    keys = (d.summary or {}).get("key_frequencies")
+    return f" Key frequencies found by analysis: {', '.join(map(str, keys))}." if isinstance(keys, list) and keys else ""
+
+
+def _k_columns(df: pd.DataFrame, prefix: str) -> list[tuple[int, str]]:
+    """Columns named PREFIX{K} (e.g. coef_k14), sorted by K."""
+    pat = re.compile(re.escape(prefix) + r"(\d+)$")
+    return sorted((int(m.group(1)), c) for c in df.columns if (m := pat.match(c)))
+
+
+def _pos_columns(df: pd.DataFrame, split: str, metric: str) -> list[tuple[int, str]]:
+    """Per-position columns `{split}_{metric}_pos{j}` (multi-label tasks), sorted by j."""
+    return _k_columns(df, f"{split}_{metric}_pos")
+
+
+# ------------------------------------------------------------------------------ training curves
+def loss_curves(d: RunData) -> Figure | Missing:
+    m = d.metrics
+    if not _has(m, "train_loss") and not _has(m, "test_loss"):
+        return Missing("loss", "Train and test loss", "the metrics table has no rows yet (training has not logged)")
+    series = [Series(f"{s} loss", _x(m), _col(m, f"{s}_loss")) for s in ("train", "test") if f"{s}_loss" in m]
+    return Figure("loss", "Train and test loss", "Cross-entropy on the train and test sets over training "
+                  "(Nanda et al. Fig. 1). Shaded: the phases analysis located.", "lines", series,
+                  x_label=_x_label(m), y_label="loss", log_y=True, phases=d.phases)
+
+
+def accuracy_curves(d: RunData) -> Figure | Missing:
+    m = d.metrics
+    if not _has(m, "train_acc") and not _has(m, "test_acc"):
+        return Missing("accuracy", "Train and test accuracy", "the metrics table has no accuracy columns yet")
+    series = [Series(f"{s} accuracy", _x(m), _col(m, f"{s}_acc")) for s in ("train", "test") if f"{s}_acc" in m]
+    if _has(d.progress, "restricted_acc"):
+        series.append(Series("restricted accuracy", _x(d.progress), _col(d.progress, "restricted_acc"), dash=True))
+    return Figure("accuracy", "Train and test accuracy", "Accuracy on the train and test sets over training"
+                  " (and, once analysed, of the restricted logits).", "lines", series,
+                  x_label=_x_label(m), y_label="accuracy", phases=d.phases)
+
+
+def weight_norm(d: RunData) -> Figure | Missing:
+    df = d.metrics if _has(d.metrics, "weight_norm") else d.progress
+    if not _has(df, "weight_norm"):
+        return Missing("weight_norm", "Sum of squared weights", "no table has a weight_norm column yet",
+                       section="Progress measures")
+    return Figure("weight_norm", "Sum of squared weights", "Sum of squared weights over all parameters: "
+                  "falls during circuit formation and sharply in cleanup (Nanda et al. Fig. 7).", "lines",
+                  [Series("sum of squared weights", _x(df), _col(df, "weight_norm"))],
+                  x_label=_x_label(df), y_label="sum of squared weights", phases=d.phases,
+                  section="Progress measures")
+
+
+def per_position(split: str, metric: str) -> Builder:
+    """Per-position loss or accuracy curves of a multi-label task (e.g. each answer digit)."""
+    key = f"{split}_{metric}_per_position"
+    title = f"{split.capitalize()} {'loss' if metric == 'loss' else 'accuracy'} per position"
+
+    def build(d: RunData) -> Figure | list[Figure]:
+        cols = _pos_columns(d.metrics, split, metric)
+        if not cols:
+            return []  # single-label tasks have none: nothing to say
+        m = d.metrics
+        series = [Series(f"position {j}", _x(m), _col(m, c)) for j, c in cols]
+        return Figure(key, title, f"{title} (one curve per labelled position): separate phase changes show "
+                      "as separate drops (Nanda et al. appendix D.3).", "lines", series, x_label=_x_label(m),
+                      y_label=metric, log_y=metric == "loss", phases=d.phases)
+
+    build.__name__ = key
+    return build
+
+
+# --------------------------------------------------------------------------- progress measures
+def progress_losses(d: RunData) -> Figure | Missing:
+    p = d.progress
+    title = "Restricted and excluded loss"
+    if not _has(p, "restricted_loss", "excluded_loss"):
+        return Missing("progress_losses", title, f"the progress table has no restricted/excluded loss yet; {ANALYZE_HINT}",
+                       section="Progress measures")
+    series = [Series(name, _x(p), _col(p, col), dash=dash, hidden=hidden) for name, col, dash, hidden in (
+        ("train loss", "train_loss", False, False), ("test loss", "test_loss", False, False),
+        ("restricted loss", "restricted_loss", True, False), ("excluded loss", "excluded_loss", True, False),
+        ("restricted loss (train)", "restricted_loss_train", True, True),
+        ("restricted loss (test)", "restricted_loss_test", True, True)) if _has(p, col)]
+    return Figure("progress_losses", title, "Restricted loss keeps only the key frequencies of the logits and "
+                  "falls before test loss; excluded loss removes them and rises during circuit formation "
+                  "while train loss stays flat (Nanda et al. Fig. 7, SPEC section 4).", "lines", series,
+                  x_label=_x_label(p), y_label="loss", log_y=True, phases=d.phases, section="Progress measures")
+
+
+def test_over_restricted(d: RunData) -> Figure | Missing:
+    p = d.progress
+    title = "Test loss / restricted loss"
+    if not _has(p, "test_loss", "restricted_loss"):
+        return Missing("test_over_restricted", title, f"the progress table has no restricted loss yet; {ANALYZE_HINT}",
+                       section="Progress measures")
+    ratio = _col(p, "test_loss") / _col(p, "restricted_loss")  # a quotient of two stored columns, drawn as is
+    return Figure("test_over_restricted", title, "Ratio of test loss to restricted loss: it grows while the "
+                  "circuit forms but memorisation still dominates the test loss, and falls in cleanup (Nanda et al. "
+                  "Fig. 7).", "lines",
+                  [Series("test loss / restricted loss", _x(p), ratio)], x_label=_x_label(p), y_label="ratio",
+                  log_y=True, phases=d.phases, section="Progress measures")
+
+
+def gini(d: RunData) -> Figure | Missing:
+    p = d.progress
+    if not _has(p, "gini_W_E") and not _has(p, "gini_W_L"):
+        return Missing("gini", "Gini coefficient of W_E and W_L in the Fourier basis",
+                       f"the progress table has no Gini columns yet; {ANALYZE_HINT}", section="Progress measures")
+    basis = (d.summary or {}).get("gini_basis")
+    series = [Series(f"Gini({w})", _x(p), _col(p, f"gini_{w}")) for w in ("W_E", "W_L") if _has(p, f"gini_{w}")]
+    return Figure("gini", "Gini coefficient of W_E and W_L in the Fourier basis",
+                  "Sparsity of the Fourier components of the embedding and the neuron-logit map: rises "
+                  f"sharply in cleanup (Nanda et al. Fig. 7).{f' Components: {basis}.' if basis else ''}",
+                  "lines", series, x_label=_x_label(p), y_label="Gini", phases=d.phases, section="Progress measures")
+
+
+def key_coefficients(d: RunData) -> Figure | Missing:
+    p = d.progress
+    cols = _k_columns(p, "coef_k")
+    title = "Key-frequency coefficients over training"
+    if not cols:
+        return Missing("key_coefficients", title, _no_keys(d) or f"the progress table has no coef_k* columns yet; "
+                       f"{ANALYZE_HINT}", section="Progress measures")
+    series = [Series(f"k = {k}", _x(p), _col(p, c)) for k, c in cols]
+    return Figure("key_coefficients", title, "Coefficient of cos(w_k(a+b-c)) in the logits for each key "
+                  "frequency k, per checkpoint: the circuit's terms grow during circuit formation.", "lines",
+                  series, x_label=_x_label(p), y_label="coefficient", phases=d.phases, section="Progress measures")
+
+
+def excluded_per_frequency(d: RunData) -> Figure | Missing:
+    p = d.progress
+    cols = _k_columns(p, "excluded_loss_k")
+    title = "Excluded loss per key frequency"
+    if not cols:
+        return Missing("excluded_per_frequency", title, _no_keys(d) or "the progress table has no excluded_loss_k* "
+                       f"columns yet; {ANALYZE_HINT}", section="Progress measures")
+    series = [Series(f"excluding k = {k}", _x(p), _col(p, c)) for k, c in cols]
+    if _has(p, "train_loss"):
+        series.append(Series("train loss", _x(p), _col(p, "train_loss"), dash=True))
+    return Figure("excluded_per_frequency", title, "Train loss after removing one key frequency's directions "
+                  "from the logits, per frequency (SPEC section 4).", "lines", series, x_label=_x_label(p),
+                  y_label="loss", log_y=True, phases=d.phases, section="Progress measures")
+
+
+# ------------------------------------------------------------------- the final checkpoint's circuit
+FOURIER = "Fourier structure (final checkpoint)"
+NEURONS = "Neurons and attention (final checkpoint)"
+
+
+def _spectrum(d: RunData, name: str, key: str, title: str, caption: str) -> Figure | Missing:
+    a = _arr(d, name, 1)
+    if a is None:
+        return Missing(key, title, _shape_note(d, name, "[p]"), section=FOURIER)
+    return Figure(key, title, caption + _keys_note(d), "bars", [Series("norm", np.array(fourier_labels(len(a))), a)],
+                  x_label="Fourier component", y_label="norm", section=FOURIER)
+
+
+def embed_spectrum(d: RunData) -> Figure | Missing:
+    return _spectrum(d, "embed_spectrum", "embed_spectrum", "Fourier spectrum of the embedding W_E",
+                     "Norm over d_model of each Fourier component of the number embeddings: a few key "
+                     "frequencies carry almost all of it (Nanda et al. Fig. 3).")
+
+
+def wl_spectrum(d: RunData) -> Figure | Missing | list[Figure]:
+    if _attn_only(d):
+        return []  # no MLP: nothing to show, nothing missing
+    return _spectrum(d, "wl_spectrum", "wl_spectrum", "Fourier spectrum of the neuron-logit map W_L",
+                     "Norm over neurons of each Fourier component of W_L = W_out W_U along the output "
+                     "axis: sparse, on the key frequencies (Nanda et al. Fig. 3).")
+
+
+def logit_fourier(d: RunData) -> Figure | Missing:
+    a = _arr(d, "logit_fourier_norm", 2)
+    title = "2D Fourier norms of the logits"
+    if a is None or a.shape[0] != a.shape[1]:
+        return Missing("logit_fourier", title, _shape_note(d, "logit_fourier_norm", "[p, p]"), section=FOURIER)
+    lab = fourier_labels(a.shape[0])
+    return Figure("logit_fourier", title, "Norm over outputs of the 2D Fourier transform of the logits over "
+                  "(a, b): the mass sits on the key frequencies' cos/sin terms (Nanda et al. Fig. 4)." + _keys_note(d),
+                  "heatmaps", heatmaps=[Heatmap("logits", a, lab, lab)], x_label="b component",
+                  y_label="a component", section=FOURIER)
+
+
+def attention(d: RunData) -> Figure | Missing:
+    a = _arr(d, "attention", 3)
+    title = "Attention from `=` to `a`, per head"
+    if a is None or a.shape[1] != a.shape[2]:
+        return Missing("attention", title, _shape_note(d, "attention", "[n_heads, p, p]"), section=NEURONS)
+    ticks = np.arange(a.shape[1])
+    maps = [Heatmap(f"head {h}", a[h], ticks, ticks) for h in range(a.shape[0])]
+    return Figure("attention", title, "Each head's attention weight from the `=` token to `a`, over all "
+                  "inputs (a, b): periodic in a (Nanda et al. appendix).", "heatmaps", heatmaps=maps,
+                  x_label="b", y_label="a", section=NEURONS)
+
+
+def _neuron_ids(d: RunData, n: int) -> list[int]:
+    ids = d.arrays.get("neuron_ids")
+    if ids is not None and ids.ndim == 1 and len(ids) == n:
+        return [int(i) for i in ids]
+    return list(range(n))
+
+
+def neuron_activations(d: RunData) -> Figure | Missing | list[Figure]:
+    if _attn_only(d):
+        return []  # no MLP: nothing to show, nothing missing
+    a = _arr(d, "neuron_acts", 3)
+    title = "Neuron activations over (a, b)"
+    if a is None or a.shape[1] != a.shape[2]:
+        return Missing("neuron_activations", title, _shape_note(d, "neuron_acts", "[n, p, p]"), section=NEURONS)
+    ticks = np.arange(a.shape[1])
+    maps = [Heatmap(f"neuron {i}", a[j], ticks, ticks) for j, i in enumerate(_neuron_ids(d, a.shape[0]))]
+    return Figure("neuron_activations", title, "MLP activations at the `=` position of a few neurons over all "
+                  "inputs (a, b): periodic waves (Nanda et al. Fig. 5).", "heatmaps", heatmaps=maps,
+                  x_label="b", y_label="a", section=NEURONS)
+
+
+def neuron_fourier(d: RunData) -> Figure | Missing | list[Figure]:
+    if _attn_only(d):
+        return []  # no MLP: nothing to show, nothing missing
+    a = _arr(d, "neuron_fourier", 3)
+    title = "A neuron's activations in the 2D Fourier basis"
+    if a is None or a.shape[1] != a.shape[2] or a.shape[0] == 0:
+        return Missing("neuron_fourier", title, _shape_note(d, "neuron_fourier", "[n, p, p]"), section=NEURONS)
+    lab = fourier_labels(a.shape[1])
+    nid = _neuron_ids(d, a.shape[0])[0]
+    return Figure("neuron_fourier", title, f"Neuron {nid}'s activations transformed over (a, b): almost all "
+                  "of it in the const/cos/sin block of one frequency (Nanda et al. Fig. 5).", "heatmaps",
+                  heatmaps=[Heatmap(f"neuron {nid}", a[0], lab, lab, diverging=True)],
+                  x_label="b component", y_label="a component", section=NEURONS)
+
+
+def neuron_fve_histogram(d: RunData) -> Figure | Missing | list[Figure]:
+    if _attn_only(d):
+        return []  # no MLP: nothing to show, nothing missing
+    a = _arr(d, "neuron_fve", 1)
+    title = "Fraction of variance explained per neuron"
+    if a is None:
+        return Missing("neuron_fve", title, _shape_note(d, "neuron_fve", "[d_mlp]"), section=NEURONS)
+    return Figure("neuron_fve", title, "Histogram over neurons of the share of each neuron's variance "
+                  "explained by its best frequency; the paper counts neurons above 0.85.", "hist",
+                  [Series("neurons", np.arange(len(a)), a)], x_label="FVE by the best frequency",
+                  y_label="neurons", toggle_log=False, vlines=[(0.85, "0.85")], x_range=(0.0, 1.0), section=NEURONS)
+
+
+def neuron_clusters(d: RunData) -> Figure | Missing | list[Figure]:
+    if _attn_only(d):
+        return []  # no MLP: nothing to show, nothing missing
+    freq, fve = _arr(d, "neuron_freq", 1), _arr(d, "neuron_fve", 1)
+    title = "Neuron clusters by frequency"
+    if freq is None or fve is None or len(freq) != len(fve):
+        return Missing("neuron_clusters", title, _shape_note(d, "neuron_freq", "[d_mlp] beside neuron_fve [d_mlp]"),
+                       section=NEURONS)
+    freqs = sorted({int(f) for f in freq})
+    explained = fve > 0.85  # the paper's (and SPEC section 3's) threshold for "explained by one frequency"
+    labels = np.array([str(f) for f in freqs])
+    count = [np.array([np.sum((freq == f) & e) for f in freqs], dtype=float) for e in (explained, ~explained)]
+    return Figure("neuron_clusters", title, "Neurons grouped by the frequency that explains most of their "
+                  "variance; solid: explained above 0.85. They cluster on the key frequencies.", "bars",
+                  [Series("FVE > 0.85", labels, count[0]), Series("FVE <= 0.85", labels, count[1])],
+                  x_label="frequency k", y_label="neurons", toggle_log=False, section=NEURONS)
+
+
+def cluster_wl(d: RunData) -> Figure | Missing | list[Figure]:
+    if _attn_only(d):
+        return []  # no MLP: nothing to show, nothing missing
+    a = _arr(d, "cluster_wl_fourier", 2)
+    title = "W_L columns of one cluster in the Fourier basis"
+    if a is None and d.arrays and "cluster_wl_fourier" not in d.arrays and "neuron_fve" in d.arrays:
+        return Missing("cluster_wl", title, "analysis writes it only when some neuron is explained by one frequency "
+                       f"(FVE > 0.85); none is at step {(d.summary or {}).get('step', '?')}", section=NEURONS)
+    if a is None:
+        return Missing("cluster_wl", title, _shape_note(d, "cluster_wl_fourier", "[p, m]"), section=NEURONS)
+    k = d.arrays.get("cluster_freq")
+    kname = f"k = {int(np.asarray(k).reshape(-1)[0])}" if k is not None and np.asarray(k).size == 1 else "its frequency"
+    return Figure("cluster_wl", f"{title} ({kname})", f"Neuron-logit weights of the largest neuron cluster "
+                  f"({kname}) along the output axis, in the Fourier basis: only the cluster's cos/sin rows "
+                  "are non-zero (Nanda et al. Fig. 6).", "heatmaps",
+                  heatmaps=[Heatmap("W_L columns", a, np.arange(a.shape[1]), fourier_labels(a.shape[0]),
+                                    diverging=True)],
+                  x_label="neuron in the cluster", y_label="output Fourier component", section=NEURONS)
+
+
+# ------------------------------------------------------------------------------ everything else
+CONSUMED = {"step", "epoch", "train_loss", "test_loss", "train_acc", "test_acc", "weight_norm"}
+POS_RE = re.compile(r"^(train|test)_(loss|acc)_pos\d+$")
+
+
+def other_metric_columns(d: RunData) -> list[Figure]:
+    """One figure per logged metric column that no other figure shows (lr, anything a trainer adds)."""
+    m = d.metrics
+    out = []
+    for c in m.columns:
+        if c in CONSUMED or POS_RE.match(c) or not pd.api.types.is_numeric_dtype(m[c]) or not _has(m, c):
+            continue
+        out.append(Figure(f"metric_{c.lower()}", c, f"Column `{c}` of the metrics table.", "lines",
+                          [Series(c, _x(m), _col(m, c))], x_label=_x_label(m), y_label=c, phases=d.phases,
+                          section="Other metrics"))
+    return out
+
+
+PROGRESS_SHOWN = {"step", "epoch", "train_loss", "test_loss", "train_acc", "test_acc", "restricted_loss",
+                  "restricted_loss_train", "restricted_loss_test", "restricted_acc", "excluded_loss", "gini_W_E",
+                  "gini_W_L", "weight_norm"}
+
+
+def other_progress_columns(d: RunData) -> list[Figure]:
+    """The progress table's columns that no figure above shows (e.g. restricted/excluded accuracy)."""
+    p = d.progress
+    cols = [c for c in p.columns if c not in PROGRESS_SHOWN and not re.match(r"^(coef_k|excluded_loss_k)\d+$", c)
+            and pd.api.types.is_numeric_dtype(p[c]) and _has(p, c)]
+    if not cols:
+        return []
+    series = [Series(c, _x(p), _col(p, c), hidden=i >= 8) for i, c in enumerate(cols)]
+    return [Figure("progress_other", "Other progress measures", "Columns of analysis's progress table not shown "
+                   "above, per checkpoint.", "lines", series, x_label=_x_label(p), y_label="value", phases=d.phases,
+                   section="Progress measures")]
+
+
+def other_tables(d: RunData) -> list[Figure]:
+    """One figure per extra table in metrics.sqlite (e.g. a copy-LM's evaluations): its numeric columns."""
+    out = []
+    for t, df in d.other_tables.items():
+        cols = [c for c in df.columns if c not in ("step", "epoch") and pd.api.types.is_numeric_dtype(df[c]) and _has(df, c)]
+        if not cols:
+            continue
+        series = [Series(c, _x(df), _col(df, c), hidden=i >= 8) for i, c in enumerate(cols)]
+        out.append(Figure(f"table_{t.lower()}", f"Table `{t}`", f"Every numeric column of the `{t}` table "
+                          "(only the first 8 start visible; click the legend to show others).", "lines", series,
+                          x_label=_x_label(df), y_label="value", phases=d.phases, section="Other metrics"))
+    return out
+
+
+GENERIC: list[Builder] = [loss_curves, accuracy_curves, per_position("train", "loss"), per_position("test", "loss"),
+                          per_position("test", "acc"), weight_norm]
+MODULAR: list[Builder] = [progress_losses, test_over_restricted, gini, key_coefficients, excluded_per_frequency,
+                          embed_spectrum, wl_spectrum, logit_fourier, attention, neuron_activations, neuron_fourier,
+                          neuron_fve_histogram, neuron_clusters, cluster_wl]
+EXTRA: list[Builder] = [other_progress_columns, other_metric_columns, other_tables]
+
+
+def build_all(d: RunData) -> tuple[list[Figure], list[Missing]]:
+    """Every figure this run can show now, and the ones it cannot yet (with what they need)."""
+    figs: list[Figure] = []
+    missing: list[Missing] = []
+    builders = GENERIC + (MODULAR if d.is_modular else []) + EXTRA
+    for build in builders:
+        got = build(d)
+        for item in got if isinstance(got, list) else [got]:
+            (figs if isinstance(item, Figure) else missing).append(item)
+    return figs, missing
