@@ -6,8 +6,15 @@ import pytest
 import torch
 
 from grokscope.config import ModelConfig
-from grokscope.lm.induction import (eigen_positivity, head_scores, icl_score, ov_small, prefix_matching_score,
-                                    previous_token_score, repeated_tokens)
+from grokscope.lm.induction import (
+    eigen_positivity,
+    head_scores,
+    icl_score,
+    ov_small,
+    prefix_matching_score,
+    previous_token_score,
+    repeated_tokens,
+)
 from grokscope.lm.llama import build_llama
 
 torch.set_num_threads(1)

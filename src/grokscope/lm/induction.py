@@ -72,7 +72,7 @@ def copying_scores(model) -> Tensor:
         rows = []
         for block in model.blocks:
             m = ov_small(model.embed.W_E, block.attn.W_V, block.attn.W_O, model.W_U, block.ln1.w, model.ln_final.w)
-            rows.append(eigen_positivity(m))
+            rows.append(eigen_positivity(m.cpu()))  # eigvals of a tiny matrix: CPU is fine and always there
         return torch.stack(rows).float()
 
 
@@ -80,7 +80,7 @@ def copying_scores(model) -> Tensor:
 def head_scores(model, s: int, n_seq: int, seed: int) -> dict[str, Tensor]:
     """induction, prefix_matching, copying, previous_token: each [layers, heads]."""
     s = min(s, model.n_ctx // 2)
-    tokens = repeated_tokens(model.d_vocab, s, n_seq, torch.Generator().manual_seed(seed))
+    tokens = repeated_tokens(model.d_vocab, s, n_seq, torch.Generator().manual_seed(seed)).to(model.embed.W_E.device)
     was_training = model.training
     model.eval()
     _, cache = model.run_with_cache(tokens)
@@ -89,6 +89,7 @@ def head_scores(model, s: int, n_seq: int, seed: int) -> dict[str, Tensor]:
     pm = torch.stack([prefix_matching_score(cache["pattern", layer], s) for layer in range(n_layers)])
     prev = torch.stack([previous_token_score(cache["pattern", layer], s) for layer in range(n_layers)])
     ep = copying_scores(model)
+    pm, prev = pm.cpu(), prev.cpu()
     return {"induction": pm * ep, "prefix_matching": pm, "copying": ep, "previous_token": prev}
 
 
