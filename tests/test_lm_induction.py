@@ -115,3 +115,30 @@ def test_icl_score_is_late_minus_early_loss():
     expected = float(pos_loss[500] - pos_loss[50])
     assert icl_score(pos_loss) == pytest.approx(expected, abs=1e-9)  # windows are symmetric on a line
     assert icl_score(torch.full((64,), 3.0)) == pytest.approx(0.0)
+
+
+def test_repeat_gain_of_a_perfect_copier_and_of_a_blind_model():
+    from grokscope.lm.induction import per_position_loss, repeat_gain, with_repeated_span
+
+    w = torch.randint(0, 30, (6, 65), generator=torch.Generator().manual_seed(0))
+    rep, ctl, where = with_repeated_span(w, 12)
+    assert torch.equal(rep[:, where], ctl[:, where])  # the same late tokens in both
+    span = where.stop - where.start + 1
+    assert torch.equal(rep[:, 8:8 + span], rep[:, where.start - 1:where.stop])  # repeated from L/8
+    assert not torch.equal(ctl[:, 8:8 + span], ctl[:, where.start - 1:where.stop])
+
+    def copier_logits(x):  # predicts the token after the last earlier match of the current token pair
+        out = torch.zeros(*x.shape, 30)
+        for b in range(len(x)):
+            t = x[b].tolist()
+            for p in range(1, len(t)):
+                for j in range(p - 1, 0, -1):
+                    if t[j - 1:j + 1] == t[p - 1:p + 1]:
+                        out[b, p, t[j + 1]] = 20.0
+                        break
+        return out
+
+    losses = [per_position_loss(copier_logits(x[:, :-1]), x[:, 1:]) for x in (ctl, rep)]
+    assert repeat_gain(losses[0], losses[1], where) > 2.0  # log(30) = 3.4 at best
+    blind = [per_position_loss(torch.zeros(len(x), 64, 30), x[:, 1:]) for x in (ctl, rep)]
+    assert repeat_gain(blind[0], blind[1], where) == pytest.approx(0.0)

@@ -54,7 +54,7 @@ def test_tiny_run_end_to_end_and_analysis(tmp_path):
     m = run.metrics()
     assert m["step"].iloc[-1] == 8 and m["tokens"].iloc[-1] == 8 * 512
     assert m["val_loss"].iloc[-1] < m["val_loss"].iloc[0]  # it learns something
-    for col in ("train_loss", "icl_score", "copy_acc", "copy_token_acc", "copy_loss", "rcopy_acc", "induction_l0",
+    for col in ("train_loss", "icl_score", "repeat_gain", "copy_acc", "copy_token_acc", "copy_loss", "rcopy_acc", "induction_l0",
                 "prefix_matching_l0", "previous_token_l0"):
         assert col in m
     heads = run.metrics("heads")

@@ -54,6 +54,7 @@ def analyze_lm_run(run_dir: str | Path, write: bool = False) -> dict[str, Any]:
         "random_copy_accuracy": _f(last["rcopy_acc"]),
         "random_copy_token_accuracy": _f(last["rcopy_token_acc"]),
         "icl_score": _f(last["icl_score"]),
+        "repeat_gain": _f(last["repeat_gain"]) if "repeat_gain" in m else None,
         "induction_score": [float(per_layer["induction"].max()[layer]) for layer in range(n_layers)],
         "prefix_matching_score": [float(per_layer["prefix_matching"].max()[layer]) for layer in range(n_layers)],
         "previous_token_score": [float(per_layer["previous_token"].max()[layer]) for layer in range(n_layers)],

@@ -108,3 +108,34 @@ def icl_score(pos_loss: Tensor) -> float:
         w = max(1, round(0.02 * n))
         return pos_loss[max(0, c - w):min(len(pos_loss), c + w + 1)]
     return float(window(500 / 512).mean() - window(50 / 512).mean())
+
+
+def with_repeated_span(windows: Tensor, span: int) -> tuple[Tensor, Tensor, slice]:
+    """(repeated, control, where): windows [n, L] with a late span that does or does not repeat.
+
+    Both copies get the same late span (from L/8 in each window, written to end one token before
+    the window does); in `repeated` its source is still there earlier in the window, in
+    `control` the source is replaced by the same stretch of the next window. The late span's
+    tokens, positions and nearby context are then identical in both, and only an earlier
+    occurrence, i.e. copying from context, can make `repeated` easier. `where` are the late
+    span's tokens after its first.
+    """
+    n, L = windows.shape
+    span = min(span, L // 3)
+    src, dst = L // 8, L - span - 1
+    repeated = windows.clone()
+    repeated[:, dst:dst + span] = windows[:, src:src + span]
+    control = repeated.clone()
+    control[:, src:src + span] = windows.roll(1, dims=0)[:, src:src + span]
+    return repeated, control, slice(dst + 1, dst + span)
+
+
+def repeat_gain(pos_loss_control: Tensor, pos_loss_repeated: Tensor, where: slice) -> float:
+    """Loss on the late span without minus with an earlier occurrence (see `with_repeated_span`).
+
+    Per-position losses are indexed by the predicting position (p predicts token p + 1), so the
+    tokens at `where` are read at where.start-1 .. where.stop-2. ~0 before a model copies from
+    context; up to the span's whole loss once it copies perfectly.
+    """
+    pred = slice(where.start - 1, where.stop - 1)
+    return float(pos_loss_control[pred].mean() - pos_loss_repeated[pred].mean())

@@ -33,7 +33,13 @@ import grokscope
 from grokscope import config as C
 from grokscope.lm import ddp
 from grokscope.lm.copytest import build_copy_set, evaluate_copy
-from grokscope.lm.induction import head_scores, icl_score, per_position_loss
+from grokscope.lm.induction import (
+    head_scores,
+    icl_score,
+    per_position_loss,
+    repeat_gain,
+    with_repeated_span,
+)
 from grokscope.lm.llama import Llama, build_llama, n_params
 from grokscope.lm.text import fixed_windows, prepare, repeat_spans, sample_windows
 from grokscope.store import Run, StoreError
@@ -156,6 +162,11 @@ class LMTrainer:
             row[f"{split}_loss"] = float(pos_loss.mean())
             if split == "val":
                 row["icl_score"] = icl_score(pos_loss.cpu())
+                # Copying on real text: the same windows with an earlier span repeated near the end.
+                rep, ctl, where = with_repeated_span(w, 24)
+                losses = [sum(per_position_loss(model(c[:, :-1]), c[:, 1:]) * len(c) for c in x.split(16)) / len(w)
+                          for x in (ctl, rep)]
+                row["repeat_gain"] = repeat_gain(losses[0].cpu(), losses[1].cpu(), where)
         row.update(evaluate_copy(model, self.copy_set, prefix="copy"))
         row.update(evaluate_copy(model, self.rcopy_set, prefix="rcopy"))
         scores = head_scores(model, task.induction_len, 4, self.cfg.seed + 3)
@@ -297,7 +308,25 @@ class LMTrainer:
                                         train_seconds=elapsed, steps_per_second=(self.step - s0) / max(elapsed, 1e-9),
                                         tokens_per_second=(self.step - s0) * self.tokens_per_step / max(train_time, 1e-9))
         ddp.barrier()
-        return info
+        return info if self.rank == 0 else self.run.read_info()
+
+
+def train_text_run(cfg: C.RunConfig, out, resume: bool = False, overwrite: bool = False,
+                   progress: bool = True) -> dict[str, Any]:
+    """`pipeline.train_run` for text: under torchrun only rank 0 checks and writes the folder."""
+    from grokscope.pipeline import prepare_run_dir
+
+    rank, _ = ddp.init_from_env()
+    run = Run(out)
+    if rank == 0:
+        run = prepare_run_dir(run.path, resume, overwrite)
+        if not resume:
+            run.write_config(C.to_yaml(cfg))
+    ddp.barrier()
+    try:
+        return LMTrainer(cfg, run, progress=progress).fit(resume=resume)
+    finally:
+        ddp.shutdown()
 
 
 class _null:
