@@ -140,3 +140,15 @@ def test_ddp_two_processes_match_one(tmp_path):
     _, td = ddp_run.load_checkpoint()
     for k in Run.params_only(ts):
         torch.testing.assert_close(td[k], ts[k], atol=1e-5, rtol=1e-4)
+
+
+def test_bad_input_is_a_one_line_error_before_anything_is_written(tmp_path):
+    from grokscope import pipeline
+
+    cfg = tiny_cfg(tmp_path, **{"task.context": 24})
+    with pytest.raises(C.ConfigError, match="task.context=24"):
+        pipeline.train_run(cfg, tmp_path / "short", progress=False)
+    cfg = tiny_cfg(tmp_path, **{"model.d_head": 7})
+    with pytest.raises(C.ConfigError, match="d_head"):
+        pipeline.train_run(cfg, tmp_path / "odd", progress=False)
+    assert not (tmp_path / "short").exists() and not (tmp_path / "odd").exists()

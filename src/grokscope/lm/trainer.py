@@ -76,6 +76,7 @@ class LMTrainer:
         self.batch = cfg.train.batch_size or 8  # sequences per micro-step, global
         if self.batch % self.world:
             raise C.ConfigError(f"train.batch_size={self.batch} must be a multiple of the {self.world} data-parallel processes")
+        check_config(cfg)
         task = cfg.task
         if self.rank == 0:  # rank 0 trains the tokenizer and fills the cache; the others then read it
             self.data = prepare(task)
@@ -107,9 +108,12 @@ class LMTrainer:
         self.train_eval = fixed_windows(self.data.train, task.eval_windows, L + 1).to(self.device)
         self.val_eval = fixed_windows(self.data.val, task.eval_windows, L + 1).to(self.device)
         tok = self.data.tokenizer
-        self.copy_set = build_copy_set(tok, L, task.copy_samples, task.copy_lines, task.copy_queries, seed + 1)
-        self.rcopy_set = build_copy_set(tok, L, task.copy_samples, task.copy_lines, task.copy_queries, seed + 2,
-                                        random_ids=True)
+        try:
+            self.copy_set = build_copy_set(tok, L, task.copy_samples, task.copy_lines, task.copy_queries, seed + 1)
+            self.rcopy_set = build_copy_set(tok, L, task.copy_samples, task.copy_lines, task.copy_queries, seed + 2,
+                                            random_ids=True)
+        except ValueError as err:
+            raise C.ConfigError(f"task.context={L}: {err}; use at least 64") from None
         for cs in (self.copy_set, self.rcopy_set):
             for name in ("tokens", "pos", "targets", "mask"):
                 setattr(cs, name, getattr(cs, name).to(self.device))
@@ -311,11 +315,20 @@ class LMTrainer:
         return info if self.rank == 0 else self.run.read_info()
 
 
+def check_config(cfg: C.RunConfig) -> None:
+    """The checks that need no data, run before the run folder is touched."""
+    if cfg.model.d_head % 2:
+        raise C.ConfigError(f"model.d_head={cfg.model.d_head} must be even for rotary positions")
+    if cfg.task.context < 56:  # two 19-token hex lines and a 17-token query (character tokens)
+        raise C.ConfigError(f"task.context={cfg.task.context} is too short for the copy test; use at least 56")
+
+
 def train_text_run(cfg: C.RunConfig, out, resume: bool = False, overwrite: bool = False,
                    progress: bool = True) -> dict[str, Any]:
     """`pipeline.train_run` for text: under torchrun only rank 0 checks and writes the folder."""
     from grokscope.pipeline import prepare_run_dir
 
+    check_config(cfg)
     rank, _ = ddp.init_from_env()
     run = Run(out)
     if rank == 0:
