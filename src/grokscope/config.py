@@ -88,8 +88,13 @@ class TextTask(_Strict):
     vocab_size: int = Field(2048, ge=32)
     context: int = Field(256, ge=8)
     repeat_frac: float = Field(0.0, ge=0, le=1, description="share of windows that repeat an earlier span")
-    copy_lines: int = Field(50, ge=2)
-    copy_samples: int = Field(50, ge=1)
+    copy_lines: int = Field(50, ge=2, description="lines per copy sample; fewer if the context is short")
+    copy_samples: int = Field(50, ge=1, description="copy-test samples per evaluation")
+    copy_queries: int = Field(5, ge=1, description="query positions (evenly spaced lines; the paper: 10)")
+    val_book: str | None = Field(None, description="held-out document; null = persuasion (default corpus) or the last")
+    cache_dir: str | None = Field(None, description="tokenizer/token cache; null = $GROKSCOPE_CACHE or ~/.cache/grokscope")
+    eval_windows: int = Field(16, ge=1, description="fixed train and val windows for the evaluation losses")
+    induction_len: int = Field(100, ge=4, description="s: length of each half of the repeated random sequence")
 
 
 TaskConfig = Annotated[

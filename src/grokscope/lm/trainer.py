@@ -1,0 +1,364 @@
+"""The minibatch trainer for the copy LM (SPEC section 7): next-token loss on packed text windows.
+
+One step = one optimiser update on `train.batch_size * train.grad_accum` windows of
+`task.context + 1` tokens (global, across data-parallel ranks; see `grokscope.lm.ddp`). Steps
+and tokens are both counted, since the paper's claim is that copying arrives after a number of
+updates, not of tokens. AdamW (weight decay on matrices only, not norm gains), linear warmup then
+constant or cosine (`grokscope.train.trainer.lr_at`), gradient clipping, gradient accumulation.
+
+At each evaluation step (`train.eval_schedule: log` spaces them logarithmically) it records, in
+the run store's `metrics` table: train and validation loss on fixed windows, the in-context
+learning score, the hex copy test (`copy_*`) and its random-token-id variant (`rcopy_*`), and per
+layer the largest induction, prefix-matching and previous-token scores; per-head scores go to
+the `heads` table (step, layer, head, induction, prefix_matching, copying, previous_token).
+Wall-clock time goes to a separate `timing` table, so `metrics` is the same after a resume.
+
+Windows, span repetition and dropout masks are drawn from generators seeded by (seed, step),
+so a run resumed from its latest checkpoint (which keeps the optimiser state) replays the
+uninterrupted run exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import time
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+import grokscope
+from grokscope import config as C
+from grokscope.lm import ddp
+from grokscope.lm.copytest import build_copy_set, evaluate_copy
+from grokscope.lm.induction import (
+    head_scores,
+    icl_score,
+    per_position_loss,
+    repeat_gain,
+    with_repeated_span,
+)
+from grokscope.lm.llama import Llama, build_llama, n_params
+from grokscope.lm.text import fixed_windows, prepare, repeat_spans, sample_windows
+from grokscope.store import Run, StoreError
+from grokscope.train.trainer import eval_steps, lr_at, now, setup_torch, step_generator
+
+TABLES = ["metrics", "heads", "timing"]
+
+
+def lm_loss(logits: Tensor, targets: Tensor) -> Tensor:
+    """Mean next-token cross-entropy of logits [n, L, V] against targets [n, L].
+
+    float32 is enough here: LM losses stay far from zero, where the grokking runs needed float64.
+    """
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1))
+
+
+def total_steps(cfg: C.RunConfig, n_train_tokens: int) -> int:
+    if cfg.train.steps is not None:
+        return cfg.train.steps
+    per_step = (cfg.train.batch_size or 8) * cfg.train.grad_accum * cfg.task.context
+    return math.ceil((cfg.train.epochs or 0) * n_train_tokens / per_step)
+
+
+class LMTrainer:
+    """Trains one text run into its folder; `fit()` starts or resumes (see module docstring)."""
+
+    def __init__(self, cfg: C.RunConfig, run: Run, progress: bool = True):
+        if cfg.task.name != "text" or cfg.model.arch != "llama":
+            raise C.ConfigError("the LM trainer needs task.name=text and model.arch=llama")
+        self.cfg, self.run = cfg, run
+        setup_torch(cfg.train.threads)
+        self.rank, self.world = ddp.init_from_env()
+        self.device = ddp.device_for(self.rank)
+        self.batch = cfg.train.batch_size or 8  # sequences per micro-step, global
+        if self.batch % self.world:
+            raise C.ConfigError(f"train.batch_size={self.batch} must be a multiple of the {self.world} data-parallel processes")
+        check_config(cfg)
+        task = cfg.task
+        if self.rank == 0:  # rank 0 trains the tokenizer and fills the cache; the others then read it
+            self.data = prepare(task)
+        ddp.barrier()
+        if self.rank != 0:
+            self.data = prepare(task)
+        self.vocab = self.data.vocab_size
+        self.model: Llama = build_llama(cfg.model, self.vocab, task.context, cfg.seed).to(self.device)
+        self.net = self.model
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.net = DistributedDataParallel(self.model)
+        self.params = list(self.model.parameters())
+        decay = [p for p in self.params if p.ndim >= 2]
+        no_decay = [p for p in self.params if p.ndim < 2]  # RMSNorm gains: decaying them only fights the norm
+        self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.optim.weight_decay},
+                                      {"params": no_decay, "weight_decay": 0.0}],
+                                     lr=cfg.optim.lr, betas=cfg.optim.betas, eps=cfg.optim.eps)
+        self.total = total_steps(cfg, len(self.data.train))
+        self.tokens_per_step = self.batch * cfg.train.grad_accum * task.context
+        self.progress = progress and self.rank == 0
+        self.step = 0
+        self._eval_sets()
+
+    # ------------------------------------------------------------------------------ eval data
+    def _eval_sets(self) -> None:
+        task, seed, L = self.cfg.task, self.cfg.seed, self.cfg.task.context
+        self.train_eval = fixed_windows(self.data.train, task.eval_windows, L + 1).to(self.device)
+        self.val_eval = fixed_windows(self.data.val, task.eval_windows, L + 1).to(self.device)
+        tok = self.data.tokenizer
+        try:
+            self.copy_set = build_copy_set(tok, L, task.copy_samples, task.copy_lines, task.copy_queries, seed + 1)
+            self.rcopy_set = build_copy_set(tok, L, task.copy_samples, task.copy_lines, task.copy_queries, seed + 2,
+                                            random_ids=True)
+        except ValueError as err:
+            raise C.ConfigError(f"task.context={L}: {err}; use at least 64") from None
+        for cs in (self.copy_set, self.rcopy_set):
+            for name in ("tokens", "pos", "targets", "mask"):
+                setattr(cs, name, getattr(cs, name).to(self.device))
+
+    # ------------------------------------------------------------------------------ the step
+    def windows(self, step: int) -> Tensor:
+        """The global batch of step `step`: [batch * grad_accum, context + 1] token ids."""
+        gen = step_generator(self.cfg.seed, step, 0)
+        n = self.batch * self.cfg.train.grad_accum
+        x = sample_windows(self.data.train, n, self.cfg.task.context + 1, gen)
+        if self.cfg.task.repeat_frac > 0:
+            x = repeat_spans(x, self.cfg.task.repeat_frac, gen)
+        return x
+
+    def train_step(self, step: int) -> tuple[float, float]:
+        """One optimiser update; returns (lr, the step's mean training loss over all ranks)."""
+        cfg = self.cfg
+        lr = lr_at(step, self.total, cfg.optim)
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        x = self.windows(step)
+        # Dropout draws from torch's global generator: seed it per (step, rank) for exact resume.
+        torch.manual_seed((cfg.seed * 1_000_003 + step) * 64 + self.rank)
+        self.opt.zero_grad(set_to_none=True)
+        n_micro, per_rank = cfg.train.grad_accum, self.batch // self.world
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        for m in range(n_micro):
+            rows = x[m * self.batch + self.rank * per_rank:m * self.batch + (self.rank + 1) * per_rank].to(self.device)
+            sync = m == n_micro - 1 or self.world == 1
+            ctx = self.net.no_sync() if not sync else _null()
+            with ctx:
+                loss = lm_loss(self.net(rows[:, :-1]), rows[:, 1:]) / n_micro
+                loss.backward()
+            total += loss.detach().double()
+        if cfg.optim.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.params, cfg.optim.grad_clip)
+        self.opt.step()
+        return lr, float(ddp.mean_across(total))
+
+    # ------------------------------------------------------------------------------ metrics
+    @torch.no_grad()
+    def evaluate(self, step: int, lr: float, batch_loss: float | None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """(metrics row, per-head rows) at `step`."""
+        model, task = self.model, self.cfg.task
+        model.eval()
+        row: dict[str, Any] = {"step": step, "tokens": step * self.tokens_per_step, "lr": lr,
+                               "batch_loss": batch_loss}
+        for split, w in (("train", self.train_eval), ("val", self.val_eval)):
+            pos_loss = sum(per_position_loss(model(c[:, :-1]), c[:, 1:]) * len(c) for c in w.split(16)) / len(w)
+            row[f"{split}_loss"] = float(pos_loss.mean())
+            if split == "val":
+                row["icl_score"] = icl_score(pos_loss.cpu())
+                # Copying on real text: the same windows with an earlier span repeated near the end.
+                rep, ctl, where = with_repeated_span(w, 24)
+                losses = [sum(per_position_loss(model(c[:, :-1]), c[:, 1:]) * len(c) for c in x.split(16)) / len(w)
+                          for x in (ctl, rep)]
+                row["repeat_gain"] = repeat_gain(losses[0].cpu(), losses[1].cpu(), where)
+        row.update(evaluate_copy(model, self.copy_set, prefix="copy"))
+        row.update(evaluate_copy(model, self.rcopy_set, prefix="rcopy"))
+        scores = head_scores(model, task.induction_len, 4, self.cfg.seed + 3)
+        heads = []
+        n_layers, n_heads = scores["induction"].shape
+        for layer in range(n_layers):
+            for h in range(n_heads):
+                heads.append({"step": step, "layer": layer, "head": h,
+                              **{k: float(v[layer, h]) for k, v in scores.items()}})
+            row[f"induction_l{layer}"] = float(scores["induction"][layer].max())
+            row[f"prefix_matching_l{layer}"] = float(scores["prefix_matching"][layer].max())
+            row[f"previous_token_l{layer}"] = float(scores["previous_token"][layer].max())
+        row["induction_max"] = float(scores["induction"].max())
+        model.train()
+        return row, heads
+
+    # ------------------------------------------------------------------------------ state
+    def resume_state(self) -> dict[str, Tensor]:
+        out: dict[str, Tensor] = {}
+        index = {id(p): i for i, p in enumerate(self.params)}
+        for p, st in self.opt.state.items():
+            for k, v in st.items():
+                out[f"optim/{index[id(p)]}/{k}"] = (v if isinstance(v, Tensor) else torch.tensor(v)).cpu()
+        return out
+
+    def load_resume_state(self, tensors: dict[str, Tensor]) -> None:
+        keys = [k for k in tensors if k.startswith("optim/")]
+        if not keys:
+            raise StoreError(f"the latest checkpoint of {str(self.run.path)!r} has no optimiser state; it cannot be resumed exactly")
+        for k in keys:
+            _, i, name = k.split("/")
+            v = tensors[k].clone()
+            self.opt.state[self.params[int(i)]][name] = v if name == "step" else v.to(self.device)
+
+    def save(self, step: int) -> None:
+        if self.rank == 0:
+            prev = self.run.checkpoint_steps()
+            params = {k: v.cpu() for k, v in self.model.state_dict().items()}
+            self.run.save_checkpoint(step, params, self.resume_state())
+            if prev and prev[-1] != step:  # only the latest checkpoint keeps the resume state
+                self.run.strip_resume_state(prev[-1])
+            self.run.update_info(last_step=step, last_tokens=step * self.tokens_per_step)
+        ddp.barrier()
+
+    def _log(self, rows: list[dict[str, Any]], heads: list[dict[str, Any]], timing: list[dict[str, Any]]) -> None:
+        if self.rank == 0:
+            self.run.append("metrics", rows)
+            self.run.append("heads", heads)
+            self.run.append("timing", timing)
+
+    # ------------------------------------------------------------------------------ the loop
+    def start(self) -> None:
+        if self.rank == 0:
+            self.run.update_info(
+                status="running", seed=self.cfg.seed, total_steps=self.total, tokens_per_step=self.tokens_per_step,
+                total_tokens=self.total * self.tokens_per_step, started=now(), ended=None, last_step=0,
+                n_params=n_params(self.model), d_vocab=self.vocab, train_tokens=len(self.data.train),
+                val_tokens=len(self.data.val), val_book=self.data.val_name, world_size=self.world,
+                copy_lines=self.copy_set.n_lines, copy_query_lines=self.copy_set.query_lines,
+                versions={"grokscope": grokscope.__version__, "torch": torch.__version__,
+                          "python": platform.python_version()},
+                threads=torch.get_num_threads(), device=str(self.device))
+        self.step = 0
+        self.save(0)
+        if self.rank == 0:
+            row, heads = self.evaluate(0, lr_at(0, self.total, self.cfg.optim), None)
+            self._log([row], heads, [{"step": 0, "wall_seconds": 0.0}])
+        ddp.barrier()
+
+    def resume(self) -> None:
+        step, tensors = self.run.load_checkpoint()
+        self.model.load_state_dict(self.run.params_only(tensors))
+        self.load_resume_state(tensors)
+        if self.rank == 0:
+            self.run.truncate_after(step, TABLES)
+            self.run.update_info(status="running", resumed_at=now(), ended=None)
+        self.step = step
+        ddp.barrier()
+
+    def fit(self, resume: bool = False) -> dict[str, Any]:
+        if resume:
+            info = self.run.read_info()
+            if info.get("status") == "completed" and info.get("last_step", 0) >= self.total:
+                return info
+            self.resume()
+        else:
+            self.start()
+        cfg = self.cfg
+        evals = eval_steps(self.total, cfg.train.eval_every, cfg.train.eval_schedule)
+        bar = None
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=self.total, initial=self.step, unit="step", dynamic_ncols=True, mininterval=1.0,
+                       desc=self.run.path.name)
+        rows: list[dict[str, Any]] = []
+        heads: list[dict[str, Any]] = []
+        timing: list[dict[str, Any]] = []
+        t0, s0 = time.perf_counter(), self.step
+        train_time = 0.0
+        try:
+            self.net.train()
+            while self.step < self.total:
+                t_step = time.perf_counter()
+                lr, loss = self.train_step(self.step)
+                train_time += time.perf_counter() - t_step
+                self.step += 1
+                s = self.step
+                if s in evals and self.rank == 0:
+                    row, hs = self.evaluate(s, lr, loss)
+                    rows.append(row)
+                    heads += hs
+                    timing.append({"step": s, "wall_seconds": time.perf_counter() - t0, "train_seconds": train_time,
+                                   "tokens_per_second": (s - s0) * self.tokens_per_step / max(train_time, 1e-9)})
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{loss:.3g}", val=f"{row['val_loss']:.3g}", copy=f"{row['copy_acc']:.2f}",
+                                        ind=f"{row['induction_max']:.2f}", refresh=False)
+                if s % cfg.train.checkpoint_every == 0 or s == self.total:
+                    self._log(rows, heads, timing)
+                    rows, heads, timing = [], [], []
+                    self.save(s)
+                if bar is not None:
+                    bar.update(1)
+        except KeyboardInterrupt:
+            if self.rank == 0:
+                self.run.update_info(status="interrupted", ended=now())
+            raise
+        except BaseException:
+            if self.rank == 0:
+                self.run.update_info(status="failed", ended=now())
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+        elapsed = time.perf_counter() - t0
+        info: dict[str, Any] = {}
+        if self.rank == 0:
+            info = self.run.update_info(status="completed", ended=now(), last_step=self.step,
+                                        train_seconds=elapsed, steps_per_second=(self.step - s0) / max(elapsed, 1e-9),
+                                        tokens_per_second=(self.step - s0) * self.tokens_per_step / max(train_time, 1e-9))
+        ddp.barrier()
+        return info if self.rank == 0 else self.run.read_info()
+
+
+def check_config(cfg: C.RunConfig) -> None:
+    """The checks that need no data, run before the run folder is touched."""
+    if cfg.model.d_head % 2:
+        raise C.ConfigError(f"model.d_head={cfg.model.d_head} must be even for rotary positions")
+    if cfg.task.context < 56:  # two 19-token hex lines and a 17-token query (character tokens)
+        raise C.ConfigError(f"task.context={cfg.task.context} is too short for the copy test; use at least 56")
+
+
+def train_text_run(cfg: C.RunConfig, out, resume: bool = False, overwrite: bool = False,
+                   progress: bool = True) -> dict[str, Any]:
+    """`pipeline.train_run` for text: under torchrun only rank 0 checks and writes the folder."""
+    from grokscope.pipeline import prepare_run_dir
+
+    check_config(cfg)
+    rank, _ = ddp.init_from_env()
+    run = Run(out)
+    if rank == 0:
+        run = prepare_run_dir(run.path, resume, overwrite)
+        if not resume:
+            run.write_config(C.to_yaml(cfg))
+    ddp.barrier()
+    try:
+        return LMTrainer(cfg, run, progress=progress).fit(resume=resume)
+    finally:
+        ddp.shutdown()
+
+
+class _null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def model_from_run(run_dir: str, step: int | None = None) -> tuple[Llama, C.RunConfig, int]:
+    """(model with a checkpoint's weights, config, step) of an LM run folder."""
+    import yaml
+
+    run = Run(run_dir).require()
+    cfg = C.resolve(yaml.safe_load(run.config_path.read_text()))
+    step, tensors = run.load_checkpoint(step)
+    params = Run.params_only(tensors)
+    model = Llama(cfg.model, params["embed.W_E"].shape[0], cfg.task.context)
+    model.load_state_dict(params)
+    model.eval()
+    return model, cfg, step

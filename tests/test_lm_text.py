@@ -1,0 +1,167 @@
+"""Text data: R lazy-load reading, corpus split, cached tokenizers, packed windows, repeated spans."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import random
+import struct
+import zlib
+from pathlib import Path
+
+import pytest
+import torch
+
+from grokscope.config import ConfigError, TextTask
+from grokscope.lm import text
+from grokscope.lm.rdata import read_lazyload, unserialize
+
+torch.set_num_threads(1)
+
+
+# ------------------------------------------------------------------- R's XDR format, written by hand
+def _i(v: int) -> bytes:
+    return struct.pack(">i", v)
+
+
+def _chars(s: str | None) -> bytes:
+    if s is None:
+        return _i(9) + _i(-1)  # NA_character_
+    b = s.encode()
+    return _i(0x40009) + _i(len(b)) + b  # CHARSXP, ASCII flag in the levels bits
+
+
+def _strsxp(items: list[str | None]) -> bytes:
+    return _i(16) + _i(len(items)) + b"".join(_chars(s) for s in items)
+
+
+def _named_list(items: dict[str, bytes], names_ref: bool = False) -> bytes:
+    names_sym = _i(0x1FF) if names_ref else _i(1) + _chars("names")  # a reference to symbol 1, or the symbol
+    return (_i(19 | 1 << 9) + _i(len(items)) + b"".join(items.values())
+            + _i(2 | 1 << 10) + names_sym + _strsxp(list(items)) + _i(254))
+
+
+HEADER = b"X\n" + _i(3) + _i(0x40201) + _i(0x30500) + _i(5) + b"UTF-8"
+
+
+def write_lazyload(folder: Path, objects: dict[str, list[str]]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    rdb, offsets = b"", {}
+    for name, lines in objects.items():
+        body = HEADER + _strsxp(lines)
+        block = struct.pack(">I", len(body)) + zlib.compress(body)
+        offsets[name] = (len(rdb), len(block))
+        rdb += block
+    variables = _named_list({k: _i(13) + _i(2) + _i(o) + _i(n) for k, (o, n) in offsets.items()})
+    # the second `names` symbol is written as a reference, as R does
+    index = HEADER + _i(19 | 1 << 9) + _i(2) + variables + _i(254) + _i(2 | 1 << 10) + _i(0x1FF) + _strsxp(
+        ["variables", "references"]) + _i(254)
+    (folder / "Rdata.rdb").write_bytes(rdb)
+    (folder / "Rdata.rdx").write_bytes(gzip.compress(index))
+
+
+def test_unserialize_vectors_and_na():
+    obj = unserialize(HEADER + _strsxp(["EMMA", None, "By Jane Austen"]))
+    assert list(obj) == ["EMMA", None, "By Jane Austen"]
+    ints = unserialize(HEADER + _i(13) + _i(3) + _i(1) + _i(-(2 ** 31)) + _i(7))
+    assert list(ints) == [1, None, 7]
+
+
+def test_janeaustenr_layout_is_read(tmp_path, monkeypatch):
+    books = {name: [name.upper(), "", f"first line of {name}", "second line"] for name in text.AUSTEN_BOOKS}
+    write_lazyload(tmp_path / "data", books)
+    assert {k: list(v) for k, v in read_lazyload(tmp_path / "data").items()} == books
+    monkeypatch.setenv("GROKSCOPE_JANEAUSTENR", str(tmp_path / "data"))
+    docs = text.austen_books()
+    assert list(docs) == list(text.AUSTEN_BOOKS)
+    assert docs["emma"] == "EMMA\n\nfirst line of emma\nsecond line\n"
+
+
+def test_missing_janeaustenr_is_a_one_line_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("GROKSCOPE_JANEAUSTENR", str(tmp_path / "nothing"))
+    monkeypatch.setattr(text, "R_LIB_DIRS", ())
+    for var in ("R_LIBS", "R_LIBS_USER", "R_LIBS_SITE"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(ConfigError, match="apt-get install r-cran-janeaustenr"):
+        text.austen_books()
+
+
+# ------------------------------------------------------------------- corpus, tokenizer, cache
+def corpus(tmp: Path) -> Path:
+    rng = random.Random(0)
+    words = "the lord said unto moses and elizabeth bennet replied that mr darcy was proud".split()
+    folder = tmp / "corpus"
+    folder.mkdir()
+    for name in ("one", "two", "three"):
+        (folder / f"{name}.txt").write_text("\n".join(" ".join(rng.choice(words) for _ in range(10))
+                                                      for _ in range(80)) + "\n")
+    return folder
+
+
+@pytest.mark.parametrize("kind", ["char", "bpe"])
+def test_prepare_packs_and_caches(tmp_path, kind):
+    folder = corpus(tmp_path)
+    task = TextTask(corpus=str(folder), tokenizer=kind, vocab_size=300, cache_dir=str(tmp_path / "cache"),
+                    val_book="two")
+    data = text.prepare(task)
+    docs = text.load_corpus(str(folder))
+    train_docs = [docs["one"], docs["three"]]
+    assert data.tokenizer.decode(list(map(int, data.train))) == "".join(d + "\n" for d in train_docs)
+    assert data.tokenizer.decode(list(map(int, data.val))) == docs["two"] + "\n"  # a whole held-out document
+    assert data.val_name == "two" and data.train.dtype.name == "uint16"
+    assert str(data.folder).startswith(str(tmp_path / "cache"))
+    stamp = os.stat(data.folder / "meta.json").st_mtime_ns
+    again = text.prepare(task)
+    assert again.folder == data.folder and os.stat(again.folder / "meta.json").st_mtime_ns == stamp
+    other = text.prepare(task.model_copy(update={"val_book": "one"}))
+    assert other.folder != data.folder
+    if kind == "bpe":
+        assert data.vocab_size <= 300
+        assert len(data.train) < len("".join(train_docs)) / 1.5  # merges compress English text
+    else:
+        assert set("0123456789abcdef\n") <= set(data.tokenizer._chars)
+
+
+def test_unknown_val_book_and_corpus(tmp_path):
+    folder = corpus(tmp_path)
+    with pytest.raises(ConfigError, match="val_book"):
+        text.prepare(TextTask(corpus=str(folder), tokenizer="char", cache_dir=str(tmp_path), val_book="nope"))
+    with pytest.raises(ConfigError, match="task.corpus"):
+        text.load_corpus(str(tmp_path / "missing"))
+
+
+def test_windows_are_slices_and_deterministic():
+    stream = torch.randint(0, 1000, (5000,), generator=torch.Generator().manual_seed(0)).numpy().astype("uint16")
+    w1 = text.sample_windows(stream, 6, 33, torch.Generator().manual_seed(4))
+    w2 = text.sample_windows(stream, 6, 33, torch.Generator().manual_seed(4))
+    assert torch.equal(w1, w2) and w1.shape == (6, 33) and w1.dtype == torch.int64
+    s = stream.tolist()
+    for row in w1.tolist():
+        assert any(s[i:i + 33] == row for i in range(len(s) - 33))
+
+
+def test_repeat_spans_copy_an_earlier_span():
+    windows = torch.randint(0, 10_000, (40, 64), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(text.repeat_spans(windows, 0.0, torch.Generator().manual_seed(1)), windows)
+    out = text.repeat_spans(windows, 1.0, torch.Generator().manual_seed(1))
+    changed = 0
+    for orig, new in zip(windows, out, strict=True):
+        diff = torch.nonzero(orig != new).flatten()
+        if len(diff) == 0:
+            continue
+        changed += 1
+        lo, hi = int(diff[0]), int(diff[-1]) + 1
+        span = new[lo:hi].tolist()
+        # the changed stretch is a copy of an earlier stretch of the window (found in the original)
+        o = orig.tolist()
+        assert any(o[a:a + len(span)] == span for a in range(0, lo - len(span) + 1))
+    assert changed >= 35  # span copies that overwrite identical tokens are vanishingly rare here
+
+
+@pytest.mark.slow
+def test_default_corpus_from_the_registries():
+    docs = text.load_corpus("default")
+    kjv = [k for k in docs if k.startswith("kjv_")]
+    assert len(kjv) == 66 and docs["kjv_genesis"].splitlines()[5].startswith("In the beginning God created")
+    assert all(b in docs for b in text.AUSTEN_BOOKS)
+    assert docs["emma"].startswith("EMMA") and docs["emma"].count("\n") == 16235
