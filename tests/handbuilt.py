@@ -31,8 +31,11 @@ from grokscope.tasks.modular import all_pairs, labels
 N_PHASES = 8  # theta = 2 pi j / 8: harmonics 1..4 of theta cancel in the readout
 
 
-def fourier_model(p: int, ks: list[int], eps: float = 0.3, amp: float = 12.0) -> Transformer:
-    """A model whose logits are ~ amp * sum_k cos(w_k(a+b-c)) (see module docstring)."""
+def fourier_model(p: int, ks: list[int], eps: float = 0.3, amp: float = 12.0, sign: int = 1) -> Transformer:
+    """A model whose logits are ~ amp * sum_k cos(w_k(a + sign*b - c)) (see module docstring).
+
+    sign = -1 stores b's wave as cos(-w b), sin(-w b), so the model computes a - b.
+    """
     nk = len(ks)
     tok, a0, b0, pos0, out0 = 0, 2 * nk, 4 * nk, 6 * nk, 6 * nk + 3
     d_model = 8 * nk + 3
@@ -60,7 +63,8 @@ def fourier_model(p: int, ks: list[int], eps: float = 0.3, amp: float = 12.0) ->
             slot = a0 if h == 0 else b0
             for j in range(2 * nk):
                 attn.W_V[h, tok + j, j] = 1.0
-                attn.W_O[h, j, slot + j] = 1.0
+                flip = sign if (h == 1 and j % 2 == 1) else 1  # sin(-w b) = -sin(w b)
+                attn.W_O[h, j, slot + j] = float(flip)
         mlp = model.blocks[0].mlp
         n = 0
         for i, k in enumerate(ks):
