@@ -73,3 +73,14 @@ def test_non_modular_run_exits_2(tmp_path):
     run.write_config(C.to_yaml(cfg))
     res = grokscope("analyze", str(run.path))
     assert res.returncode == 2 and "modular-arithmetic" in res.stderr
+
+
+def test_reproduce_runs_the_analysis(tmp_path):
+    out = tmp_path / "rep"
+    res = grokscope("reproduce", "mainline", "--out", str(out), "--quiet", "--set", "task.p=13",
+                    "--set", "model.d_model=16", "--set", "model.d_head=4", "--set", "model.d_mlp=32",
+                    "--set", "train.epochs=60", "--set", "train.checkpoint_every=20", "--set", "train.threads=1")
+    assert res.returncode == 0, res.stderr
+    s = json.loads((out / "analysis" / "summary.json").read_text())
+    assert s["step"] == 60 and s["n_checkpoints"] == 4
+    assert "key frequencies" in res.stdout and "phases:" in res.stdout
