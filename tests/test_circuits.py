@@ -152,3 +152,8 @@ def test_wl_residual_of_a_known_map():
     W_L = torch.stack([torch.cos(w * 2 * c), torch.sin(w * 3 * c), 5 + 0 * c])  # const row ignored
     assert ci.wl_residual(W_L, F, [2, 3]) == pytest.approx(0.0, abs=1e-12)
     assert ci.wl_residual(W_L, F, [2]) == pytest.approx(math.sqrt(0.5))
+
+
+def test_find_key_frequencies_agrees_with_the_full_analysis():
+    model = fourier_model(23, [2, 9])
+    assert ci.find_key_frequencies(model, grid_data(23)) == [2, 9]

@@ -142,3 +142,12 @@ def test_attention_only_model_gets_what_applies(tmp_path):
     assert summary["neuron_fve"] is None and summary["gini_W_L"] is None
     assert summary["key_frequencies"] == []
     assert len(summary["attention_heads"]) == 2
+
+
+def test_per_checkpoint_keys(tmp_path):
+    run = _write_handbuilt_run(tmp_path / "hb", [0.0, 12.0])
+    runner.analyze_run(run.path, per_checkpoint_keys=True)
+    prog = run.metrics("progress")
+    # amplitude 0 leaves a model whose logits are constant: its neurons still read the key
+    # frequencies, but nothing reaches the logits, so no frequency is key there
+    assert prog["key_frequencies"].tolist() == ["", "3,7,12"]

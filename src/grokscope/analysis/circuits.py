@@ -270,6 +270,17 @@ def model_wl(model: Transformer, p: int) -> Tensor | None:
     return neuron_logit_map(model.blocks[-1].mlp.W_out.detach(), model.unembed.W_U.detach(), p)
 
 
+def find_key_frequencies(model: Transformer, data: ModularData) -> list[int]:
+    """Only the key frequencies of the loaded checkpoint (the rule in the module docstring)."""
+    F, _ = fr.fourier_basis(data.p)
+    L, post, _ = run_grid(model, data)
+    if post is None:
+        return key_frequencies(logit_freq_shares(L, data.p, data.sign))
+    fve, var = grid_fve(post.T.reshape(-1, data.p, data.p).permute(1, 2, 0), F)
+    weight = var * centre_outputs(model_wl(model, data.p)).pow(2).sum(1)
+    return key_frequencies(neuron_freq_shares(fve, weight))
+
+
 def reverse_engineer(model: Transformer, data: ModularData, ks: list[int] | None = None,
                      n_show: int = 8) -> tuple[dict, dict[str, Tensor]]:
     """Analyse one checkpoint. Returns (summary fields, figure arrays); see analysis/__init__.py.

@@ -127,8 +127,7 @@ def analyze_run(run_dir: str | Path, step: int | None = None, per_checkpoint_key
     for s in steps:
         load_params(run, model, s)
         if per_checkpoint_keys:
-            here, _ = ci.reverse_engineer(model, data)
-            c = pg.make_context(data, here["key_frequencies_found_here"])
+            c = pg.make_context(data, ci.find_key_frequencies(model, data))
             row = pg.progress_row(model, c)
             row["key_frequencies"] = ",".join(str(k) for k in c.ks)
         else:
