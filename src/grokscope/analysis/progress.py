@@ -60,18 +60,30 @@ def sum_sq_weights(params: dict[str, Tensor]) -> float:
     return float(sum(v.double().pow(2).sum() for v in params.values()))
 
 
+def per_input(L: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-input cross-entropy (float64) and correctness of logits [n, p] against labels [n]:
+    one logsumexp serves the all/train/test means."""
+    L = L.double()
+    loss = L.logsumexp(-1) - L.gather(-1, y[:, None]).squeeze(-1)
+    return loss, (L.argmax(-1) == y).double()
+
+
+def _means(loss: Tensor, ok: Tensor, mask: Tensor) -> tuple[float, float]:
+    return float(loss[mask].mean()), float(ok[mask].mean())
+
+
 def restricted_excluded(L: Tensor, ctx: Context) -> dict[str, float]:
     """Restricted loss/accuracy (all valid, train, test) and excluded loss (train; all K and each k)."""
     d = ctx.data
     y, v, tr, te = d.all_y, d.valid_mask, d.train_mask, d.test_mask
     C = ctx.U.T @ L  # [m, p]: L's coordinates along the K directions
     proj = ctx.U @ C
-    L_R = proj + L.mean(dim=0, keepdim=True)
+    loss, ok = per_input(proj + L.mean(dim=0, keepdim=True), y)
     row: dict[str, float] = {}
-    row["restricted_loss"], row["restricted_acc"] = ci.loss_acc(L_R[v], y[v])
-    row["restricted_loss_train"], row["restricted_acc_train"] = ci.loss_acc(L_R[tr], y[tr])
+    row["restricted_loss"], row["restricted_acc"] = _means(loss, ok, v)
+    row["restricted_loss_train"], row["restricted_acc_train"] = _means(loss, ok, tr)
     if te.any():
-        row["restricted_loss_test"], row["restricted_acc_test"] = ci.loss_acc(L_R[te], y[te])
+        row["restricted_loss_test"], row["restricted_acc_test"] = _means(loss, ok, te)
     Ltr, ytr = L[tr], y[tr]
     row["excluded_loss"], row["excluded_acc"] = ci.loss_acc(Ltr - proj[tr], ytr)
     Utr = ctx.U[tr]
@@ -86,9 +98,10 @@ def progress_row(model: Transformer, ctx: Context) -> dict[str, float]:
     L = grid_logits(model, d)
     y, tr, te = d.all_y, d.train_mask, d.test_mask
     row: dict[str, float] = {}
-    row["train_loss"], row["train_acc"] = ci.loss_acc(L[tr], y[tr])
+    loss, ok = per_input(L, y)
+    row["train_loss"], row["train_acc"] = _means(loss, ok, tr)
     if te.any():
-        row["test_loss"], row["test_acc"] = ci.loss_acc(L[te], y[te])
+        row["test_loss"], row["test_acc"] = _means(loss, ok, te)
     row.update(restricted_excluded(L, ctx))
     coefs = fr.cos_abc_coefficients(L, p, ctx.ks, d.sign)
     for k, c in zip(ctx.ks, coefs.tolist(), strict=True):
