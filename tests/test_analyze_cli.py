@@ -84,3 +84,10 @@ def test_reproduce_runs_the_analysis(tmp_path):
     s = json.loads((out / "analysis" / "summary.json").read_text())
     assert s["step"] == 60 and s["n_checkpoints"] == 4
     assert "key frequencies" in res.stdout and "phases:" in res.stdout
+
+
+def test_keys_out_of_range_exit_2(run_copy):
+    res = grokscope("analyze", str(run_copy), "--keys", "2,40")
+    assert res.returncode == 2 and "from 1 to 15" in res.stderr
+    res = grokscope("analyze", str(run_copy), "--keys", "two")
+    assert res.returncode == 2 and "comma-separated" in res.stderr

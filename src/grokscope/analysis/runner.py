@@ -108,6 +108,8 @@ def analyze_run(run_dir: str | Path, step: int | None = None, per_checkpoint_key
 
     data = modular_data(cfg)
     p = data.p
+    if keys is not None and not all(1 <= k <= p // 2 for k in keys):
+        raise C.ConfigError(f"--keys {','.join(map(str, keys))}: frequencies of p={p} run from 1 to {p // 2}")
     model = build(cfg.model, p + 1, p, 3, cfg.seed)
 
     # 1. reverse-engineer the chosen checkpoint; its key frequencies serve every checkpoint
