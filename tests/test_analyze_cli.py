@@ -91,3 +91,11 @@ def test_keys_out_of_range_exit_2(run_copy):
     assert res.returncode == 2 and "from 1 to 15" in res.stderr
     res = grokscope("analyze", str(run_copy), "--keys", "two")
     assert res.returncode == 2 and "comma-separated" in res.stderr
+
+
+@pytest.mark.parametrize("text", ["task: [unclosed", "just a string"])
+def test_corrupt_config_exits_2(run_copy, text):
+    (run_copy / "config.yaml").write_text(text)
+    res = grokscope("analyze", str(run_copy))
+    assert res.returncode == 2, res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1

@@ -64,9 +64,18 @@ def analysis_supported(cfg: C.RunConfig) -> bool:
 
 
 def read_config(run: Run) -> C.RunConfig:
+    """The run's config.yaml; unreadable YAML is a StoreError (the folder is damaged)."""
+    import yaml
+
     from grokscope.pipeline import load_run_config
 
-    return load_run_config(run)
+    try:
+        return load_run_config(run)
+    except C.ConfigError:
+        raise
+    except (yaml.YAMLError, AttributeError, TypeError, ValueError) as err:
+        raise StoreError(f"{run.config_path} is corrupt ({type(err).__name__}); restore it from the "
+                         "experiment with `grokscope config NAME`") from None
 
 
 def analyze_run(run_dir: str | Path, step: int | None = None, per_checkpoint_keys: bool = False,
