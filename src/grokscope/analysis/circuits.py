@@ -270,15 +270,24 @@ def model_wl(model: Transformer, p: int) -> Tensor | None:
     return neuron_logit_map(model.blocks[-1].mlp.W_out.detach(), model.unembed.W_U.detach(), p)
 
 
+def frequency_shares(L: Tensor, post: Tensor | None, W_L: Tensor | None, data: ModularData,
+                     F: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """(shares [n_freqs], neuron fve [n_freqs, d_mlp] or None, neuron var [d_mlp] or None): the
+    per-frequency shares the key rule reads (module docstring), from neurons when there are any."""
+    p = data.p
+    if post is None or W_L is None:
+        return logit_freq_shares(L, p, data.sign), None, None
+    fve, var = grid_fve(post.T.reshape(-1, p, p).permute(1, 2, 0), F)
+    weight = var * centre_outputs(W_L).pow(2).sum(1)  # what each neuron sends to the logits
+    return neuron_freq_shares(fve, weight), fve, var
+
+
 def find_key_frequencies(model: Transformer, data: ModularData) -> list[int]:
     """Only the key frequencies of the loaded checkpoint (the rule in the module docstring)."""
     F, _ = fr.fourier_basis(data.p)
     L, post, _ = run_grid(model, data)
-    if post is None:
-        return key_frequencies(logit_freq_shares(L, data.p, data.sign))
-    fve, var = grid_fve(post.T.reshape(-1, data.p, data.p).permute(1, 2, 0), F)
-    weight = var * centre_outputs(model_wl(model, data.p)).pow(2).sum(1)
-    return key_frequencies(neuron_freq_shares(fve, weight))
+    shares, _, _ = frequency_shares(L, post, model_wl(model, data.p), data, F)
+    return key_frequencies(shares)
 
 
 def reverse_engineer(model: Transformer, data: ModularData, ks: list[int] | None = None,
@@ -296,20 +305,15 @@ def reverse_engineer(model: Transformer, data: ModularData, ks: list[int] | None
     figs: dict[str, Tensor] = {"embed_spectrum": e_spec}
 
     # neurons: FVE per frequency, weighted by what each neuron sends to the logits
-    if post is not None:
-        fve, var = grid_fve(post.T.reshape(-1, p, p).permute(1, 2, 0), F)
+    shares, fve, var = frequency_shares(L, post, W_L, data, F)
+    if fve is not None:
         freq, best, explained = neuron_frequencies(fve)
-        wl_c = centre_outputs(W_L)
-        weight = var * wl_c.pow(2).sum(1)
-        shares = neuron_freq_shares(fve, weight)
         out["neuron_fve"] = float(explained.double().mean())
         out["neurons_explained"] = int(explained.sum())
         out["neuron_fve_mean"] = float(best.mean())
         out["key_rule"] = (f"neurons with max_k FVE_k > {FVE_THRESHOLD}, weighted by var * |W_L row|^2; "
                            f"key = frequencies holding >= {MIN_SHARE} of that weight")
     else:
-        fve = var = freq = best = explained = None
-        shares = logit_freq_shares(L, p, sign)
         out["neuron_fve"] = None
         out["neurons_explained"] = None
         out["neuron_fve_mean"] = None
@@ -355,7 +359,7 @@ def reverse_engineer(model: Transformer, data: ModularData, ks: list[int] | None
     ]
     figs["attention"] = attn
 
-    if post is not None:
+    if post is not None and fve is not None:
         acts = post.T.reshape(-1, p, p)  # [d_mlp, p, p]
         ids = show_neurons(freq, var, explained, ks, n_show)
         figs["neuron_ids"] = ids
