@@ -24,6 +24,7 @@ def test_handbuilt_fourier_model_is_recovered_exactly(p, ks):
     assert out["key_frequencies"] == ks
     assert out["neuron_fve"] == 1.0  # every neuron reads one frequency
     assert out["neuron_fve_mean"] > 0.95
+    assert out["neuron_fve_weighted"] == pytest.approx(1.0)
     assert {c["freq"] for c in out["clusters"]} == set(ks)
     assert out["acc_all"] == 1.0 and out["loss_all"] < 0.05
     assert out["logit_fve"] > 0.99
@@ -101,7 +102,7 @@ def test_random_model_has_no_key_frequency_and_low_gini():
     model = build(cfg, p + 1, p, 3, seed=3)
     out, _ = ci.reverse_engineer(model, grid_data(p))
     assert out["key_frequencies"] == []
-    assert out["neuron_fve"] < 0.05
+    assert out["neuron_fve"] < 0.05 and out["neuron_fve_weighted"] < 0.05
     assert max(out["frequency_shares"].values(), default=0.0) < ci.MIN_SHARE
     assert out["gini_W_E"] < 0.25 and out["gini_W_L"] < 0.25
     assert len(out["attention_heads"]) == 4

@@ -14,7 +14,8 @@ What analysis writes (the report reads exactly this and computes nothing):
         phase_rule (text), gini_basis ("per frequency ..."), tables {name: [rows]} for the
         paper's tables (key_frequencies, ablations, attention_heads, model).
         Also: epoch, p, op, train_loss, train_acc, restricted_acc, restricted_loss_test,
-        weight_norm, neurons_explained (count), neuron_fve_mean, key_rule (text),
+        weight_norm, neurons_explained (count), neuron_fve_mean, neuron_fve_weighted (share of
+        the neuron->logit weight var*|W_L row|^2 on explained neurons), key_rule (text),
         key_frequencies_source, per_checkpoint_keys, frequency_shares {k: share},
         logit_coefs {k: coef}, logit_fit_acc, clusters [{freq, neurons, share}],
         phase_evidence {boundaries, changes}, n_checkpoints, timing_seconds.

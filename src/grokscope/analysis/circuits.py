@@ -311,12 +311,16 @@ def reverse_engineer(model: Transformer, data: ModularData, ks: list[int] | None
         out["neuron_fve"] = float(explained.double().mean())
         out["neurons_explained"] = int(explained.sum())
         out["neuron_fve_mean"] = float(best.mean())
+        # the same share weighted by what each neuron sends to the logits (var * |W_L row|^2):
+        # during cleanup many small leftover neurons are unexplained but carry little
+        out["neuron_fve_weighted"] = float(shares.sum())
         out["key_rule"] = (f"neurons with max_k FVE_k > {FVE_THRESHOLD}, weighted by var * |W_L row|^2; "
                            f"key = frequencies holding >= {MIN_SHARE} of that weight")
     else:
         out["neuron_fve"] = None
         out["neurons_explained"] = None
         out["neuron_fve_mean"] = None
+        out["neuron_fve_weighted"] = None
         out["key_rule"] = (f"attention-only: key = frequencies holding >= {MIN_SHARE} of the centred "
                            "logits' energy in their cos/sin(w(a+b)) directions")
     found = key_frequencies(shares)
@@ -427,6 +431,7 @@ def paper_tables(out: dict, e_spec: Tensor, w_spec: Tensor | None, p: int) -> di
         "test_loss": out["test_loss"], "gini_W_E": out["gini_W_E"], "gini_W_L": out["gini_W_L"],
         "key_frequencies": out["key_frequencies"], "logit_fve": out["logit_fve"],
         "neuron_fve": out["neuron_fve"], "neuron_fve_mean": out["neuron_fve_mean"],
+        "neuron_fve_weighted": out["neuron_fve_weighted"],
         "loss_key_removed": abl["remove all key"]["loss"], "loss_nonkey_removed": abl["remove all non-key"]["loss"],
     }]
     return {"key_frequencies": key_rows, "ablations": out["ablations"], "attention_heads": out["attention_heads"],

@@ -176,6 +176,7 @@ def analyze_run(run_dir: str | Path, step: int | None = None, per_checkpoint_key
         "weight_norm": at["weight_norm"],
         "neurons_explained": final["neurons_explained"],
         "neuron_fve_mean": final["neuron_fve_mean"],
+        "neuron_fve_weighted": final["neuron_fve_weighted"],
         "key_rule": final["key_rule"],
         "key_frequencies_source": "given" if keys is not None else f"found on step {step}",
         "per_checkpoint_keys": per_checkpoint_keys,
