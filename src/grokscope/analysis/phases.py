@@ -4,12 +4,12 @@ Memorisation (train and excluded loss fall, test flat), circuit formation (exclu
 weight norm falls, restricted loss falls, test flat), cleanup (test loss drops; ends when it
 plateaus). The rule, stated once in `RULE` and written into summary.json:
 
-1. cleanup is the 10%-90% fall of log10(test loss): hi = the highest log test loss after the
-   excluded loss's first minimum (see 2) and before the steepest fall, lo = the lowest log test
-   loss from the steepest fall on. Cleanup starts at the first checkpoint, after the steepest
-   rise-free point, where log test loss is below hi - 10% (hi - lo), and ends at the first where it
-   is below lo + 10% (hi - lo) (the usual rise-time convention, on a log scale because the loss
-   spans decades). No cleanup when test loss never falls by MIN_DROP decades.
+1. cleanup is the 10%-90% fall of log10(test loss). Let g be the checkpoint interval where log
+   test loss falls fastest, hi the highest log test loss between the first excluded-loss minimum
+   before g and g, and lo the lowest log test loss after g. Cleanup starts at the first
+   checkpoint (from hi on) where log test loss is below hi - 10% (hi - lo), and ends at the first
+   where it is below lo + 10% (hi - lo): the usual rise-time convention, on a log scale because
+   the loss spans decades. No cleanup when hi - lo < MIN_DROP decades.
 2. memorisation is [0, m] with m the checkpoint of lowest excluded loss before cleanup starts:
    while memorising, excluded loss tracks train loss down; once the Fourier circuit forms it rises.
 3. circuit formation is [m, cleanup start] (or [m, last checkpoint] without cleanup), provided
