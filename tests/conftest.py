@@ -47,11 +47,5 @@ def memorising_run(tmp_path_factory) -> Path:
         torch.set_num_threads(threads)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    torch.set_num_threads(1)
-    yield
-
-
 def config_of(overrides: list[str]) -> C.RunConfig:
     return experiments.load("mainline", overrides)[0]
