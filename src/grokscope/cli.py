@@ -100,6 +100,11 @@ def reproduce(
     out = out or Path("runs") / name
     info = pipeline.train_run(cfg, out, resume=resume, overwrite=overwrite, progress=not quiet)
     _print_train_summary(out, info)
+    from grokscope.analysis.runner import analysis_supported, analyze_run
+
+    if analysis_supported(cfg):
+        _print_analysis_summary(analyze_run(out, log=None if quiet else echo_err))
+
     from grokscope.report import write_report
 
     typer.echo(f"report: {write_report(out, experiment=exp)}")
@@ -124,6 +129,48 @@ def report(
         typer.echo(f"index: {write_index(index)}")
         return
     typer.echo(f"report: {write_report(run, experiment=experiment, png=not no_png)}")
+
+
+# ------------------------------------------------------------------------------------- analyze
+@app.command()
+def analyze(
+    run: Annotated[Path, typer.Argument(help="Run folder made by `grokscope train` or `reproduce`.")],
+    json_: Annotated[bool, typer.Option("--json", help="Print the analysis summary as JSON on stdout.")] = False,
+    step: Annotated[int | None, typer.Option("--step", help="Checkpoint (step) to reverse-engineer; default the last.")] = None,
+    per_checkpoint_keys: Annotated[bool, typer.Option("--per-checkpoint-keys", help="Find key frequencies on every checkpoint instead of reusing the analysed one's.")] = False,
+    keys: Annotated[str | None, typer.Option("--keys", help="Use these key frequencies, comma-separated (e.g. 14,35,41).")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", help="torch threads (default: the run's train.threads).")] = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Reverse-engineer a modular-arithmetic run and compute its progress measures (writes RUN/analysis)."""
+    from grokscope.analysis.runner import analyze_run
+
+    ks = None
+    if keys is not None:
+        try:
+            ks = sorted({int(k) for k in keys.split(",") if k.strip()})
+        except ValueError:
+            raise BadInput(f"--keys {keys!r}: expected comma-separated frequencies, e.g. --keys 14,35,41") from None
+    summary = analyze_run(run, step=step, per_checkpoint_keys=per_checkpoint_keys, keys=ks, threads=threads,
+                          log=None if (quiet or json_) else echo_err)
+    if json_:
+        typer.echo(_json_dump(summary))
+    else:
+        _print_analysis_summary(summary)
+
+
+def _print_analysis_summary(s: dict) -> None:
+    if "key_frequencies" not in s:  # another task's analysis: print what it wrote
+        typer.echo(_json_dump(s))
+        return
+    nf = s.get("neuron_fve")
+    typer.echo(f"analysis: {s['run']}/analysis  (step {s['step']}, {s['n_checkpoints']} checkpoints, "
+               f"{s['timing_seconds']['total']:.1f} s)")
+    typer.echo(f"key frequencies {s['key_frequencies']}; neurons explained {'n/a' if nf is None else f'{nf:.1%}'}; "
+               f"logit FVE {s['logit_fve']:.3f}; test loss {s['test_loss']:.3g}")
+    ph = s["phases"]
+    typer.echo("phases: " + ", ".join(f"{k} {'not reached' if v is None else f'{v[0]:.0f}-{v[1]:.0f}'}"
+                                      for k, v in ph.items()))
 
 
 # ------------------------------------------------------------------------------------- config

@@ -10,18 +10,30 @@ What analysis writes (the report reads exactly this and computes nothing):
         restricted_loss, excluded_loss, test_loss, test_acc, gini_W_E, gini_W_L,
         phases {memorization|circuit_formation|cleanup: [start, end] epochs or null},
         plus: step (the checkpoint analysed), wl_residual, logit_fit_loss, ablations
-        [{name, loss, acc}], attention_heads [{head, freq, fve}], phase_rule (text),
-        gini_basis ("per frequency ..."), tables {name: [rows]} for the paper's tables.
+        [{name, loss, acc, test_loss, test_acc}], attention_heads [{head, freq, fve, std}],
+        phase_rule (text), gini_basis ("per frequency ..."), tables {name: [rows]} for the
+        paper's tables (key_frequencies, ablations, attention_heads, model).
+        Also: epoch, p, op, train_loss, train_acc, restricted_acc, restricted_loss_test,
+        weight_norm, neurons_explained (count), neuron_fve_mean, neuron_fve_weighted (share of
+        the neuron->logit weight var*|W_L row|^2 on explained neurons), key_rule (text),
+        key_frequencies_source, per_checkpoint_keys, frequency_shares {k: share},
+        logit_coefs {k: coef}, logit_fit_acc, clusters [{freq, neurons, share}],
+        phase_evidence {boundaries, changes}, n_checkpoints, timing_seconds.
+        Attention-only runs: neuron_fve, gini_W_L, wl_residual are null.
     RUN/metrics.sqlite, table "progress": one row per checkpoint, columns
         step, epoch, train_loss, test_loss, train_acc, test_acc, restricted_loss,
         restricted_loss_train, restricted_loss_test, restricted_acc, excluded_loss,
         excluded_loss_k{K} (each key frequency alone), coef_k{K} (cos(w(a+b-c)) coefficient),
-        gini_W_E, gini_W_L, weight_norm (sum of squared weights).
+        gini_W_E, gini_W_L, weight_norm (sum of squared weights); also restricted_acc_train,
+        restricted_acc_test, excluded_acc, and with --per-checkpoint-keys a text column
+        key_frequencies ("14,35,...") naming the K used for that row.
     RUN/analysis/figures.safetensors: arrays for the final checkpoint's figures:
         embed_spectrum [p] (norm per Fourier basis row), wl_spectrum [p],
         logit_fourier_norm [p, p] (2D Fourier norms of the logits over (a, b)),
         attention [n_heads, p, p] (attention from `=` to `a`), neuron_ids [n],
         neuron_acts [n, p, p], neuron_fourier [n, p, p], neuron_fve [d_mlp], neuron_freq [d_mlp],
         cluster_wl_fourier [p, m] (W_L columns of the largest cluster, in the Fourier basis),
-        cluster_freq [] (that cluster's frequency).
+        cluster_freq [] (that cluster's frequency). Floats are float32, ids int64. Attention-only
+        runs have no wl_spectrum, neuron_* or cluster_* arrays; cluster_* is absent when no
+        neuron is explained by one frequency.
 """

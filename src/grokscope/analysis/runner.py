@@ -1,0 +1,219 @@
+"""Analyse a run folder: read its checkpoints, write the measures back (SPEC sections 3-4).
+
+The only module of `grokscope.analysis` that touches the run store. `analyze_run` is what
+`grokscope analyze` and `grokscope reproduce` call. It checks everything it needs (config, task,
+checkpoints) and computes every measure before the first write, so a bad or corrupt run leaves
+what is already saved untouched; each write is atomic. The summary is written last: its
+presence means the analysis is complete.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+from grokscope import config as C
+from grokscope.analysis import circuits as ci
+from grokscope.analysis import phases as ph
+from grokscope.analysis import progress as pg
+from grokscope.models.transformer import Transformer, build
+from grokscope.store import Run, StoreError
+
+FIGURES = "figures.safetensors"
+
+
+def modular_data(cfg: C.RunConfig) -> ci.ModularData:
+    """The run's full input grid and split, rebuilt from its config and seed."""
+    from grokscope.tasks import modular
+
+    task = modular.make(cfg.task, cfg.seed)
+    m = task.meta
+    return ci.ModularData(cfg.task.p, ci.direction_sign(cfg.task.op), m["all_x"], m["all_y"],
+                          m["train_mask"], m["valid_mask"])
+
+
+def load_params(run: Run, model: Transformer, step: int) -> None:
+    """Load checkpoint `step` into `model`; a checkpoint that does not fit is a StoreError."""
+    _, tensors = run.load_checkpoint(step)
+    try:
+        model.load_state_dict(Run.params_only(tensors))
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[-1].strip()
+        raise StoreError(f"checkpoint {run.checkpoint_path(step)} does not match the run's config.yaml "
+                         f"({first}); restore the checkpoint or the config") from None
+
+
+def analysis_supported(cfg: C.RunConfig) -> bool:
+    """Whether `analyze_run` can analyse a run of this config (modular, or text with the LM analysis)."""
+    if cfg.task.name == "modular":
+        return True
+    if cfg.task.name == "text":
+        try:
+            import grokscope.lm.analysis  # noqa: F401
+        except ImportError:
+            return False
+        return True
+    return False
+
+
+def read_config(run: Run) -> C.RunConfig:
+    """The run's config.yaml; unreadable YAML is a StoreError (the folder is damaged)."""
+    import yaml
+
+    from grokscope.pipeline import load_run_config
+
+    try:
+        return load_run_config(run)
+    except C.ConfigError:
+        raise
+    except (yaml.YAMLError, AttributeError, TypeError, ValueError) as err:
+        raise StoreError(f"{run.config_path} is corrupt ({type(err).__name__}); restore it from the "
+                         "experiment with `grokscope config NAME`") from None
+
+
+def analyze_run(run_dir: str | Path, step: int | None = None, per_checkpoint_keys: bool = False,
+                keys: list[int] | None = None, threads: int | None = None,
+                log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Analyse the run in `run_dir`; write summary.json, the "progress" table and figures.
+
+    step: the checkpoint to reverse-engineer (default: the last); its key frequencies are used
+    for every checkpoint unless per_checkpoint_keys, or unless `keys` gives them explicitly.
+    Returns the summary written to RUN/analysis/summary.json.
+    """
+    t_start = time.perf_counter()
+    run = Run(run_dir).require()
+    cfg = read_config(run)
+    if cfg.task.name == "text":
+        try:  # the copy-LM analysis (SPEC section 7) lives with the LM code
+            from grokscope.lm.analysis import analyze_lm_run
+        except ImportError:
+            raise C.ConfigError(f"{str(run.path)!r} is a language-model run; its analysis "
+                                "(grokscope.lm.analysis) is not installed in this version") from None
+        return analyze_lm_run(run.path, step=step)
+    if cfg.task.name != "modular":
+        raise C.ConfigError(f"`grokscope analyze` handles modular-arithmetic runs; {str(run.path)!r} is a "
+                            f"{cfg.task.name!r} run, which has no Fourier analysis")
+    threads = threads or cfg.train.threads
+    if threads is not None:
+        torch.set_num_threads(threads)
+    say = log or (lambda _msg: None)
+    steps = run.checkpoint_steps()
+    if not steps:
+        raise StoreError(f"{str(run.path)!r} has no checkpoints; train it first with `grokscope train`")
+    if step is None:
+        step = steps[-1]
+    elif step not in steps:
+        raise StoreError(f"{str(run.path)!r} has no checkpoint at step {step}; it has {len(steps)} "
+                         f"from {steps[0]} to {steps[-1]} (every {cfg.train.checkpoint_every})")
+    info = run.read_info()
+    per_epoch = int(info.get("steps_per_epoch") or 1)
+
+    data = modular_data(cfg)
+    p = data.p
+    if keys is not None and not all(1 <= k <= p // 2 for k in keys):
+        raise C.ConfigError(f"--keys {','.join(map(str, keys))}: frequencies of p={p} run from 1 to {p // 2}")
+    model = build(cfg.model, p + 1, p, 3, cfg.seed)
+
+    # 1. reverse-engineer the chosen checkpoint; its key frequencies serve every checkpoint
+    t0 = time.perf_counter()
+    load_params(run, model, step)
+    final, figs = ci.reverse_engineer(model, data, ks=keys)
+    ks = final["key_frequencies"]
+    t_circuits = time.perf_counter() - t0
+    nf = final["neuron_fve"]
+    say(f"step {step}: key frequencies {ks}, neurons explained {'n/a' if nf is None else f'{nf:.1%}'}, "
+        f"logit FVE {final['logit_fve']:.3f} ({t_circuits:.1f} s)")
+
+    # 2. progress measures over every checkpoint
+    t0 = time.perf_counter()
+    ctx = pg.make_context(data, ks)
+    rows = []
+    for s in steps:
+        load_params(run, model, s)
+        if per_checkpoint_keys:
+            c = pg.make_context(data, ci.find_key_frequencies(model, data))
+            row = pg.progress_row(model, c)
+            row["key_frequencies"] = ",".join(str(k) for k in c.ks)
+        else:
+            row = pg.progress_row(model, ctx)
+        rows.append({"step": s, "epoch": s / per_epoch, **row})
+    t_progress = time.perf_counter() - t0
+    say(f"progress measures over {len(steps)} checkpoints in {t_progress:.1f} s")
+
+    # 3. phases from the curves
+    phases, rule, evidence = ph.locate_phases(rows)
+    at = next(r for r in rows if r["step"] == step)
+
+    summary: dict[str, Any] = {
+        "run": str(run.path),
+        "step": step,
+        "epoch": step / per_epoch,
+        "p": p,
+        "op": cfg.task.op,
+        "key_frequencies": ks,
+        "neuron_fve": final["neuron_fve"],
+        "logit_fve": final["logit_fve"],
+        "restricted_loss": at["restricted_loss"],
+        "excluded_loss": at["excluded_loss"],
+        "test_loss": final["test_loss"],
+        "test_acc": final["test_acc"],
+        "gini_W_E": final["gini_W_E"],
+        "gini_W_L": final["gini_W_L"],
+        "phases": phases,
+        "phase_rule": rule,
+        "phase_evidence": evidence,
+        "train_loss": final["train_loss"],
+        "train_acc": final["train_acc"],
+        "restricted_acc": at["restricted_acc"],
+        "restricted_loss_test": at.get("restricted_loss_test"),
+        "weight_norm": at["weight_norm"],
+        "neurons_explained": final["neurons_explained"],
+        "neuron_fve_mean": final["neuron_fve_mean"],
+        "neuron_fve_weighted": final["neuron_fve_weighted"],
+        "key_rule": final["key_rule"],
+        "key_frequencies_source": "given" if keys is not None else f"found on step {step}",
+        "per_checkpoint_keys": per_checkpoint_keys,
+        "frequency_shares": final["frequency_shares"],
+        "wl_residual": final["wl_residual"],
+        "logit_coefs": final["logit_coefs"],
+        "logit_fit_loss": final["logit_fit_loss"],
+        "logit_fit_acc": final["logit_fit_acc"],
+        "ablations": final["ablations"],
+        "attention_heads": final["attention_heads"],
+        "clusters": final["clusters"],
+        "gini_basis": final["gini_basis"],
+        "tables": final["tables"],
+        "n_checkpoints": len(steps),
+        "timing_seconds": {"circuits": t_circuits, "progress": t_progress,
+                           "total": time.perf_counter() - t_start},
+    }
+
+    # 4. write: figures, then the table, then the summary (its presence = analysis complete)
+    write_figures(run, figs)
+    run.replace_table("progress", rows)
+    run.write_summary(summary)
+    return summary
+
+
+def write_figures(run: Run, figs: dict[str, torch.Tensor]) -> Path:
+    """Save the figure arrays as safetensors, atomically (temp file, then rename)."""
+    path = run.analysis_dir / FIGURES
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to(torch.float32 if v.is_floating_point() else torch.int64).contiguous()
+               for k, v in figs.items()}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

@@ -1,0 +1,160 @@
+"""Reverse-engineering one checkpoint (SPEC section 3) against models with known answers."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from grokscope.analysis import circuits as ci
+from grokscope.analysis import fourier as fr
+from grokscope.analysis import runner
+from grokscope.config import ModelConfig
+from grokscope.models.transformer import build
+from grokscope.store import Run
+from handbuilt import fourier_model, grid_data
+
+
+@pytest.mark.parametrize("p,ks", [(31, [3, 7, 12]), (23, [2, 9]), (12, [1, 5])])
+def test_handbuilt_fourier_model_is_recovered_exactly(p, ks):
+    model = fourier_model(p, ks)
+    data = grid_data(p)
+    out, figs = ci.reverse_engineer(model, data)
+    assert out["key_frequencies"] == ks
+    assert out["neuron_fve"] == 1.0  # every neuron reads one frequency
+    assert out["neuron_fve_mean"] > 0.95
+    assert out["neuron_fve_weighted"] == pytest.approx(1.0)
+    assert {c["freq"] for c in out["clusters"]} == set(ks)
+    assert out["acc_all"] == 1.0 and out["loss_all"] < 0.05
+    assert out["logit_fve"] > 0.99
+    assert out["wl_residual"] < 1e-6  # W_L lives in the key directions only
+    # equal embedding norms on |K| of N frequencies: Gini = 1 - |K|/N
+    assert out["gini_W_E"] == pytest.approx(1 - len(ks) / fr.n_freqs(p), abs=1e-6)
+    abl = {r["name"]: r for r in out["ablations"]}
+    chance = math.log(p)
+    assert abl["remove all key"]["loss"] > 0.9 * chance
+    for k in ks:
+        assert abl[f"remove key {k}"]["loss"] > 100 * abl["none"]["loss"]
+    assert abl["remove all non-key"]["loss"] < 1.5 * abl["none"]["loss"]
+    assert figs["neuron_fve"].shape == (model.cfg.d_mlp,)
+    assert set(figs["neuron_freq"].tolist()) == set(ks)
+    assert int(figs["cluster_freq"]) in ks
+    assert figs["logit_fourier_norm"].shape == (p, p)
+    # the logits' 2D Fourier norm sits in the key blocks
+    lf = figs["logit_fourier_norm"].pow(2)
+    key_mask = ci.freq_set_mask(p, ks)
+    assert lf[key_mask].sum() / lf[1:, :].sum().add(lf[0, 1:].sum()) > 0.99
+
+
+def test_handbuilt_subtraction_model_uses_a_minus_b_directions():
+    p, ks = 23, [4, 10]
+    model = fourier_model(p, ks, sign=-1)
+    data = grid_data(p, op="sub")
+    assert data.sign == -1
+    out, _ = ci.reverse_engineer(model, data)
+    assert out["key_frequencies"] == ks
+    assert out["acc_all"] == 1.0
+    assert out["logit_fve"] > 0.99
+    # read with the a+b waves instead, the fit explains nothing
+    _, fve_plus, _ = ci.logit_fit(ci.run_grid(model, data)[0], p, ks, sign=1)
+    assert fve_plus < 0.05
+
+
+def test_logit_fit_coefficients_and_loss_of_fitted_logits():
+    p, ks = 31, [3, 7, 12]
+    model = fourier_model(p, ks, amp=12.0)
+    L = ci.run_grid(model, grid_data(p))[0]
+    coefs, fve, fit = ci.logit_fit(L, p, ks)
+    # GELU's higher-order terms shave a few percent off the designed amplitude
+    assert torch.allclose(coefs, torch.full((3,), 12.0, dtype=torch.float64), rtol=0.08)
+    L6 = ci.run_grid(fourier_model(p, ks, amp=6.0), grid_data(p))[0]
+    coefs6, _, _ = ci.logit_fit(L6, p, ks)
+    torch.testing.assert_close(coefs6, coefs / 2, rtol=1e-5, atol=0)  # W_out scales the logits linearly
+    y = grid_data(p).all_y
+    assert ci.loss_acc(fit, y)[1] == 1.0
+
+
+def test_grid_fve_of_single_and_mixed_frequency_functions():
+    p = 17
+    F, _ = fr.fourier_basis(p)
+    x = torch.arange(p, dtype=torch.float64)
+    w = 2 * math.pi / p
+    a, b = x[:, None], x[None, :]
+    grids = torch.stack([
+        1 + torch.cos(w * 4 * a) * torch.sin(w * 4 * b) + 0.5 * torch.cos(w * 4 * b),  # pure k=4
+        torch.cos(w * 2 * a) + torch.cos(w * 6 * b),  # half k=2, half k=6
+        0.5 + 0.1 * (torch.cos(w * 5 * (a - b))),  # an attention-like wave, k=5
+    ], dim=-1)
+    fve, var = ci.grid_fve(grids, F)
+    assert fve[3, 0] == pytest.approx(1.0)
+    assert fve[1, 1] == pytest.approx(0.5) and fve[5, 1] == pytest.approx(0.5)
+    assert fve[4, 2] == pytest.approx(1.0)
+    freq, best, explained = ci.neuron_frequencies(fve)
+    assert freq.tolist() == [4, 2, 5] or freq.tolist() == [4, 6, 5]
+    assert explained.tolist() == [True, False, True]
+    torch.testing.assert_close(var[2], (grids[..., 2] - grids[..., 2].mean()).pow(2).sum())
+
+
+def test_random_model_has_no_key_frequency_and_low_gini():
+    p = 31
+    cfg = ModelConfig(d_model=64, n_heads=4, d_head=16, d_mlp=128)
+    model = build(cfg, p + 1, p, 3, seed=3)
+    out, _ = ci.reverse_engineer(model, grid_data(p))
+    assert out["key_frequencies"] == []
+    assert out["neuron_fve"] < 0.05 and out["neuron_fve_weighted"] < 0.05
+    assert max(out["frequency_shares"].values(), default=0.0) < ci.MIN_SHARE
+    assert out["gini_W_E"] < 0.25 and out["gini_W_L"] < 0.25
+    assert len(out["attention_heads"]) == 4
+
+
+def test_random_logits_have_no_dominant_frequency():
+    p = 31
+    g = torch.Generator().manual_seed(0)
+    L = torch.randn(p * p, p, generator=g, dtype=torch.float64)
+    shares = ci.logit_freq_shares(L, p)
+    assert ci.key_frequencies(shares) == []
+    assert shares.max() < 3 * 2 / p  # ~ (2 directions per frequency) / (p outputs * p inputs / p)
+    # while the hand-built model's logits put everything on its key frequencies
+    L_f = ci.run_grid(fourier_model(p, [3, 7]), grid_data(p))[0]
+    assert ci.key_frequencies(ci.logit_freq_shares(L_f, p)) == [3, 7]
+
+
+def test_memorising_model_has_no_key_frequency(memorising_run):
+    run = Run(memorising_run)
+    cfg = runner.read_config(run)
+    data = runner.modular_data(cfg)
+    model = build(cfg.model, data.p + 1, data.p, 3, cfg.seed)
+    runner.load_params(run, model, run.checkpoint_steps()[-1])
+    out, _ = ci.reverse_engineer(model, data)
+    assert out["train_acc"] == 1.0 and out["test_acc"] < 0.2  # memorised, not learned
+    assert out["key_frequencies"] == []
+    assert out["gini_W_E"] < 0.25 and out["gini_W_L"] < 0.25
+    # removing any handful of frequencies leaves the memorised train set intact
+    abl = {r["name"]: r for r in ci.ablations(ci.run_grid(model, data)[0], fr.fourier_basis(data.p)[0], [1, 5, 9], data)}
+    assert abl["remove all key"]["loss"] < abl["none"]["loss"] + 0.1 * math.log(data.p)
+
+
+def test_gini_known_values():
+    N = 56
+    one_hot = torch.zeros(N)
+    one_hot[7] = 3.0
+    assert ci.gini(one_hot) == pytest.approx(1 - 1 / N)
+    assert ci.gini(torch.full((N,), 0.4)) == pytest.approx(0.0, abs=1e-12)
+    assert ci.gini(torch.tensor([0.0, 1.0, 0.0, 1.0])) == pytest.approx(0.5)
+    assert ci.gini(torch.tensor([2.0, 0.0, 0.0, 0.0])) == pytest.approx(0.75)
+
+
+def test_wl_residual_of_a_known_map():
+    p = 11
+    F, _ = fr.fourier_basis(p)
+    c = torch.arange(p, dtype=torch.float64)
+    w = 2 * math.pi / p
+    W_L = torch.stack([torch.cos(w * 2 * c), torch.sin(w * 3 * c), 5 + 0 * c])  # const row ignored
+    assert ci.wl_residual(W_L, F, [2, 3]) == pytest.approx(0.0, abs=1e-12)
+    assert ci.wl_residual(W_L, F, [2]) == pytest.approx(math.sqrt(0.5))
+
+
+def test_find_key_frequencies_agrees_with_the_full_analysis():
+    model = fourier_model(23, [2, 9])
+    assert ci.find_key_frequencies(model, grid_data(23)) == [2, 9]
