@@ -18,8 +18,8 @@ import grokscope
 from grokscope import config as C
 from grokscope import experiments
 from grokscope.store import Run
-from grokscope.sweep import plan, run_sweep
 from grokscope.sweep import local as L
+from grokscope.sweep import plan, run_sweep
 from grokscope.sweep.grid import expand, parse_grid, trial_name
 from grokscope.sweep.table import runs_table
 from grokscope.sweep.trial import run_trial

@@ -42,19 +42,27 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def time_axis(curves: dict[str, pd.DataFrame]) -> str:
+    """"epoch" when every run is full batch (epoch = step), else "step": a minibatch epoch depends on
+    the train set size, and infinite-data runs have no epochs, so steps are what compare."""
+    full_batch = all(len(m) == 0 or "epoch" not in m or (m["epoch"] == m["step"]).all() for m in curves.values())
+    return "epoch" if full_batch else "step"
+
+
 def test_loss_figure(curves: dict[str, pd.DataFrame], path: Path, title: str = "") -> Path:
     """Every trial's test loss (solid) and train loss (faint) against epoch, on one log-scale plot."""
+    x = time_axis(curves)
     fig, ax = plt.subplots(figsize=(8, 4.8))
     cmap = plt.get_cmap("viridis" if len(curves) > 10 else "tab10")
     for i, (name, m) in enumerate(curves.items()):
         if "test_loss" not in m or not len(m):
             continue
         color = cmap(i / max(1, len(curves) - 1)) if len(curves) > 10 else cmap(i % 10)
-        ax.plot(m["epoch"], m["test_loss"].clip(lower=1e-12), color=color, lw=1.3, label=name)
+        ax.plot(m[x], m["test_loss"].clip(lower=1e-12), color=color, lw=1.3, label=name)
         if "train_loss" in m:
-            ax.plot(m["epoch"], m["train_loss"].clip(lower=1e-12), color=color, lw=0.8, alpha=0.35)
+            ax.plot(m[x], m["train_loss"].clip(lower=1e-12), color=color, lw=0.8, alpha=0.35)
     ax.set_yscale("log")
-    ax.set_xlabel("epoch")
+    ax.set_xlabel(x)
     ax.set_ylabel("loss (solid: test, faint: train)")
     ax.set_title(title or "test loss of every trial")
     if 0 < len(curves) <= MAX_LEGEND:
@@ -80,17 +88,18 @@ def _order(values: list[Any]) -> list[Any]:
     return sorted(distinct, key=key)
 
 
-def grok_figure(table: pd.DataFrame, key: str, path: Path, label_null: str = "null") -> Path:
-    """Epoch of grokking (test acc > 99%) against one swept value; one point per run, mean as a line."""
+def grok_figure(table: pd.DataFrame, key: str, path: Path, label_null: str = "null", unit: str = "epoch") -> Path:
+    """Epoch (or step) of grokking (test acc > 99%) against one swept value; one point per run, mean as a line."""
     rows = table.to_dict("records")
+    col, last = ("grok_epoch", "epoch") if unit == "epoch" else ("grok_step", "step")
     xs = _order([r.get(key) for r in rows])
     fig, ax = plt.subplots(figsize=(7, 4.2))
     means_x, means_y = [], []
     labelled_miss = False
     for i, v in enumerate(xs):
         group = [r for r in rows if format_value(r.get(key)) == format_value(v)]
-        hit = [r["grok_epoch"] for r in group if r.get("grok_epoch") is not None and not pd.isna(r.get("grok_epoch"))]
-        miss = [r.get("epoch") for r in group if r.get("grok_epoch") is None or pd.isna(r.get("grok_epoch"))]
+        hit = [r[col] for r in group if r.get(col) is not None and not pd.isna(r.get(col))]
+        miss = [r.get(last) for r in group if r.get(col) is None or pd.isna(r.get(col))]
         if hit:
             ax.scatter([i] * len(hit), hit, color="C0", zorder=3)
             means_x.append(i)
@@ -98,21 +107,21 @@ def grok_figure(table: pd.DataFrame, key: str, path: Path, label_null: str = "nu
         miss = [e for e in miss if e is not None and not pd.isna(e)]
         if miss:
             ax.scatter([i] * len(miss), miss, facecolors="none", edgecolors="C3", zorder=3,
-                       label=None if labelled_miss else "did not grok (plotted at its last epoch)")
+                       label=None if labelled_miss else f"did not grok (plotted at its last {last})")
             labelled_miss = True
     if means_x:
         ax.plot(means_x, means_y, color="C0", alpha=0.6, label="mean over seeds")
     ax.set_xticks(range(len(xs)), [label_null if v is None else format_value(v) for v in xs])
     ax.set_xlabel(key)
-    ax.set_ylabel("epoch of grokking (test acc > 99%)")
-    ax.set_title(f"epoch of grokking against {key}")
+    ax.set_ylabel(f"{unit} of grokking (test acc > 99%)")
+    ax.set_title(f"{unit} of grokking against {key}")
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[1]:
         ax.legend(fontsize=8)
     return _save(fig, path)
 
 
-def per_position_figure(m: pd.DataFrame, path: Path, title: str) -> Path | None:
+def per_position_figure(m: pd.DataFrame, path: Path, title: str, x: str = "epoch") -> Path | None:
     """Test loss per answer position (`test_loss_pos{j}`) against epoch; None when not multi-label."""
     cols = sorted((c for c in m.columns if c.startswith("test_loss_pos")), key=lambda c: int(c.removeprefix("test_loss_pos")))
     if not cols:
@@ -120,9 +129,9 @@ def per_position_figure(m: pd.DataFrame, path: Path, title: str) -> Path | None:
     fig, ax = plt.subplots(figsize=(7, 4.2))
     cmap = plt.get_cmap("viridis")
     for j, c in enumerate(cols):
-        ax.plot(m["epoch"], m[c].clip(lower=1e-12), color=cmap(j / max(1, len(cols) - 1)), lw=1.1, label=f"position {j}")
+        ax.plot(m[x], m[c].clip(lower=1e-12), color=cmap(j / max(1, len(cols) - 1)), lw=1.1, label=f"position {j}")
     ax.set_yscale("log")
-    ax.set_xlabel("epoch")
+    ax.set_xlabel(x)
     ax.set_ylabel("test loss")
     ax.set_title(title)
     ax.legend(fontsize=7, ncol=2 if len(cols) > 8 else 1)
@@ -170,11 +179,12 @@ def write_sweep_report(out: Path, table: pd.DataFrame) -> Path:
     keys = [k.split(",")[0].strip() for k in (info.get("grid") or {}) if k != "seed"]
     keys = [k for k in keys if k in table]
     curves = {name: read_metrics(out / name) for name in table["run"]}
+    unit = time_axis(curves)
     figs = [test_loss_figure(curves, out / "sweep_test_loss.png", exp.get("title", ""))]
     for key in keys:
-        figs.append(grok_figure(table, key, out / f"sweep_grok_{key.replace('.', '_')}.png"))
+        figs.append(grok_figure(table, key, out / f"sweep_grok_{key.replace('.', '_')}.png", unit=unit))
     for name, m in list(curves.items())[:8]:
-        fig = per_position_figure(m, out / f"sweep_positions_{name}.png", f"{name}: test loss per position")
+        fig = per_position_figure(m, out / f"sweep_positions_{name}.png", f"{name}: test loss per position", unit)
         if fig is not None:
             figs.append(fig)
     links = []

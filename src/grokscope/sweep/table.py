@@ -4,7 +4,7 @@ One row per run folder directly inside DIR: its swept settings (from DIR/sweep.j
 folder is a sweep), status, epochs trained, test loss and accuracy, Gini(W_E), Gini(W_L), key
 frequencies, logit FVE and neuron FVE (from `analysis/summary.json` when the run was analysed;
 empty otherwise), and the epoch of grokking (first epoch with test accuracy above 99%, from
-run.json). Reads the store only; computes no measure.
+run.json) and the same as an optimiser step (which compares minibatch runs across data sizes). Reads the store only; computes no measure.
 """
 
 from __future__ import annotations
@@ -69,6 +69,7 @@ def run_row(path: Path, settings: dict[str, Any] | None = None) -> dict[str, Any
     row["status"] = info.get("status")
     m = read_metrics(path)
     last = m.iloc[-1].to_dict() if len(m) else {}
+    row["step"] = last.get("step")
     row["epoch"] = last.get("epoch")
     summary = run.read_summary() or {}
     for col in SUMMARY_COLUMNS:
@@ -77,6 +78,9 @@ def run_row(path: Path, settings: dict[str, Any] | None = None) -> dict[str, Any
             value = " ".join(str(v) for v in value)
         row[col] = value
     row["grok_epoch"] = info.get("grok_epoch_99")
+    # minibatch runs count epochs of their own train set; steps compare finite with infinite data
+    spe = info.get("steps_per_epoch") or 1
+    row["grok_step"] = None if row["grok_epoch"] is None else round(row["grok_epoch"] * spe)
     if info.get("error"):
         row["error"] = str(info["error"]).splitlines()[0]
     return row
