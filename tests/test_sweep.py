@@ -80,6 +80,14 @@ def test_expand_product_seeds_and_validation():
         expand(TINY, {"optim.weight_dekay": [1]}, None)
     with pytest.raises(C.ConfigError, match="not both"):
         expand(TINY, {"seed": [1, 2]}, 3)
+    with pytest.raises(C.ConfigError, match="drop one"):
+        expand(TINY, {"optim.weight_decay": [0.3, 1.0]}, None, ["optim.weight_decay=2"])
+    # zipped keys: one trial per tuple; --set wins over a zipped component (smoke runs)
+    zipped = expand(TINY, {"task.p,train.epochs": [[23, 50], [29, 70]]}, None, ["train.epochs=5"])
+    assert [t.name for t in zipped] == ["task.p=23__train.epochs=5__seed=0", "task.p=29__train.epochs=5__seed=0"]
+    assert [(t.config.task.p, t.config.train.epochs) for t in zipped] == [(23, 5), (29, 5)]
+    with pytest.raises(C.ConfigError, match="list of 2"):
+        expand(TINY, {"task.p,train.epochs": [[23, 50], 29]}, None)
 
 
 def test_every_named_experiment_plans(tmp_path):
@@ -135,6 +143,9 @@ def test_local_sweep_two_workers_and_runs_table(tmp_path):
     # `grokscope runs` prints the same table
     r = cli("runs", str(out))
     assert r.returncode == 0 and all(n in r.stdout for n in names)
+    (tmp_path / "empty").mkdir()
+    r = cli("runs", str(tmp_path / "empty"))
+    assert r.returncode == 2 and "holds no run folders" in r.stderr
     # a second run of the same sweep finds everything finished and touches no run folder
     before = {n: snapshot(out / n) for n in names}
     r = cli("sweep", str(cfg), "--grid", "optim.weight_decay=0.3,1", "--out", str(out), "--workers", "2")

@@ -121,6 +121,9 @@ def expand(raw: dict[str, Any], grid: dict[str, list[Any]], seeds: int | None,
         if not values:
             raise C.ConfigError(f"grid key {key} has no values")
     seed_values = grid.get("seed") or [base.seed + i for i in range(seeds or 1)]
+    forced = {k.strip(): _numbers(C._parse_scalar(v)) for k, v in (o.split("=", 1) for o in overrides or [])}
+    for key in forced.keys() & grid.keys():
+        raise C.ConfigError(f"--set {key} fixes a key the grid sweeps; drop one of them")
     keys = [k for k in grid if k != "seed"]
     for key in keys:
         if "," in key:  # zipped keys: each value is one tuple of settings, e.g. "task.p,optim.weight_decay"
@@ -139,6 +142,10 @@ def expand(raw: dict[str, Any], grid: dict[str, list[Any]], seeds: int | None,
                 else:
                     settings[key] = value
             settings["seed"] = seed
+            # --set wins over a grid value of the same key (e.g. a short smoke run of an
+            # experiment whose grid sets train.epochs); the name shows the value actually used
+            for key in settings.keys() & forced.keys():
+                settings[key] = forced[key]
             name = trial_name(settings)
             if name in seen:
                 raise C.ConfigError(f"trials {seen[name]} and {settings} get the same folder name {name!r}; make the grid values distinct")

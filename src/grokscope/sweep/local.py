@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -94,6 +95,10 @@ def run_local(jobs: list[TrialJob], workers: int, on_done: Callable[[dict[str, A
     pending = list(jobs)
     running: dict[subprocess.Popen, tuple[TrialJob, float]] = {}
     results: list[dict[str, Any]] = []
+    # SIGTERM to the sweep must stop its trials too (by default Python would exit at once and
+    # leave them running as orphans): turn it into KeyboardInterrupt, handled below.
+    on_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _interrupt) if on_main else None
     try:
         while pending or running:
             while pending and len(running) < workers:
@@ -118,4 +123,11 @@ def run_local(jobs: list[TrialJob], workers: int, on_done: Callable[[dict[str, A
                 proc.wait()
             finish(job, proc.returncode, time.perf_counter() - t0)
         raise
+    finally:
+        if on_main:
+            signal.signal(signal.SIGTERM, previous)
     return results
+
+
+def _interrupt(signum, frame):  # noqa: ARG001
+    raise KeyboardInterrupt

@@ -44,9 +44,19 @@ def analysis_entry():
     return getattr(runner, "analyze_run", None)
 
 
+def analysis_applies(cfg: C.RunConfig) -> bool:
+    """Whether this install can analyse such a run (SPEC sections 2-4: modular arithmetic)."""
+    if analysis_entry() is None:
+        return False
+    try:
+        from grokscope.analysis.runner import analysis_supported  # type: ignore[attr-defined]
+    except ImportError:
+        return cfg.task.name == "modular"
+    return analysis_supported(cfg)
+
+
 def needs_analysis(run: Run, cfg: C.RunConfig) -> bool:
-    """Analysis (SPEC sections 2-4) applies to modular arithmetic runs only."""
-    return cfg.task.name == "modular" and analysis_entry() is not None and run.read_summary() is None
+    return analysis_applies(cfg) and run.read_summary() is None
 
 
 def run_trial(cfg: C.RunConfig, out: Path, threads: int | None = None) -> dict[str, Any]:
