@@ -241,3 +241,23 @@ def test_yaml_sweep_section_is_the_default_grid(tmp_path):
     p = plan(str(cfg), ["optim.lr=0.01"], 1, tmp_path / "out")  # the command line replaces it
     assert [t.name for t in p.trials] == ["optim.lr=0.01__seed=0"]
     json.dumps(p.grid)
+
+
+# ------------------------------------------------------------------------------ sweep report
+def test_sweep_summary_by_hand(tmp_path):
+    import pandas as pd
+
+    from grokscope.report.sweep import grok_figure, ours_table, time_axis
+
+    table = pd.DataFrame({"run": ["a", "b", "c", "d"], "task.n_train": pd.Series([700, 700, None, None], dtype=object),
+                          "grok_epoch": [100.0, 300.0, None, None], "grok_step": [1100, 3300, None, None],
+                          "test_loss": [0.1, 0.3, 2.0, 4.0], "epoch": [500.0, 500.0, 900.0, 900.0],
+                          "step": [5500, 5500, 900, 900]})
+    ours = ours_table(table, ["task.n_train"]).to_dict("records")
+    assert ours[0] == {"setting": "task.n_train=700", "runs": 2, "grokked": 2, "mean grok epoch": 200.0,
+                       "mean test loss": pytest.approx(0.2)}
+    assert ours[1]["setting"] == "task.n_train=null" and ours[1]["grokked"] == 0 and pd.isna(ours[1]["mean grok epoch"])
+    full = {"a": pd.DataFrame({"step": [0, 10], "epoch": [0.0, 10.0]})}
+    mini = {"a": pd.DataFrame({"step": [0, 11], "epoch": [0.0, 1.0]})}
+    assert time_axis(full) == "epoch" and time_axis(mini) == "step"
+    assert grok_figure(table, "task.n_train", tmp_path / "g.png", unit="step").stat().st_size > 1000

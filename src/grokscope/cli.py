@@ -155,7 +155,8 @@ def runs(
 
         write_sweep_report(folder, table)
     with pd.option_context("display.max_columns", None, "display.width", 200, "display.max_colwidth", 40):
-        typer.echo(table.drop(columns=[c for c in ("error",) if c in table]).to_string(index=False, na_rep="-"))
+        shown = table.drop(columns=[c for c in ("error",) if c in table]).astype(object)
+        typer.echo(shown.where(shown.notna(), "-").to_string(index=False))
     typer.echo(f"table: {path}")
 
 

@@ -93,7 +93,12 @@ def runs_table(folder: Path) -> pd.DataFrame:
     if not paths:
         raise StoreError(f"{str(folder)!r} holds no run folders; pass the --out of a sweep or of `grokscope train`")
     settings = {t["name"]: t["settings"] for t in sweep_info(folder).get("trials", [])}
-    return pd.DataFrame([run_row(p, settings.get(p.name)) for p in paths])
+    rows = [run_row(p, settings.get(p.name)) for p in paths]
+    table = pd.DataFrame(rows)
+    # swept values keep their type: [700, None] stays 700 and null (pandas would make 700.0, NaN)
+    for key in {k for s in settings.values() for k in s} & set(table.columns):
+        table[key] = pd.Series([r.get(key) for r in rows], dtype=object)
+    return table
 
 
 def write_csv(table: pd.DataFrame, path: Path) -> Path:
