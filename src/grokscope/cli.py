@@ -98,6 +98,9 @@ def reproduce(
     overrides = list(set_ or []) + ([f"train.epochs={epochs}"] if epochs is not None else [])
     cfg, exp = experiments.load(name, overrides)
     out = out or Path("runs") / name
+    if exp.get("sweep"):  # a sweep experiment: many runs (a rerun resumes, so --resume is implied)
+        _run_sweep(name, None, None, out, "local", None, None, overrides, overwrite, quiet)
+        return
     info = pipeline.train_run(cfg, out, resume=resume, overwrite=overwrite, progress=not quiet)
     _print_train_summary(out, info)
     from grokscope.analysis.runner import analysis_supported, analyze_run
@@ -171,6 +174,61 @@ def _print_analysis_summary(s: dict) -> None:
     ph = s["phases"]
     typer.echo("phases: " + ", ".join(f"{k} {'not reached' if v is None else f'{v[0]:.0f}-{v[1]:.0f}'}"
                                       for k, v in ph.items()))
+
+
+# ------------------------------------------------------------------------------------- sweep
+@app.command()
+def sweep(
+    config: Annotated[str, typer.Argument(help="YAML config file, or a named experiment (its `sweep:` grid is the default).")],
+    grid: Annotated[list[str] | None, typer.Option("--grid", "-g", help="KEY=V1,V2,... swept values; repeat for more keys (product).")] = None,
+    seeds: Annotated[int | None, typer.Option("--seeds", help="Seeds per setting: the config's seed, +1, ... (default 1).")] = None,
+    out: OutOpt = None,
+    backend: Annotated[str, typer.Option("--backend", help="local (processes on this machine) or ray.")] = "local",
+    workers: Annotated[int | None, typer.Option("--workers", "-w", help="Trials at once (default: the number of cores).")] = None,
+    ray_address: Annotated[str | None, typer.Option("--ray-address", help="Ray cluster to join (default: start a local Ray).")] = None,
+    set_: SetOpt = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace this sweep's trial folders already in --out.")] = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Run a grid of trials (x seeds), each an ordinary run folder under --out; rerun to resume."""
+    out = out or Path("runs") / f"sweep-{Path(config).stem}"
+    _run_sweep(config, grid, seeds, out, backend, workers, ray_address, list(set_ or []), overwrite, quiet)
+
+
+def _run_sweep(config: str, grid: list[str] | None, seeds: int | None, out: Path, backend: str,
+               workers: int | None, ray_address: str | None, overrides: list[str], overwrite: bool, quiet: bool) -> None:
+    from grokscope.sweep import run_sweep
+
+    results = run_sweep(config, grid, seeds, out, backend=backend, workers=workers, ray_address=ray_address,
+                        overrides=overrides, overwrite=overwrite, echo=(lambda m: None) if quiet else typer.echo)
+    bad = [r for r in results if r.get("status") not in ("completed", "stopped_early")]
+    typer.echo(f"sweep: {out}  report: {out / 'sweep.html'}")
+    if bad:
+        echo_err(f"grokscope: {len(bad)} of {len(results)} trials did not finish ({', '.join(r['name'] for r in bad)}); "
+                 "each folder's run.json says why; rerun the same command to resume them")
+        sys.exit(1)  # not typer.Exit: main() runs the app with standalone_mode=False, which drops its code
+
+
+@app.command()
+def runs(
+    folder: Annotated[Path, typer.Argument(help="A folder of run folders (e.g. a sweep's --out).")],
+    csv: Annotated[Path | None, typer.Option("--csv", help="Where to write the table (default: FOLDER/runs.csv).")] = None,
+) -> None:
+    """Print the comparison table of all runs in a folder (Table 5 columns) and write it as CSV."""
+    import pandas as pd
+
+    from grokscope.sweep.table import runs_table, sweep_info, write_csv
+
+    table = runs_table(folder)
+    path = write_csv(table, csv or folder / "runs.csv")
+    if sweep_info(folder):
+        from grokscope.report.sweep import write_sweep_report
+
+        write_sweep_report(folder, table)
+    with pd.option_context("display.max_columns", None, "display.width", 200, "display.max_colwidth", 40):
+        shown = table.drop(columns=[c for c in ("error",) if c in table]).astype(object)
+        typer.echo(shown.where(shown.notna(), "-").to_string(index=False))
+    typer.echo(f"table: {path}")
 
 
 # ------------------------------------------------------------------------------------- config

@@ -56,6 +56,13 @@ class DigitsTask(_Strict):
     n_train: int | None = Field(700, ge=1, description="fixed train set size; null = fresh data every step")
     n_test: int = Field(2000, ge=1)
 
+    @model_validator(mode="after")
+    def _enough_pairs(self) -> DigitsTask:
+        if (self.n_train or 0) + self.n_test > 100**self.n_digits:
+            raise ValueError(f"task.n_train + task.n_test must be at most {100**self.n_digits} "
+                             f"(the distinct {self.n_digits}-digit pairs)")
+        return self
+
 
 class RepeatedSubsequenceTask(_Strict):
     """Random tokens with a subsequence repeated several times (SPEC section 6)."""
@@ -67,13 +74,25 @@ class RepeatedSubsequenceTask(_Strict):
     repeats: int = Field(3, ge=2)
     n_train: int | None = Field(512, ge=1)
     n_test: int = Field(1024, ge=1)
+    # distinct tokens in the subsequence, filler avoids them: every scored token is determined
+    distinct: bool = True
+
+    @model_validator(mode="after")
+    def _fits(self) -> RepeatedSubsequenceTask:
+        if self.repeats * self.sub_len > self.seq_len:
+            raise ValueError(f"task.seq_len must hold the repeats: at least {self.repeats * self.sub_len}")
+        if self.sub_len < 2:
+            raise ValueError("task.sub_len must be at least 2 (its first token is never scored)")
+        if self.distinct and self.sub_len >= self.vocab:
+            raise ValueError("task.sub_len must be below task.vocab when task.distinct is true")
+        return self
 
 
 class SkipTrigramTask(_Strict):
     """Tokens 0..vocab-1, exactly one token >= vocab/2; output that token (SPEC section 6)."""
 
     name: Literal["skip_trigram"] = "skip_trigram"
-    vocab: int = Field(20, ge=4)
+    vocab: int = Field(20, ge=4, multiple_of=2)
     seq_len: int = Field(16, ge=2)
     n_train: int | None = Field(512, ge=1)
     n_test: int = Field(1024, ge=1)

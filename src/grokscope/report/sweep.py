@@ -1,0 +1,218 @@
+"""Figures and the HTML page of a sweep: many runs side by side (SPEC section 5 and 6 experiments).
+
+Reads the store (each trial's metrics table and run.json, the sweep's runs table) and draws:
+- the test loss curves of all trials on one plot (log scale, as the paper plots loss);
+- the epoch of grokking against each swept value (runs that never grokked are marked at the
+  epoch they stopped, hollow);
+- per-position test loss curves for multi-label tasks (digit addition, repeated subsequence),
+  where the paper shows separate phase changes per answer position.
+`write_sweep_report` puts them, with the comparison table and what the paper reports, into
+DIR/sweep.html (images inlined, so the page is one self-contained file) and DIR/sweep_*.png.
+Computes no measure.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never opens a window
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from grokscope.store import atomic_write_bytes, atomic_write_text  # noqa: E402
+from grokscope.sweep.grid import format_value  # noqa: E402
+from grokscope.sweep.table import read_metrics, sweep_info  # noqa: E402
+
+MAX_LEGEND = 14  # more trials than this: no legend, the table names them
+
+
+def _save(fig, path: Path) -> Path:
+    from io import BytesIO
+
+    buf = BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def time_axis(curves: dict[str, pd.DataFrame]) -> str:
+    """"epoch" when every run is full batch (epoch = step), else "step": a minibatch epoch depends on
+    the train set size, and infinite-data runs have no epochs, so steps are what compare."""
+    full_batch = all(len(m) == 0 or "epoch" not in m or (m["epoch"] == m["step"]).all() for m in curves.values())
+    return "epoch" if full_batch else "step"
+
+
+def test_loss_figure(curves: dict[str, pd.DataFrame], path: Path, title: str = "") -> Path:
+    """Every trial's test loss (solid) and train loss (faint) against epoch, on one log-scale plot."""
+    x = time_axis(curves)
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    cmap = plt.get_cmap("viridis" if len(curves) > 10 else "tab10")
+    for i, (name, m) in enumerate(curves.items()):
+        if "test_loss" not in m or not len(m):
+            continue
+        color = cmap(i / max(1, len(curves) - 1)) if len(curves) > 10 else cmap(i % 10)
+        ax.plot(m[x], m["test_loss"].clip(lower=1e-12), color=color, lw=1.3, label=name)
+        if "train_loss" in m:
+            ax.plot(m[x], m["train_loss"].clip(lower=1e-12), color=color, lw=0.8, alpha=0.35)
+    ax.set_yscale("log")
+    ax.set_xlabel(x)
+    ax.set_ylabel("loss (solid: test, faint: train)")
+    ax.set_title(title or "test loss of every trial")
+    if 0 < len(curves) <= MAX_LEGEND:
+        ax.legend(fontsize=7, loc="best")
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def _order(values: list[Any]) -> list[Any]:
+    """Distinct values sorted: numbers ascending, then null, then the rest as text."""
+    distinct: list[Any] = []
+    for v in values:
+        if v not in distinct:
+            distinct.append(v)
+
+    def key(v: Any):
+        if isinstance(v, int | float) and not isinstance(v, bool) and not (isinstance(v, float) and math.isnan(v)):
+            return (0, float(v), "")
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            return (1, 0.0, "")
+        return (2, 0.0, str(v))
+
+    return sorted(distinct, key=key)
+
+
+def grok_figure(table: pd.DataFrame, key: str, path: Path, label_null: str = "null", unit: str = "epoch") -> Path:
+    """Epoch (or step) of grokking (test acc > 99%) against one swept value; one point per run, mean as a line."""
+    rows = table.to_dict("records")
+    col, last = ("grok_epoch", "epoch") if unit == "epoch" else ("grok_step", "step")
+    xs = _order([r.get(key) for r in rows])
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    means_x, means_y = [], []
+    labelled_miss = False
+    for i, v in enumerate(xs):
+        group = [r for r in rows if format_value(r.get(key)) == format_value(v)]
+        hit = [r[col] for r in group if r.get(col) is not None and not pd.isna(r.get(col))]
+        miss = [r.get(last) for r in group if r.get(col) is None or pd.isna(r.get(col))]
+        if hit:
+            ax.scatter([i] * len(hit), hit, color="C0", zorder=3)
+            means_x.append(i)
+            means_y.append(sum(hit) / len(hit))
+        miss = [e for e in miss if e is not None and not pd.isna(e)]
+        if miss:
+            ax.scatter([i] * len(miss), miss, facecolors="none", edgecolors="C3", zorder=3,
+                       label=None if labelled_miss else f"did not grok (plotted at its last {last})")
+            labelled_miss = True
+    if means_x:
+        ax.plot(means_x, means_y, color="C0", alpha=0.6, label="mean over seeds")
+    ax.set_xticks(range(len(xs)), [label_null if v is None else format_value(v) for v in xs])
+    ax.set_xlabel(key)
+    ax.set_ylabel(f"{unit} of grokking (test acc > 99%)")
+    ax.set_title(f"{unit} of grokking against {key}")
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[1]:
+        ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def per_position_figure(m: pd.DataFrame, path: Path, title: str, x: str = "epoch") -> Path | None:
+    """Test loss per answer position (`test_loss_pos{j}`) against epoch; None when not multi-label."""
+    cols = sorted((c for c in m.columns if c.startswith("test_loss_pos")), key=lambda c: int(c.removeprefix("test_loss_pos")))
+    if not cols:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    cmap = plt.get_cmap("viridis")
+    for j, c in enumerate(cols):
+        ax.plot(m[x], m[c].clip(lower=1e-12), color=cmap(j / max(1, len(cols) - 1)), lw=1.1, label=f"position {j}")
+    ax.set_yscale("log")
+    ax.set_xlabel(x)
+    ax.set_ylabel("test loss")
+    ax.set_title(title)
+    ax.legend(fontsize=7, ncol=2 if len(cols) > 8 else 1)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def _img(path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(path.stem)}"><figcaption>{html.escape(path.name)}</figcaption></figure>'
+
+
+def _paper_block(exp: dict[str, Any]) -> str:
+    if not exp:
+        return ""
+    out = [f"<h2>{html.escape(str(exp.get('title', 'Experiment')))}</h2>"]
+    if exp.get("reproduces"):
+        out.append(f"<p><b>Reproduces:</b> {html.escape(str(exp['reproduces']))}</p>")
+    paper = exp.get("paper") or {}
+    if paper:
+        items = "".join(f"<li><b>{html.escape(str(k))}</b>: {html.escape(str(v))}</li>" for k, v in paper.items())
+        out.append(f"<p><b>The paper reports:</b></p><ul>{items}</ul>")
+    return "\n".join(out)
+
+
+def ours_table(table: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Per swept value: runs, how many grokked, mean epoch of grokking, mean final test loss."""
+    rows = []
+    for key in keys:
+        for v in _order(table[key].tolist() if key in table else []):
+            g = table[[format_value(x) == format_value(v) for x in table[key]]]
+            grok = g["grok_epoch"].dropna()
+            rows.append({"setting": f"{key}={format_value(v)}", "runs": len(g), "grokked": len(grok),
+                         "mean grok epoch": round(float(grok.mean()), 1) if len(grok) else None,
+                         "mean test loss": float(pd.to_numeric(g["test_loss"], errors="coerce").mean())})
+    return pd.DataFrame(rows)
+
+
+def write_sweep_report(out: Path, table: pd.DataFrame) -> Path:
+    """DIR/sweep.html and DIR/sweep_*.png for the runs in `table` (from `sweep.table.runs_table`)."""
+    out = Path(out)
+    info = sweep_info(out)
+    exp = info.get("experiment") or {}
+    # a zipped key ("task.p,optim.weight_decay") is plotted against its first component
+    keys = [k.split(",")[0].strip() for k in (info.get("grid") or {}) if k != "seed"]
+    keys = [k for k in keys if k in table]
+    curves = {name: read_metrics(out / name) for name in table["run"]}
+    unit = time_axis(curves)
+    figs = [test_loss_figure(curves, out / "sweep_test_loss.png", exp.get("title", ""))]
+    for key in keys:
+        figs.append(grok_figure(table, key, out / f"sweep_grok_{key.replace('.', '_')}.png", unit=unit))
+    for name, m in list(curves.items())[:8]:
+        fig = per_position_figure(m, out / f"sweep_positions_{name}.png", f"{name}: test loss per position", unit)
+        if fig is not None:
+            figs.append(fig)
+    links = []
+    for name in table["run"]:
+        rep = out / name / "report" / "index.html"
+        target = f"{name}/report/index.html" if rep.exists() else f"{name}/"
+        links.append(f'<li><a href="{html.escape(target)}">{html.escape(name)}</a></li>')
+    ours = ours_table(table, keys)
+    body = "\n".join([
+        _paper_block(exp),
+        "<h2>Ours</h2>",
+        ours.to_html(index=False, na_rep="-", float_format=lambda x: f"{x:.4g}") if len(ours) else "",
+        *(_img(f) for f in figs),
+        "<h2>All runs</h2>",
+        table.to_html(index=False, na_rep="-", float_format=lambda x: f"{x:.4g}"),
+        f"<h2>Run folders</h2><ul>{''.join(links)}</ul>",
+        "<p>Table as CSV: <a href=\"runs.csv\">runs.csv</a>. Grokking epoch = first epoch with test accuracy above 99%.</p>",
+    ])
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>sweep {html.escape(out.name)}</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}}
+table{{border-collapse:collapse;font-size:13px}}td,th{{border:1px solid #ccc;padding:3px 6px}}
+img{{max-width:100%}}figure{{margin:1em 0}}figcaption{{color:#666;font-size:12px}}</style></head>
+<body><h1>Sweep {html.escape(out.name)}</h1>
+<p>{len(table)} runs; source <code>{html.escape(str(info.get('source', '')))}</code>; grid
+<code>{html.escape(str(info.get('grid', {})))}</code>; seeds {html.escape(str(info.get('seeds')))}.</p>
+{body}
+</body></html>
+"""
+    path = out / "sweep.html"
+    atomic_write_text(path, page)
+    return path

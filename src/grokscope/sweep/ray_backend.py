@@ -1,0 +1,73 @@
+"""The Ray sweep backend: each trial is a Ray task, so the same sweep runs on a laptop or a cluster.
+
+`ray.init(address=...)` joins a running cluster (`--ray-address auto` or `ray://host:10001`);
+without an address a local Ray is started with `num_cpus = workers`. Each task asks for as many
+CPUs as the trial uses torch threads and runs the trial exactly as the local backend does (as its
+own process, `grokscope.sweep.worker`), so a crashed trial fails alone and its folder says why.
+On a cluster the sweep folder must be on storage every node sees, and grokscope must be
+installed on every node. Ray is optional: `pip install 'grokscope[ray]'`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+from grokscope import config as C
+from grokscope.store import Run
+from grokscope.sweep.local import TrialJob, child_env, run_one
+
+INSTALL_HINT = "--backend ray needs Ray; install it with: pip install 'grokscope[ray]'  (or: pip install 'ray[tune]')"
+
+
+def require_ray():
+    """Import ray or raise ConfigError (exit 2) saying how to install it; before anything is written."""
+    try:
+        import ray
+    except ImportError:
+        raise C.ConfigError(INSTALL_HINT) from None
+    return ray
+
+
+def run_ray(jobs: list[TrialJob], workers: int, address: str | None = None,
+            on_done: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+    ray = require_ray()
+    started_here = not ray.is_initialized()
+    if started_here:
+        if address:
+            ray.init(address=address, log_to_driver=False)
+        else:
+            env = child_env(1)
+            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False,
+                     runtime_env={"env_vars": {"PYTHONPATH": env["PYTHONPATH"]}})
+    try:
+        remote = ray.remote(run_one)
+        refs = {remote.options(num_cpus=job.threads, max_retries=0).remote(job): job for job in jobs}
+        results: list[dict[str, Any]] = []
+        waiting = list(refs)
+        while waiting:
+            done, waiting = ray.wait(waiting, num_returns=1)
+            for ref in done:
+                try:
+                    res = ray.get(ref)
+                except Exception as err:  # the Ray task itself died (node lost, worker killed)
+                    job = refs[ref]
+                    run = Run(job.out)
+                    if run.read_info().get("status") in (None, "running"):
+                        run.update_info(status="failed", error=f"Ray task failed: {type(err).__name__}: "
+                                        f"{str(err).splitlines()[0]}; rerun the sweep to resume it")
+                    info = run.read_info()
+                    res = {"name": job.name, "returncode": None, "seconds": None, "status": info.get("status"),
+                           "error": info.get("error"), "grok_epoch_99": info.get("grok_epoch_99")}
+                results.append(res)
+                if on_done is not None:
+                    on_done(res)
+        return results
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def default_workers() -> int:
+    return os.cpu_count() or 1

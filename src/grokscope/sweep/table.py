@@ -1,0 +1,106 @@
+"""The comparison table of all runs in a folder (the paper's Table 5 columns, SPEC section 5).
+
+One row per run folder directly inside DIR: its swept settings (from DIR/sweep.json when the
+folder is a sweep), status, epochs trained, test loss and accuracy, Gini(W_E), Gini(W_L), key
+frequencies, logit FVE and neuron FVE (from `analysis/summary.json` when the run was analysed;
+empty otherwise), and the epoch of grokking (first epoch with test accuracy above 99%, from
+run.json) and the same as an optimiser step (which compares minibatch runs across data sizes). Reads the store only; computes no measure.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from grokscope.store import Run, StoreError, atomic_write_text
+
+SUMMARY_COLUMNS = ["test_loss", "test_acc", "gini_W_E", "gini_W_L", "key_frequencies", "logit_fve", "neuron_fve"]
+
+
+def sweep_info(folder: Path) -> dict[str, Any]:
+    path = folder / "sweep.json"
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        raise StoreError(f"{path} is corrupt (not JSON); rerun the sweep command to rewrite it") from None
+
+
+def find_runs(folder: Path) -> list[Path]:
+    """Run folders directly inside `folder` (the folder itself when it is a run), by name."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise StoreError(f"{str(folder)!r} is not a folder; pass a folder of runs, e.g. the --out of a sweep")
+    if Run(folder).exists():
+        return [folder]
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".") and Run(p).exists())
+
+
+def read_metrics(path: Path, table: str = "metrics") -> pd.DataFrame:
+    """A run's metrics table, read without writing anything into the run folder.
+
+    With no `-wal` file beside the database every row is in the main file, so it is opened
+    read-only and immutable (SQLite creates no `-wal`/`-shm` files); a live run, or one killed
+    before SQLite folded its log in, is read through the store as usual.
+    """
+    db = Path(path) / "metrics.sqlite"
+    if not db.exists() or Path(f"{db}-wal").exists():
+        return Run(path).metrics(table)
+    con = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro&immutable=1", uri=True)
+    try:
+        names = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if table not in names:
+            return pd.DataFrame({"step": pd.Series(dtype="int64")})
+        return pd.read_sql_query(f'SELECT * FROM "{table}" ORDER BY step', con)
+    finally:
+        con.close()
+
+
+def run_row(path: Path, settings: dict[str, Any] | None = None) -> dict[str, Any]:
+    run = Run(path)
+    info = run.read_info()
+    row: dict[str, Any] = {"run": path.name}
+    row.update(settings or {})
+    row["status"] = info.get("status")
+    m = read_metrics(path)
+    last = m.iloc[-1].to_dict() if len(m) else {}
+    row["step"] = last.get("step")
+    row["epoch"] = last.get("epoch")
+    summary = run.read_summary() or {}
+    for col in SUMMARY_COLUMNS:
+        value = summary.get(col, last.get(col) if col in ("test_loss", "test_acc") else None)
+        if isinstance(value, list):
+            value = " ".join(str(v) for v in value)
+        row[col] = value
+    row["grok_epoch"] = info.get("grok_epoch_99")
+    # minibatch runs count epochs of their own train set; steps compare finite with infinite data
+    spe = info.get("steps_per_epoch") or 1
+    row["grok_step"] = None if row["grok_epoch"] is None else round(row["grok_epoch"] * spe)
+    if info.get("error"):
+        row["error"] = str(info["error"]).splitlines()[0]
+    return row
+
+
+def runs_table(folder: Path) -> pd.DataFrame:
+    """The table of every run in `folder`; raises StoreError when it holds none."""
+    folder = Path(folder)
+    paths = find_runs(folder)
+    if not paths:
+        raise StoreError(f"{str(folder)!r} holds no run folders; pass the --out of a sweep or of `grokscope train`")
+    settings = {t["name"]: t["settings"] for t in sweep_info(folder).get("trials", [])}
+    rows = [run_row(p, settings.get(p.name)) for p in paths]
+    table = pd.DataFrame(rows)
+    # swept values keep their type: [700, None] stays 700 and null (pandas would make 700.0, NaN)
+    for key in {k for s in settings.values() for k in s} & set(table.columns):
+        table[key] = pd.Series([r.get(key) for r in rows], dtype=object)
+    return table
+
+
+def write_csv(table: pd.DataFrame, path: Path) -> Path:
+    atomic_write_text(path, table.to_csv(index=False))
+    return path

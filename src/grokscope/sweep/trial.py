@@ -1,0 +1,86 @@
+"""One sweep trial: start, resume or skip the run, then analyse it (run by `sweep.worker`).
+
+The decision is made from the run folder alone, so a rerun of a sweep does the right thing for
+every trial: a finished run is skipped (only its analysis is done if missing), a run with a
+checkpoint is resumed from it (`pipeline.train_run(..., resume=True)`), anything else starts
+afresh. Any failure is written into the run's `run.json` (`status`, `error`, `traceback`) so the
+folder says why; the exit code is 0 only when the trial finished.
+"""
+
+from __future__ import annotations
+
+import traceback
+from pathlib import Path
+from typing import Any
+
+from grokscope import config as C
+from grokscope.store import Run
+
+DONE = ("completed", "stopped_early")
+
+
+def training_done(run: Run) -> bool:
+    if not run.config_path.exists():
+        return False
+    info = run.read_info()
+    return info.get("status") in DONE and bool(run.checkpoint_steps())
+
+
+def analysis_entry():
+    """The analysis entry point `f(run_dir: Path) -> summary` of this install, or None.
+
+    Looked up by name so the sweep works before (and without) the analysis package: first
+    `grokscope.pipeline.analyze_run`, then `grokscope.analysis.runner.analyze_run`.
+    """
+    from grokscope import pipeline
+
+    fn = getattr(pipeline, "analyze_run", None)
+    if fn is not None:
+        return fn
+    try:
+        from grokscope.analysis import runner  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    return getattr(runner, "analyze_run", None)
+
+
+def analysis_applies(cfg: C.RunConfig) -> bool:
+    """Whether this install can analyse such a run (SPEC sections 2-4: modular arithmetic)."""
+    if analysis_entry() is None:
+        return False
+    try:
+        from grokscope.analysis.runner import analysis_supported  # type: ignore[attr-defined]
+    except ImportError:
+        return cfg.task.name == "modular"
+    return analysis_supported(cfg)
+
+
+def needs_analysis(run: Run, cfg: C.RunConfig) -> bool:
+    return analysis_applies(cfg) and run.read_summary() is None
+
+
+def run_trial(cfg: C.RunConfig, out: Path, threads: int | None = None) -> dict[str, Any]:
+    """Train (or resume, or skip) and analyse one trial in this process. Returns run.json."""
+    from grokscope import pipeline
+
+    if threads is not None and cfg.train.threads is None:
+        cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"threads": threads})})
+    run = Run(out)
+    try:
+        if not training_done(run):
+            resumable = run.config_path.exists() and bool(run.checkpoint_steps())
+            pipeline.train_run(cfg, out, resume=resumable, overwrite=not resumable, progress=False)
+            run.update_info(error=None, traceback=None)
+        if needs_analysis(run, cfg):
+            try:
+                analysis_entry()(out)
+                run.update_info(analysis_error=None)
+            except Exception as err:  # the trained run stays good; say why analysis failed
+                run.update_info(analysis_error=f"{type(err).__name__}: {err}")
+    except KeyboardInterrupt:
+        run.update_info(status="interrupted", error="interrupted (SIGINT/SIGTERM); rerun the sweep to resume")
+        raise
+    except BaseException as err:
+        run.update_info(status="failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
+        raise
+    return run.read_info()

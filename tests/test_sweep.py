@@ -1,0 +1,263 @@
+"""Sweeps: grid expansion, the local and Ray backends, kill and resume, the runs table."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+import grokscope
+from grokscope import config as C
+from grokscope import experiments
+from grokscope.store import Run
+from grokscope.sweep import local as L
+from grokscope.sweep import plan, run_sweep
+from grokscope.sweep.grid import expand, parse_grid, trial_name
+from grokscope.sweep.table import runs_table
+from grokscope.sweep.trial import run_trial
+
+TINY = {
+    "seed": 0,
+    "task": {"name": "modular", "p": 23, "frac_train": 0.5},
+    "model": {"d_model": 32, "n_heads": 2, "d_head": 16, "d_mlp": 64},
+    "optim": {"lr": 3e-3, "weight_decay": 1.0},
+    "train": {"epochs": 100, "checkpoint_every": 50, "eval_every": 10},
+}
+SRC = str(Path(grokscope.__file__).resolve().parents[1])
+
+
+def write_yaml(path: Path, raw: dict) -> Path:
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=SRC)
+    return subprocess.run([sys.executable, "-m", "grokscope.cli", *args], capture_output=True, text=True,
+                          env=env, timeout=timeout)
+
+
+def snapshot(folder: Path) -> dict[str, tuple[int, str]]:
+    """mtime and content hash of every file in a folder."""
+    return {str(p.relative_to(folder)): (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# ------------------------------------------------------------------------------ grid
+def test_grid_parsing_and_names():
+    grid = parse_grid(["optim.weight_decay=0.3,1", "task.n_train=700,null", "optim.betas=[0.9, 0.98],[0.9,0.999]"])
+    assert grid == {"optim.weight_decay": [0.3, 1], "task.n_train": [700, None],
+                    "optim.betas": [[0.9, 0.98], [0.9, 0.999]]}
+    assert trial_name({"optim.weight_decay": 0.3, "seed": 1}) == "optim.weight_decay=0.3__seed=1"
+    assert trial_name({"task.n_train": None, "optim.lr": 1e-4, "x": "a/b c"}) == "task.n_train=null__optim.lr=0.0001__x=a_b_c"
+    with pytest.raises(C.ConfigError, match="KEY=V1"):
+        parse_grid(["optim.weight_decay"])
+    with pytest.raises(C.ConfigError, match="empty"):
+        parse_grid(["optim.weight_decay=0.1,"])
+
+
+def test_expand_product_seeds_and_validation():
+    trials = expand(TINY, {"optim.weight_decay": [0.3, 1.0], "task.p": [23, 29]}, 2, ["train.epochs=7"])
+    assert [t.name for t in trials][:3] == ["optim.weight_decay=0.3__task.p=23__seed=0",
+                                           "optim.weight_decay=0.3__task.p=23__seed=1",
+                                           "optim.weight_decay=0.3__task.p=29__seed=0"]
+    assert len(trials) == 8 and len({t.name for t in trials}) == 8
+    last = trials[-1].config
+    assert (last.optim.weight_decay, last.task.p, last.seed, last.train.epochs) == (1.0, 29, 1, 7)
+    assert last.name == trials[-1].name
+    assert TINY["optim"]["weight_decay"] == 1.0  # the base config is not mutated
+    with pytest.raises(C.ConfigError, match="task.p"):
+        expand(TINY, {"task.p": [23, 24]}, None)  # 24 is not prime: refused before anything runs
+    with pytest.raises(C.ConfigError, match="unknown key"):
+        expand(TINY, {"optim.weight_dekay": [1]}, None)
+    with pytest.raises(C.ConfigError, match="not both"):
+        expand(TINY, {"seed": [1, 2]}, 3)
+    with pytest.raises(C.ConfigError, match="drop one"):
+        expand(TINY, {"optim.weight_decay": [0.3, 1.0]}, None, ["optim.weight_decay=2"])
+    # zipped keys: one trial per tuple; --set wins over a zipped component (smoke runs)
+    zipped = expand(TINY, {"task.p,train.epochs": [[23, 50], [29, 70]]}, None, ["train.epochs=5"])
+    assert [t.name for t in zipped] == ["task.p=23__train.epochs=5__seed=0", "task.p=29__train.epochs=5__seed=0"]
+    assert [(t.config.task.p, t.config.train.epochs) for t in zipped] == [(23, 5), (29, 5)]
+    with pytest.raises(C.ConfigError, match="list of 2"):
+        expand(TINY, {"task.p,train.epochs": [[23, 50], 29]}, None)
+
+
+def test_every_named_experiment_plans(tmp_path):
+    """Each named experiment resolves into valid trials, and says what it reproduces."""
+    counts = {}
+    for name in experiments.names():
+        meta = experiments.meta(name)
+        assert meta.get("reproduces") and meta.get("paper"), name
+        counts[name] = len(plan(name, None, None, tmp_path / name).trials)
+    assert not any(tmp_path.iterdir())  # planning writes nothing
+    expected = {"seeds": 5, "data-fraction": 10, "weight-decay": 5, "primes": 3, "digit-addition": 2,
+                "repeated-subsequence": 2, "skip-trigram": 2}
+    for name, n in expected.items():
+        assert counts[name] == n, (name, counts[name])
+
+
+# ------------------------------------------------------------------------------ local backend
+def test_local_pool_runs_at_most_workers_at_once(tmp_path, monkeypatch):
+    """The scheduler never has more than `workers` trial processes alive, and uses all of them."""
+    log = tmp_path / "spans"
+    log.mkdir()
+    script = ("import sys, time, pathlib; t0 = time.time(); time.sleep(0.6); "
+              "pathlib.Path(sys.argv[1]).write_text(f'{t0} {time.time()}')")
+    monkeypatch.setattr(L, "command", lambda job: [sys.executable, "-c", script, str(log / job.name)])
+    jobs = [L.TrialJob(f"t{i}", tmp_path / "cfg", tmp_path / f"t{i}", tmp_path / "logs" / f"t{i}.log", 1) for i in range(5)]
+    results = L.run_local(jobs, workers=2)
+    assert sorted(r["name"] for r in results) == [f"t{i}" for i in range(5)]
+    spans = [tuple(map(float, (log / f"t{i}").read_text().split())) for i in range(5)]
+    events = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans], key=lambda x: (x[0], x[1]))
+    alive = peak = 0
+    for _, d in events:
+        alive += d
+        peak = max(peak, alive)
+    assert peak == 2
+
+
+def test_local_sweep_two_workers_and_runs_table(tmp_path):
+    cfg = write_yaml(tmp_path / "tiny.yaml", TINY)
+    out = tmp_path / "sweep"
+    r = cli("sweep", str(cfg), "--grid", "optim.weight_decay=0.3,1", "--out", str(out), "--workers", "2")
+    assert r.returncode == 0, r.stderr
+    names = ["optim.weight_decay=0.3__seed=0", "optim.weight_decay=1__seed=0"]
+    for n in names:
+        info = Run(out / n).read_info()
+        assert info["status"] == "completed" and info["last_step"] == 100
+        assert info["threads"] == 1  # 2 cores or fewer shared by 2 workers
+        assert yaml.safe_load((out / n / "config.yaml").read_text())["optim"]["weight_decay"] in (0.3, 1.0)
+    table = runs_table(out)
+    assert list(table["run"]) == names and list(table["optim.weight_decay"]) == [0.3, 1.0]
+    assert {"test_loss", "gini_W_E", "gini_W_L", "key_frequencies", "logit_fve", "neuron_fve", "grok_epoch"} <= set(table.columns)
+    assert (out / "runs.csv").read_text().count("\n") == 3  # header + one row per trial
+    assert (out / "sweep.html").exists() and (out / "sweep_test_loss.png").stat().st_size > 1000
+    # `grokscope runs` prints the same table
+    r = cli("runs", str(out))
+    assert r.returncode == 0 and all(n in r.stdout for n in names)
+    (tmp_path / "empty").mkdir()
+    r = cli("runs", str(tmp_path / "empty"))
+    assert r.returncode == 2 and "holds no run folders" in r.stderr
+    # a second run of the same sweep finds everything finished and touches no run folder
+    before = {n: snapshot(out / n) for n in names}
+    r = cli("sweep", str(cfg), "--grid", "optim.weight_decay=0.3,1", "--out", str(out), "--workers", "2")
+    assert r.returncode == 0 and "2 already finished" in r.stdout
+    assert before == {n: snapshot(out / n) for n in names}
+    # the same folder with another config is refused, nothing touched
+    r = cli("sweep", str(cfg), "--grid", "optim.weight_decay=0.3,1", "--out", str(out), "--set", "optim.lr=0.01")
+    assert r.returncode == 2 and "different config" in r.stderr and "optim.lr" in r.stderr
+    assert before == {n: snapshot(out / n) for n in names}
+
+
+def test_killed_trial_is_resumed_and_the_others_untouched(tmp_path):
+    raw = {**TINY, "train": {"epochs": 100, "checkpoint_every": 20, "eval_every": 10}}
+    cfg = write_yaml(tmp_path / "tiny.yaml", raw)
+    out = tmp_path / "sweep"
+    args = ["sweep", str(cfg), "--grid", "train.epochs=100,600", "--out", str(out), "--workers", "2"]
+    proc = subprocess.Popen([sys.executable, "-m", "grokscope.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=SRC))
+    long = out / "train.epochs=600__seed=0"
+    pid_file = out / ".trials" / "train.epochs=600__seed=0.pid"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (pid_file.exists() and any(s > 0 for s in Run(long).checkpoint_steps())):
+        time.sleep(0.02)
+    os.kill(int(pid_file.read_text()), signal.SIGKILL)  # mid-run: it has a checkpoint after step 0
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == 1 and "1 of 2 trials did not finish" in err
+    info = Run(long).read_info()
+    assert info["status"] == "interrupted" and "SIGKILL" in info["error"]
+    killed_at = max(Run(long).checkpoint_steps())
+    assert 0 < killed_at < 600
+    short = out / "train.epochs=100__seed=0"
+    assert Run(short).read_info()["status"] == "completed"  # the other trial finished regardless
+    before = snapshot(short)
+
+    r = cli(*args)
+    assert r.returncode == 0, r.stderr
+    assert "1 already finished" in r.stdout
+    info = Run(long).read_info()
+    assert info["status"] == "completed" and info["last_step"] == 600 and info.get("resumed_at")
+    assert info.get("error") is None
+    steps = Run(long).metrics()["step"].tolist()
+    assert steps == sorted(set(steps)) and steps[-1] == 600  # resumed, no step logged twice
+    assert snapshot(short) == before
+
+
+def test_failed_trial_says_why(tmp_path):
+    cfg = C.resolve(TINY)
+    out = tmp_path / "run"
+    run = Run(out)
+    run.write_config(C.to_yaml(cfg))
+    run.update_info(status="running", last_step=50)
+    run.ckpt_dir.mkdir(parents=True)
+    run.checkpoint_path(50).write_bytes(b"not a safetensors file")
+    with pytest.raises(Exception, match="corrupt"):
+        run_trial(cfg, out, threads=1)
+    info = run.read_info()
+    assert info["status"] == "failed" and "corrupt" in info["error"] and "Traceback" in info["traceback"]
+
+
+# ------------------------------------------------------------------------------ ray backend
+def test_ray_backend_without_ray_exits_2(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    cfg = write_yaml(tmp_path / "tiny.yaml", TINY)
+    with pytest.raises(C.ConfigError, match=r"pip install 'grokscope\[ray\]'"):
+        run_sweep(str(cfg), ["optim.weight_decay=0.3,1"], None, tmp_path / "out", backend="ray", echo=lambda m: None)
+    assert not (tmp_path / "out").exists()  # refused before the first write
+
+
+def test_ray_backend_local_cluster(tmp_path):
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip("ray is not installed (pip install 'grokscope[ray]'); CI installs it")
+    cfg = write_yaml(tmp_path / "tiny.yaml", TINY)
+    out = tmp_path / "sweep"
+    lines: list[str] = []
+    results = run_sweep(str(cfg), ["optim.weight_decay=0.3,1"], None, out, backend="ray", workers=2, echo=lines.append)
+    assert sorted(r["status"] for r in results) == ["completed", "completed"]
+    assert len(runs_table(out)) == 2
+    for r in results:
+        assert Run(out / r["name"]).read_info()["last_step"] == 100
+
+
+# ------------------------------------------------------------------------------ experiment sweeps
+def test_yaml_sweep_section_is_the_default_grid(tmp_path):
+    raw = {**TINY, "experiment": {"title": "t", "sweep": {"grid": {"task.frac_train": [0.4, 0.6]}, "seeds": 2}}}
+    cfg = write_yaml(tmp_path / "exp.yaml", raw)
+    p = plan(str(cfg), None, None, tmp_path / "out")
+    assert [t.name for t in p.trials] == ["task.frac_train=0.4__seed=0", "task.frac_train=0.4__seed=1",
+                                         "task.frac_train=0.6__seed=0", "task.frac_train=0.6__seed=1"]
+    p = plan(str(cfg), ["optim.lr=0.01"], 1, tmp_path / "out")  # the command line replaces it
+    assert [t.name for t in p.trials] == ["optim.lr=0.01__seed=0"]
+    json.dumps(p.grid)
+
+
+# ------------------------------------------------------------------------------ sweep report
+def test_sweep_summary_by_hand(tmp_path):
+    import pandas as pd
+
+    from grokscope.report.sweep import grok_figure, ours_table, time_axis
+
+    table = pd.DataFrame({"run": ["a", "b", "c", "d"], "task.n_train": pd.Series([700, 700, None, None], dtype=object),
+                          "grok_epoch": [100.0, 300.0, None, None], "grok_step": [1100, 3300, None, None],
+                          "test_loss": [0.1, 0.3, 2.0, 4.0], "epoch": [500.0, 500.0, 900.0, 900.0],
+                          "step": [5500, 5500, 900, 900]})
+    ours = ours_table(table, ["task.n_train"]).to_dict("records")
+    assert ours[0] == {"setting": "task.n_train=700", "runs": 2, "grokked": 2, "mean grok epoch": 200.0,
+                       "mean test loss": pytest.approx(0.2)}
+    assert ours[1]["setting"] == "task.n_train=null" and ours[1]["grokked"] == 0 and pd.isna(ours[1]["mean grok epoch"])
+    full = {"a": pd.DataFrame({"step": [0, 10], "epoch": [0.0, 10.0]})}
+    mini = {"a": pd.DataFrame({"step": [0, 11], "epoch": [0.0, 1.0]})}
+    assert time_axis(full) == "epoch" and time_axis(mini) == "step"
+    assert grok_figure(table, "task.n_train", tmp_path / "g.png", unit="step").stat().st_size > 1000
