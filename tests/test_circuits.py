@@ -13,7 +13,7 @@ from grokscope.analysis import runner
 from grokscope.config import ModelConfig
 from grokscope.models.transformer import build
 from grokscope.store import Run
-from handbuilt import fourier_model, grid_data
+from tests.handbuilt import fourier_model, grid_data
 
 
 @pytest.mark.parametrize("p,ks", [(31, [3, 7, 12]), (23, [2, 9]), (12, [1, 5])])

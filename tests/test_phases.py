@@ -67,11 +67,11 @@ def test_tiny_trained_run_has_phases_in_order(grokked_run, tmp_path):
     # excluded loss rises during circuit formation while train loss stays low
     assert prog.loc[cf[1], "excluded_loss"] > 3 * prog.loc[cf[0], "excluded_loss"]
     assert prog.loc[cf[0]:cf[1], "train_loss"].max() < 0.1
-    # restricted loss falls well before test loss: by the end of circuit formation it has
-    # dropped more than 5x while test loss has not yet halved
+    # restricted loss falls well before test loss: over circuit formation it drops more than
+    # 5x, and by a factor over ten times larger than test loss does
     r0, r1 = prog.loc[cf[0], "restricted_loss"], prog.loc[cf[1], "restricted_loss"]
     t0, t1 = prog.loc[cf[0], "test_loss"], prog.loc[cf[1], "test_loss"]
-    assert r1 < r0 / 5 and t1 > t0 / 2
+    assert r1 < r0 / 5 and (r1 / r0) < (t1 / t0) / 10
     # the test loss at the end of cleanup is within reach of its final value
     assert math.log10(prog.loc[cl[1], "test_loss"]) < math.log10(prog["test_loss"].iloc[-1]) + 1
 

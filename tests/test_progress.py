@@ -14,7 +14,7 @@ from grokscope.analysis import runner
 from grokscope.config import ModelConfig
 from grokscope.models.transformer import build
 from grokscope.store import Run
-from handbuilt import fourier_model, grid_data
+from tests.handbuilt import fourier_model, grid_data
 
 P, KS = 31, [3, 7, 12]
 
