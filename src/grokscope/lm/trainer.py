@@ -42,8 +42,16 @@ from grokscope.lm.induction import (
 )
 from grokscope.lm.llama import Llama, build_llama, n_params
 from grokscope.lm.text import fixed_windows, prepare, repeat_spans, sample_windows
-from grokscope.store import Run, StoreError
-from grokscope.train.trainer import eval_steps, lr_at, now, setup_torch, step_generator
+from grokscope.store import Run
+from grokscope.train.trainer import (
+    eval_steps,
+    load_optimizer_state,
+    lr_at,
+    now,
+    optimizer_state,
+    setup_torch,
+    step_generator,
+)
 
 TABLES = ["metrics", "heads", "timing"]
 
@@ -189,21 +197,10 @@ class LMTrainer:
 
     # ------------------------------------------------------------------------------ state
     def resume_state(self) -> dict[str, Tensor]:
-        out: dict[str, Tensor] = {}
-        index = {id(p): i for i, p in enumerate(self.params)}
-        for p, st in self.opt.state.items():
-            for k, v in st.items():
-                out[f"optim/{index[id(p)]}/{k}"] = (v if isinstance(v, Tensor) else torch.tensor(v)).cpu()
-        return out
+        return optimizer_state(self.opt, self.params)
 
     def load_resume_state(self, tensors: dict[str, Tensor]) -> None:
-        keys = [k for k in tensors if k.startswith("optim/")]
-        if not keys:
-            raise StoreError(f"the latest checkpoint of {str(self.run.path)!r} has no optimiser state; it cannot be resumed exactly")
-        for k in keys:
-            _, i, name = k.split("/")
-            v = tensors[k].clone()
-            self.opt.state[self.params[int(i)]][name] = v if name == "step" else v.to(self.device)
+        load_optimizer_state(self.opt, self.params, tensors, self.run, self.device)
 
     def save(self, step: int) -> None:
         if self.rank == 0:

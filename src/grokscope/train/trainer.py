@@ -74,6 +74,28 @@ def sum_sq_weights(model: torch.nn.Module) -> float:
         return float(sum(p.double().pow(2).sum() for p in model.parameters()))
 
 
+def optimizer_state(opt: torch.optim.Optimizer, params: list[Tensor]) -> dict[str, Tensor]:
+    """The optimiser's per-parameter state as flat tensors `optim/{param index}/{name}`."""
+    out: dict[str, Tensor] = {}
+    index = {id(p): i for i, p in enumerate(params)}
+    for p, st in opt.state.items():
+        for k, v in st.items():
+            out[f"optim/{index[id(p)]}/{k}"] = (v if isinstance(v, Tensor) else torch.tensor(v)).cpu()
+    return out
+
+
+def load_optimizer_state(opt: torch.optim.Optimizer, params: list[Tensor], tensors: dict[str, Tensor], run: Run,
+                         device: torch.device | str = "cpu") -> None:
+    """Inverse of `optimizer_state`; a checkpoint without it cannot be resumed exactly."""
+    keys = [k for k in tensors if k.startswith("optim/")]
+    if not keys:
+        raise StoreError(f"the latest checkpoint of {str(run.path)!r} has no optimiser state; it cannot be resumed exactly")
+    for k in keys:
+        _, i, name = k.split("/")
+        v = tensors[k].clone()
+        opt.state[params[int(i)]][name] = v if name == "step" else v.to(device)
+
+
 @dataclass
 class Batch:
     x: Tensor
@@ -165,22 +187,13 @@ class Trainer:
 
     # ------------------------------------------------------------------------------ state
     def resume_state(self) -> dict[str, Tensor]:
-        out: dict[str, Tensor] = {}
-        index = {id(p): i for i, p in enumerate(self.params)}
-        for p, st in self.opt.state.items():
-            for k, v in st.items():
-                out[f"optim/{index[id(p)]}/{k}"] = v if isinstance(v, Tensor) else torch.tensor(v)
+        out = optimizer_state(self.opt, self.params)
         if self.filter is not None:
             out.update(self.filter.state())
         return out
 
     def load_resume_state(self, tensors: dict[str, Tensor]) -> None:
-        keys = [k for k in tensors if k.startswith("optim/")]
-        if not keys:
-            raise StoreError(f"the latest checkpoint of {str(self.run.path)!r} has no optimiser state; it cannot be resumed exactly")
-        for k in keys:
-            _, i, name = k.split("/")
-            self.opt.state[self.params[int(i)]][name] = tensors[k].clone()
+        load_optimizer_state(self.opt, self.params, tensors, self.run)
         if self.filter is not None:
             self.filter.load(tensors)
 
