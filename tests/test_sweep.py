@@ -155,6 +155,16 @@ def test_local_sweep_two_workers_and_runs_table(tmp_path):
     r = cli("sweep", str(cfg), "--grid", "optim.weight_decay=0.3,1", "--out", str(out), "--set", "optim.lr=0.01")
     assert r.returncode == 2 and "different config" in r.stderr and "optim.lr" in r.stderr
     assert before == {n: snapshot(out / n) for n in names}
+    r = cli("sweep", str(cfg), "--grid", "optim.weight_decay=0.3,1", "--out", str(out), "--threads", "0")
+    assert r.returncode == 2 and "--threads must be at least 1" in r.stderr
+    assert before == {n: snapshot(out / n) for n in names}
+
+
+def test_threads_option_sets_torch_threads_per_trial(tmp_path):
+    cfg = write_yaml(tmp_path / "tiny.yaml", TINY)
+    r = cli("sweep", str(cfg), "--grid", "train.epochs=20", "--out", str(tmp_path / "s"), "--workers", "1", "--threads", "1")
+    assert r.returncode == 0, r.stderr
+    assert Run(tmp_path / "s" / "train.epochs=20__seed=0").read_info()["threads"] == 1  # not cores // 1 worker
 
 
 def test_killed_trial_is_resumed_and_the_others_untouched(tmp_path):

@@ -74,6 +74,22 @@ def test_resume_after_interrupt_is_bit_identical(tmp_path, extra):
     assert sa == sb and all(torch.equal(ta[k], tb[k]) for k in ta)
 
 
+def test_run_stopped_before_its_second_checkpoint_resumes_from_step_0(tmp_path):
+    # The step-0 checkpoint holds no optimiser state (AdamW has none yet); resuming must still work.
+    cfg = _cfg("train.epochs=60")
+    pipeline.train_run(cfg, tmp_path / "full", progress=False)
+    run = Run(tmp_path / "cut")
+    run.write_config(C.to_yaml(cfg))
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(cfg, run, progress=False, callbacks=[_interrupt_at(20)]).fit()
+    assert run.checkpoint_steps() == [0]
+    pipeline.train_run(pipeline.load_run_config(run), run.path, resume=True, progress=False)
+    assert Run(tmp_path / "full").metrics().equals(run.metrics())
+    _, ta = Run(tmp_path / "full").load_checkpoint()
+    _, tb = run.load_checkpoint()
+    assert all(torch.equal(ta[k], tb[k]) for k in ta)
+
+
 def test_kill_9_then_resume_matches_uninterrupted_run(tmp_path):
     args = ["--set", *TINY, "--set", "train.epochs=400", "--set", "train.checkpoint_every=20"]
     args = [a for x in [*TINY, "train.epochs=400", "train.checkpoint_every=20"] for a in ("--set", x)]

@@ -186,21 +186,24 @@ def sweep(
     backend: Annotated[str, typer.Option("--backend", help="local (processes on this machine) or ray.")] = "local",
     workers: Annotated[int | None, typer.Option("--workers", "-w", help="Trials at once (default: the number of cores).")] = None,
     ray_address: Annotated[str | None, typer.Option("--ray-address", help="Ray cluster to join (default: start a local Ray).")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", help="Torch threads per trial (default: cores / workers).")] = None,
     set_: SetOpt = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace this sweep's trial folders already in --out.")] = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Run a grid of trials (x seeds), each an ordinary run folder under --out; rerun to resume."""
     out = out or Path("runs") / f"sweep-{Path(config).stem}"
-    _run_sweep(config, grid, seeds, out, backend, workers, ray_address, list(set_ or []), overwrite, quiet)
+    _run_sweep(config, grid, seeds, out, backend, workers, ray_address, list(set_ or []), overwrite, quiet, threads)
 
 
 def _run_sweep(config: str, grid: list[str] | None, seeds: int | None, out: Path, backend: str,
-               workers: int | None, ray_address: str | None, overrides: list[str], overwrite: bool, quiet: bool) -> None:
+               workers: int | None, ray_address: str | None, overrides: list[str], overwrite: bool, quiet: bool,
+               threads: int | None = None) -> None:
     from grokscope.sweep import run_sweep
 
     results = run_sweep(config, grid, seeds, out, backend=backend, workers=workers, ray_address=ray_address,
-                        overrides=overrides, overwrite=overwrite, echo=(lambda m: None) if quiet else typer.echo)
+                        overrides=overrides, overwrite=overwrite, echo=(lambda m: None) if quiet else typer.echo,
+                        threads=threads)
     bad = [r for r in results if r.get("status") not in ("completed", "stopped_early")]
     typer.echo(f"sweep: {out}  report: {out / 'sweep.html'}")
     if bad:

@@ -199,8 +199,8 @@ class LMTrainer:
     def resume_state(self) -> dict[str, Tensor]:
         return optimizer_state(self.opt, self.params)
 
-    def load_resume_state(self, tensors: dict[str, Tensor]) -> None:
-        load_optimizer_state(self.opt, self.params, tensors, self.run, self.device)
+    def load_resume_state(self, tensors: dict[str, Tensor], step: int | None = None) -> None:
+        load_optimizer_state(self.opt, self.params, tensors, self.run, self.device, step)
 
     def save(self, step: int) -> None:
         if self.rank == 0:
@@ -240,7 +240,7 @@ class LMTrainer:
     def resume(self) -> None:
         step, tensors = self.run.load_checkpoint()
         self.model.load_state_dict(self.run.params_only(tensors))
-        self.load_resume_state(tensors)
+        self.load_resume_state(tensors, step)
         if self.rank == 0:
             self.run.truncate_after(step, TABLES)
             self.run.update_info(status="running", resumed_at=now(), ended=None)

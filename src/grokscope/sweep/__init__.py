@@ -119,13 +119,18 @@ def write_plan(p: SweepPlan, overwrite: bool, threads: int) -> list[TrialJob]:
 def run_sweep(config: str, grid_items: list[str] | None, seeds: int | None, out: Path,
               backend: str = "local", workers: int | None = None, ray_address: str | None = None,
               overrides: list[str] | None = None, overwrite: bool = False,
-              echo: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    """Plan, validate, run and summarise a sweep. Returns one result per trial that ran."""
+              echo: Callable[[str], None] = print, threads: int | None = None) -> list[dict[str, Any]]:
+    """Plan, validate, run and summarise a sweep. Returns one result per trial that ran.
+
+    `threads`: torch threads per trial (default: the cores shared among the trials at once).
+    """
     if backend not in BACKENDS:
         raise C.ConfigError(f"--backend {backend!r}: choose local or ray")
     workers = workers or os.cpu_count() or 1
     if workers < 1:
         raise C.ConfigError(f"--workers must be at least 1 (got {workers})")
+    if threads is not None and threads < 1:
+        raise C.ConfigError(f"--threads must be at least 1 (got {threads})")
     if ray_address and backend != "ray":
         raise C.ConfigError("--ray-address needs --backend ray")
     p = plan(config, grid_items, seeds, out, overrides)
@@ -134,7 +139,7 @@ def run_sweep(config: str, grid_items: list[str] | None, seeds: int | None, out:
 
         require_ray()
     check_existing(p, overwrite)
-    threads = threads_per_trial(min(workers, max(1, len(p.trials))))
+    threads = threads or threads_per_trial(min(workers, max(1, len(p.trials))))
     jobs = write_plan(p, overwrite, threads)
     skipped = len(p.trials) - len(jobs)
     echo(f"sweep {p.out}: {len(p.trials)} trials ({skipped} already finished), backend {backend}, "

@@ -106,9 +106,15 @@ def optimizer_state(opt: torch.optim.Optimizer, params: list[Tensor]) -> dict[st
 
 
 def load_optimizer_state(opt: torch.optim.Optimizer, params: list[Tensor], tensors: dict[str, Tensor], run: Run,
-                         device: torch.device | str = "cpu") -> None:
-    """Inverse of `optimizer_state`; a checkpoint without it cannot be resumed exactly."""
+                         device: torch.device | str = "cpu", step: int | None = None) -> None:
+    """Inverse of `optimizer_state`; a checkpoint without it cannot be resumed exactly.
+
+    The step-0 checkpoint has none because AdamW creates its state at the first step: a fresh
+    optimiser is that state, so a run stopped before its second checkpoint resumes from step 0.
+    """
     keys = [k for k in tensors if k.startswith("optim/")]
+    if not keys and step == 0:
+        return
     if not keys:
         raise StoreError(f"the latest checkpoint of {str(run.path)!r} has no optimiser state; it cannot be resumed exactly")
     for k in keys:
@@ -213,8 +219,8 @@ class Trainer:
             out.update(self.filter.state())
         return out
 
-    def load_resume_state(self, tensors: dict[str, Tensor]) -> None:
-        load_optimizer_state(self.opt, self.params, tensors, self.run)
+    def load_resume_state(self, tensors: dict[str, Tensor], step: int | None = None) -> None:
+        load_optimizer_state(self.opt, self.params, tensors, self.run, step=step)
         if self.filter is not None:
             self.filter.load(tensors)
 
@@ -242,7 +248,7 @@ class Trainer:
     def resume(self) -> None:
         step, tensors = self.run.load_checkpoint()
         self.model.load_state_dict(self.run.params_only(tensors))
-        self.load_resume_state(tensors)
+        self.load_resume_state(tensors, step)
         self.run.truncate_after(step, ["metrics"])
         self.step = step
         self.run.update_info(status="running", resumed_at=now(), ended=None)
