@@ -12,6 +12,11 @@ matmul peak, so the distance to the physical limit is visible.
 
 `--from-run RUN --step N` starts both from a checkpoint of a real run (for example a grokked one,
 where float32 subnormals used to slow training).
+
+`--fidelity N` instead trains both for N epochs from the same weights and prints how far
+grokscope's loss curve departs from the baseline's, beside how far the baseline departs from
+itself when its initial weights move by one float32 rounding (1e-7 relative): the yardstick of
+"the same curve within float tolerance".
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from grokscope import config as C
 from grokscope.models.reference import ReferenceTransformer, reference_loss
 from grokscope.store import Run
-from grokscope.train.trainer import Trainer, setup_torch
+from grokscope.train.trainer import Trainer, lr_at, setup_torch
 
 
 def matmul_peak(threads: int, n: int = 2048, reps: int = 10) -> float:
@@ -52,8 +57,11 @@ class Baseline:
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=o.lr, betas=o.betas, eps=o.eps,
                                      weight_decay=o.weight_decay)
         self.x, self.y = t.train_x, t.train_y[:, 0]
+        self.lr = lambda step: lr_at(step, trainer.total, o)  # the same warmup as grokscope's
 
-    def step(self, _: int) -> None:
+    def step(self, step: int) -> None:
+        for g in self.opt.param_groups:
+            g["lr"] = self.lr(step)
         self.opt.zero_grad()
         loss = reference_loss(self.model(self.x)[:, -1], self.y)
         loss.backward()
@@ -73,6 +81,41 @@ def timed(step_fn, start: int, steps: int) -> float:
     return steps / (time.perf_counter() - t0)
 
 
+def loss_curve(step_fn, model, x, y, start: int, epochs: int, every: int = 25) -> list[float]:
+    from grokscope.train.loss import loss_and_acc
+
+    out = []
+    for s in range(start, start + epochs + 1):
+        if (s - start) % every == 0:
+            with torch.no_grad():
+                out.append(loss_and_acc(model(x)[:, -1], y)[0])
+        if s < start + epochs:
+            step_fn(s)
+    return out
+
+
+def fidelity(trainer: Trainer, epochs: int) -> None:
+    x, y = trainer.task.train_x, trainer.task.train_y[:, 0]
+    state = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    base = Baseline(trainer)
+    nudged = Baseline(trainer)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in nudged.model.parameters():
+            p.mul_(1 + 1e-7 * torch.randn(p.shape, generator=g))
+    ours = loss_curve(trainer.train_step, trainer.model, x, y, 0, epochs)
+    ref = loss_curve(base.step, base.model, x, y, 0, epochs)
+    nud = loss_curve(nudged.step, nudged.model, x, y, 0, epochs)
+    trainer.model.load_state_dict(state)
+    print(f"train loss every 25 epochs over {epochs} epochs, relative departure from the baseline's curve:")
+    print(f"{'epoch':>6s} {'baseline':>12s} {'grokscope':>10s} {'nudged baseline':>16s}")
+    for i, (a, b, c) in enumerate(zip(ref, ours, nud, strict=True)):
+        print(f"{i * 25:6d} {a:12.6g} {abs(b - a) / a:10.2e} {abs(c - a) / a:16.2e}")
+    worst = max(abs(b - a) / a for a, b in zip(ref, ours, strict=True))
+    worst_n = max(abs(c - a) / a for a, c in zip(ref, nud, strict=True))
+    print(f"largest departure: grokscope {worst:.2e}, baseline nudged by 1e-7 {worst_n:.2e}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", type=int, default=2)
@@ -80,6 +123,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20, help="steps per implementation per round")
     ap.add_argument("--from-run", default=None, help="start from a checkpoint of this run")
     ap.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    ap.add_argument("--fidelity", type=int, default=None, metavar="EPOCHS",
+                    help="compare loss curves over EPOCHS epochs instead of timing")
     args = ap.parse_args()
 
     setup_torch(args.threads)
@@ -88,6 +133,9 @@ def main() -> None:
     if args.from_run:
         _, tensors = Run(args.from_run).require().load_checkpoint(args.step)
         trainer.model.load_state_dict(Run.params_only(tensors))
+    if args.fidelity:
+        fidelity(trainer, args.fidelity)
+        return
     baseline = Baseline(trainer)
     ours = trainer.train_step
     start = trainer.cfg.optim.warmup_steps + 1  # past warmup: constant lr, like most of a run

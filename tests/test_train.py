@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -15,8 +16,9 @@ from safetensors.torch import load_file
 from grokscope import config as C
 from grokscope import pipeline
 from grokscope.store import Run, StoreError
-from grokscope.train.trainer import Trainer, lr_at
-from tests.conftest import TINY, run_cli
+from grokscope.train.loss import loss_and_acc
+from grokscope.train.trainer import Trainer, grok_epochs, lr_at
+from tests.conftest import GROK, TINY, config_of, run_cli
 
 
 def _cfg(*extra: str) -> C.RunConfig:
@@ -161,3 +163,48 @@ def test_stop_rule_ends_the_run_early(tmp_path):
     assert info["status"] == "stopped_early" and info["last_step"] < 2000
     m = Run(tmp_path / "r").metrics()
     assert (m.loc[m["step"] >= info["last_step"] - 50, "train_acc"] > 0.99).all()
+
+
+# ------------------------------------------------------------------------------ fidelity of the fast step
+def _loss_curve(overrides: list[str], steps: int, perturb: float = 0.0) -> np.ndarray:
+    """Full-batch train loss every 5 steps; `perturb` scales every initial weight by 1 + perturb * N(0, 1)."""
+    tr = Trainer(_grok_cfg(*overrides), Run("/nonexistent"), progress=False)
+    if perturb:
+        g = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            for p in tr.model.parameters():
+                p.mul_(1 + perturb * torch.randn(p.shape, generator=g))
+    out = []
+    for s in range(steps):
+        if s % 5 == 0:
+            with torch.no_grad():
+                out.append(loss_and_acc(tr.model(tr.task.train_x)[:, -1], tr.task.train_y[:, 0])[0])
+        tr.train_step(s)
+    return np.array(out)
+
+
+def _grok_cfg(*extra: str) -> C.RunConfig:
+    return config_of([*GROK, *extra])  # as the session's grokked_run fixture builds it
+
+
+def test_fast_step_follows_the_plain_loss_curve_as_closely_as_float32_allows():
+    # Training at lr 1e-2 is chaotic: float32 rounding differences grow ~10x every 5 steps. The
+    # fast step must depart from the plain one no faster than the plain one departs from itself
+    # when its initial weights move by one float32 rounding (1e-7 relative).
+    plain = _loss_curve(["train.fast=false"], 60)
+    fast = _loss_curve(["train.fast=true"], 60)
+    nudged = _loss_curve(["train.fast=false"], 60, perturb=1e-7)
+    d_fast, d_nudged = np.abs(fast - plain) / plain, np.abs(nudged - plain) / plain
+    assert d_fast[:3].max() < 1e-8  # before chaos has amplified anything: the same numbers
+    assert np.all(d_fast <= 10 * d_nudged + 1e-7), (d_fast, d_nudged)
+    assert d_nudged[-1] > 1e-3  # the comparison has teeth: the dynamics do amplify rounding
+
+
+def test_fast_and_plain_steps_grok_at_the_same_epoch(grokked_run, tmp_path):
+    # The session's tiny grokking run uses the fast step; the plain step must grok alike.
+    cfg = _grok_cfg("train.fast=false")
+    pipeline.train_run(cfg, tmp_path / "plain", progress=False)
+    fast, plain = grok_epochs(Run(grokked_run)), grok_epochs(Run(tmp_path / "plain"))
+    for k in ("grok_epoch_50", "grok_epoch_99"):
+        assert fast[k] is not None and plain[k] is not None
+        assert abs(fast[k] - plain[k]) <= 0.1 * plain[k], (fast, plain)
