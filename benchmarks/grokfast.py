@@ -2,7 +2,7 @@
 accuracy with and without the filter, same weight decay in both, several seeds.
 
     python benchmarks/grokfast.py [--seeds 3] [--filter ema] [--alpha 0.98] [--lamb 2.0]
-                                  [--max-epochs 15000] [--out /tmp/grokfast-bench] [--set KEY=VALUE ...]
+                                  [--max-epochs 15000] [--out /tmp/grokfast-bench] [--threads N] [--set KEY=VALUE ...]
 
 Each run is an ordinary grokscope run folder under --out (rerunning skips finished runs), trained
 with the stop rule "test accuracy above 99%" so it ends at the first evaluation that passes.
@@ -36,11 +36,14 @@ def main() -> None:
     ap.add_argument("--window", type=int, default=100)
     ap.add_argument("--max-epochs", type=int, default=15000)
     ap.add_argument("--out", default="/tmp/grokfast-bench")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     args = ap.parse_args()
 
     common = [f"train.epochs={args.max_epochs}", "train.checkpoint_every=1000",
               "train.stop={metric: test_acc, above: 0.99, patience: 0}", *args.overrides]
+    if args.threads:
+        common.append(f"train.threads={args.threads}")
     variants = {
         "plain": [],
         f"grokfast-{args.filter}": [f"optim.filter.kind={args.filter}", f"optim.filter.alpha={args.alpha}",
