@@ -21,7 +21,7 @@ from grokscope.store import Run
 from grokscope.sweep import local as L
 from grokscope.sweep import plan, run_sweep
 from grokscope.sweep.grid import expand, parse_grid, trial_name
-from grokscope.sweep.table import runs_table
+from grokscope.sweep.table import find_runs, runs_table
 from grokscope.sweep.trial import run_trial
 
 TINY = {
@@ -271,3 +271,13 @@ def test_sweep_summary_by_hand(tmp_path):
     mini = {"a": pd.DataFrame({"step": [0, 11], "epoch": [0.0, 1.0]})}
     assert time_axis(full) == "epoch" and time_axis(mini) == "step"
     assert grok_figure(table, "task.n_train", tmp_path / "g.png", unit="step").stat().st_size > 1000
+
+
+def test_runs_are_listed_in_numeric_order(tmp_path):
+    names = ["task.frac_train=0.95__seed=0", "task.frac_train=0.9__seed=0", "task.frac_train=0.25__seed=10",
+             "task.frac_train=0.25__seed=2"]
+    for n in names:
+        Run(tmp_path / n).write_config("seed: 0\n")
+    assert [p.name for p in find_runs(tmp_path)] == [
+        "task.frac_train=0.25__seed=2", "task.frac_train=0.25__seed=10", "task.frac_train=0.9__seed=0",
+        "task.frac_train=0.95__seed=0"]

@@ -10,6 +10,7 @@ run.json) and the same as an optimiser step (which compares minibatch runs acros
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -32,13 +33,20 @@ def sweep_info(folder: Path) -> dict[str, Any]:
 
 
 def find_runs(folder: Path) -> list[Path]:
-    """Run folders directly inside `folder` (the folder itself when it is a run), by name."""
+    """Run folders directly inside `folder` (the folder itself when it is a run), by name, numbers
+    in names compared as numbers (frac_train=0.9 before 0.95, seed=2 before seed=10)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise StoreError(f"{str(folder)!r} is not a folder; pass a folder of runs, e.g. the --out of a sweep")
     if Run(folder).exists():
         return [folder]
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".") and Run(p).exists())
+    runs = (p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".") and Run(p).exists())
+    return sorted(runs, key=lambda p: natural_key(p.name))
+
+
+def natural_key(name: str) -> list[tuple[int, float | str]]:
+    parts = re.split(r"(\d+(?:\.\d+)?)", name)
+    return [(0, float(t)) if i % 2 else (1, t) for i, t in enumerate(parts)]
 
 
 def read_metrics(path: Path, table: str = "metrics") -> pd.DataFrame:
