@@ -158,6 +158,19 @@ def test_repeat_spans_copy_an_earlier_span():
     assert changed >= 35  # span copies that overwrite identical tokens are vanishingly rare here
 
 
+def test_repeat_max_len_bounds_the_span():
+    windows = torch.randint(0, 10_000, (200, 128), generator=torch.Generator().manual_seed(0))
+    for max_len, lo_hi in ((None, (8, 32)), (64, (8, 64)), (500, (8, 64))):  # never more than half the window
+        out = text.repeat_spans(windows, 1.0, torch.Generator().manual_seed(1), max_len)
+        lengths = [int(d[-1]) - int(d[0]) + 1 for d in (torch.nonzero(o != w).flatten() for o, w in zip(out, windows, strict=True))
+                   if len(d)]
+        assert lo_hi[0] <= min(lengths) and max(lengths) <= lo_hi[1]
+        assert max(lengths) > lo_hi[1] - 8  # the whole range is drawn
+    # the default is the old behaviour: resumed and reproduced runs draw the same windows
+    assert torch.equal(text.repeat_spans(windows, 1.0, torch.Generator().manual_seed(1)),
+                       text.repeat_spans(windows, 1.0, torch.Generator().manual_seed(1), None))
+
+
 @pytest.mark.slow
 def test_default_corpus_from_the_registries():
     docs = text.load_corpus("default")

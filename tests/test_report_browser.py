@@ -139,3 +139,42 @@ def test_run_index_sorts_in_chromium(tiny_run, browser, tmp_path):
     assert page.url.endswith("/tiny/report/index.html")
     page.screenshot(path=str(tmp_path / "index.png"))
     assert log["errors"] == [] and [u for u in log["requests"] if not u.startswith("file://")] == []
+
+
+@pytest.fixture(scope="module")
+def tiny_lm_run(tmp_path_factory) -> Path:
+    """A really trained tiny copy-LM run (2 layers), analysed."""
+    from grokscope.analysis.runner import analyze_run
+    from grokscope.lm.trainer import train_text_run
+    from tests.test_lm_trainer import tiny_cfg
+
+    torch.set_num_threads(1)
+    tmp = tmp_path_factory.mktemp("lm")
+    out = tmp / "lm"
+    train_text_run(tiny_cfg(tmp, **{"model.n_layers": 2, "train.steps": 10}), out, progress=False)
+    analyze_run(out)
+    return out
+
+
+def test_lm_report_draws_every_figure_in_chromium(tiny_lm_run, browser):
+    path = write_report(tiny_lm_run, experiment="copy-lm", png=False)
+    figs, missing = F.build_all(load_run(tiny_lm_run, "copy-lm"))
+    assert not missing
+    keys = {f.key for f in figs}
+    assert {"lm_loss_step", "lm_loss_tokens", "copy_accuracy_step", "copy_accuracy_tokens", "icl_step", "icl_tokens",
+            "induction_heads", "head_scores", "layers_induction", "layers_prefix_matching",
+            "layers_previous_token"} <= keys
+    page, log = open_page(browser, path.as_uri())
+    page.wait_for_function(f"document.querySelectorAll('div.plot .main-svg').length >= {len(figs)}", timeout=30_000)
+    drawn = page.evaluate("""() => Object.fromEntries([...document.querySelectorAll('div.plot')].map(d => [
+        d.dataset.fig.slice(5), {
+          lines: [...d.querySelectorAll('.scatterlayer path.js-line')].filter(p => (p.getAttribute('d') || '').length > 10).length,
+          heatmaps: d.querySelectorAll('.heatmaplayer image').length }]))""")
+    for f in figs:
+        if f.kind == "lines":
+            assert drawn[f.key]["lines"] == sum(not s.hidden for s in f.series), (f.key, drawn[f.key])
+        elif f.kind == "heatmaps":
+            assert drawn[f.key]["heatmaps"] == len(f.heatmaps), (f.key, drawn[f.key])
+    assert log["errors"] == []
+    assert [u for u in log["requests"] if not u.startswith("file://")] == []
+    page.close()

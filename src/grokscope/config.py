@@ -107,6 +107,7 @@ class TextTask(_Strict):
     vocab_size: int = Field(2048, ge=32)
     context: int = Field(256, ge=8)
     repeat_frac: float = Field(0.0, ge=0, le=1, description="share of windows that repeat an earlier span")
+    repeat_max_len: int | None = Field(None, ge=8, description="longest repeated span; null = context/4")
     copy_lines: int = Field(50, ge=2, description="lines per copy sample; fewer if the context is short")
     copy_samples: int = Field(50, ge=1, description="copy-test samples per evaluation")
     copy_queries: int = Field(5, ge=1, description="query positions (evenly spaced lines; the paper: 10)")

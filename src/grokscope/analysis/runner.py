@@ -96,7 +96,7 @@ def analyze_run(run_dir: str | Path, step: int | None = None, per_checkpoint_key
         except ImportError:
             raise C.ConfigError(f"{str(run.path)!r} is a language-model run; its analysis "
                                 "(grokscope.lm.analysis) is not installed in this version") from None
-        return analyze_lm_run(run.path, step=step)
+        return analyze_lm_run(run.path, step=step, write=True)
     if cfg.task.name != "modular":
         raise C.ConfigError(f"`grokscope analyze` handles modular-arithmetic runs; {str(run.path)!r} is a "
                             f"{cfg.task.name!r} run, which has no Fourier analysis")

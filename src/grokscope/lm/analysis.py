@@ -4,7 +4,9 @@ The LM trainer already computes every measure at each evaluation step (the `metr
 tables), so analysis only summarises: the last evaluation's copy accuracy (exact match and per
 token), ICL score and losses, the largest induction score per layer, and when things happened:
 the first step (and token count) at which copy accuracy passed 50%, and at which each layer's
-largest induction score passed a threshold, which shows whether heads form from shallow to deep.
+largest induction score passed a threshold, which shows whether heads form from shallow to deep;
+and when the loss flattened (the paper: about 5B tokens, long before the copy surge at 15B),
+taken as the first evaluation by which 90% of the run's drop in training loss was done.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 from grokscope.store import Run, StoreError
 
 INDUCTION_FORMED = 0.3  # a head attends ~0.3+ to the induction target and copies: clearly formed
+LOSS_FLAT = 0.9  # share of the run's training-loss drop after which the loss counts as flattened
 
 
 def _first(m, column: str, above: float) -> dict[str, int] | None:
@@ -25,18 +28,36 @@ def _first(m, column: str, above: float) -> dict[str, int] | None:
     return None if hit.empty else {"step": int(hit["step"].iloc[0]), "tokens": int(hit["tokens"].iloc[0])}
 
 
+def _loss_flattens(m) -> dict[str, int] | None:
+    """First evaluation by which LOSS_FLAT of the drop from the first to the last training loss was done."""
+    loss = m["train_loss"]
+    drop = float(loss.iloc[0] - loss.iloc[-1])
+    if not drop > 0:
+        return None
+    hit = m.loc[loss <= loss.iloc[0] - LOSS_FLAT * drop]
+    return None if hit.empty else {"step": int(hit["step"].iloc[0]), "tokens": int(hit["tokens"].iloc[0])}
+
+
 def _f(x: Any) -> float | None:
     x = float(x)
     return None if math.isnan(x) else x
 
 
-def analyze_lm_run(run_dir: str | Path, write: bool = False) -> dict[str, Any]:
-    """Summary dict of an LM run; with write=True also saved as analysis/summary.json."""
+def analyze_lm_run(run_dir: str | Path, step: int | None = None, write: bool = False) -> dict[str, Any]:
+    """Summary dict of an LM run; with write=True also saved as analysis/summary.json.
+
+    step: summarise the history up to this step (the last evaluation at or before it);
+    default the whole run.
+    """
     run = Run(run_dir).require()
     m = run.metrics()
     if "copy_acc" not in m or m.empty:
         raise StoreError(f"{str(run.path)!r} has no LM metrics yet; train it first with `grokscope train`")
     heads = run.metrics("heads")
+    if step is not None:
+        m, heads = m[m["step"] <= step], heads[heads["step"] <= step]
+        if m.empty:
+            raise StoreError(f"{str(run.path)!r} has no evaluation at or before step {step}")
     last = m.iloc[-1]
     step = int(last["step"])
     at_last = heads[heads["step"] == step]
@@ -61,6 +82,8 @@ def analyze_lm_run(run_dir: str | Path, write: bool = False) -> dict[str, Any]:
         "best_copy_accuracy": _f(m["copy_acc"].max()),
         "copy_50": _first(m, "copy_acc", 0.5),
         "induction_formed": [_first(m, f"induction_l{layer}", INDUCTION_FORMED) for layer in range(n_layers)],
+        "induction_threshold": INDUCTION_FORMED,
+        "loss_flattens": _loss_flattens(m),
     }
     if write:
         run.write_summary(summary)

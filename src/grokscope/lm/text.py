@@ -300,17 +300,18 @@ def fixed_windows(tokens: np.ndarray, n: int, length: int) -> Tensor:
     return torch.from_numpy(np.stack([np.asarray(tokens[s:s + length], dtype=np.int64) for s in starts]))
 
 
-def repeat_spans(windows: Tensor, frac: float, gen: torch.Generator) -> Tensor:
+def repeat_spans(windows: Tensor, frac: float, gen: torch.Generator, max_len: int | None = None) -> Tensor:
     """Overwrite, in a share `frac` of the windows, a later span with a copy of an earlier one.
 
     A data change the paper did not make: it gives a small model windows in which copying
     pays off, the way repeated names and phrases do in long documents. The span has length
-    L in [8, length/4] and its copy starts anywhere after the source ends.
+    L in [8, max_len] (default length/4; at most length/2) and its copy starts anywhere after
+    the source ends.
     """
     out = windows.clone()
     n, length = out.shape
     pick = torch.rand(n, generator=gen) < frac
-    max_len = max(8, length // 4)
+    max_len = min(max_len, length // 2) if max_len is not None else max(8, length // 4)
     for i in torch.nonzero(pick).flatten().tolist():
         span = int(torch.randint(min(8, max_len), max_len + 1, (1,), generator=gen))
         if 2 * span > length:

@@ -133,7 +133,7 @@ class LMTrainer:
         n = self.batch * self.cfg.train.grad_accum
         x = sample_windows(self.data.train, n, self.cfg.task.context + 1, gen)
         if self.cfg.task.repeat_frac > 0:
-            x = repeat_spans(x, self.cfg.task.repeat_frac, gen)
+            x = repeat_spans(x, self.cfg.task.repeat_frac, gen, self.cfg.task.repeat_max_len)
         return x
 
     def train_step(self, step: int) -> tuple[float, float]:

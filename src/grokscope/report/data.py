@@ -57,6 +57,11 @@ class RunData:
         return self.task.get("name") == "modular"
 
     @property
+    def is_lm(self) -> bool:
+        """A copy-LM run (task.name text): its figures are `grokscope.report.lm`'s."""
+        return self.task.get("name") == "text"
+
+    @property
     def phases(self) -> dict[str, list[float]]:
         """Phases that analysis located, {name: [start, end]} in epochs (absent ones dropped)."""
         raw = (self.summary or {}).get("phases") or {}

@@ -7,9 +7,10 @@ so the two always show the same numbers, and tests check the numbers here agains
 
 The modular-arithmetic figures follow Nanda et al. 2023 (SPEC sections 2-4): training curves
 (Fig. 1), progress measures (Fig. 7), Fourier spectra of W_E and W_L (Fig. 3), neurons and
-attention in the Fourier basis (Figs. 4-6, appendix), key-frequency coefficients. Other tasks get
-the generic figures: loss and accuracy, per-position losses (SPEC section 6), and every other
-logged column.
+attention in the Fourier basis (Figs. 4-6, appendix), key-frequency coefficients. Copy-LM runs
+(task.name text, SPEC section 7) get `grokscope.report.lm`'s figures instead of the generic ones.
+Other tasks get the generic figures: loss and accuracy, per-position losses (SPEC section 6), and
+every other logged column.
 """
 
 from __future__ import annotations
@@ -428,8 +429,12 @@ def other_metric_columns(d: RunData) -> list[Figure]:
     """One figure per logged metric column that no other figure shows (lr, anything a trainer adds)."""
     m = d.metrics
     out = []
+    if d.is_lm:
+        from grokscope.report.lm import consumed
     for c in m.columns:
         if c in CONSUMED or POS_RE.match(c) or not pd.api.types.is_numeric_dtype(m[c]) or not _has(m, c):
+            continue
+        if d.is_lm and consumed(c):
             continue
         out.append(Figure(f"metric_{c.lower()}", c, f"Column `{c}` of the metrics table.", "lines",
                           [Series(c, _x(m), _col(m, c))], x_label=_x_label(m), y_label=c, phases=d.phases,
@@ -459,6 +464,8 @@ def other_tables(d: RunData) -> list[Figure]:
     """One figure per extra table in metrics.sqlite (e.g. a copy-LM's evaluations): its numeric columns."""
     out = []
     for t, df in d.other_tables.items():
+        if d.is_lm and t == "heads":
+            continue  # the LM's per-head scores have their own heatmaps (grokscope.report.lm)
         cols = [c for c in df.columns if c not in ("step", "epoch") and pd.api.types.is_numeric_dtype(df[c]) and _has(df, c)]
         if not cols:
             continue
@@ -481,7 +488,12 @@ def build_all(d: RunData) -> tuple[list[Figure], list[Missing]]:
     """Every figure this run can show now, and the ones it cannot yet (with what they need)."""
     figs: list[Figure] = []
     missing: list[Missing] = []
-    builders = GENERIC + (MODULAR if d.is_modular else []) + EXTRA
+    if d.is_lm:
+        from grokscope.report.lm import BUILDERS as LM
+
+        builders = LM + EXTRA
+    else:
+        builders = GENERIC + (MODULAR if d.is_modular else []) + EXTRA
     for build in builders:
         got = build(d)
         for item in got if isinstance(got, list) else [got]:

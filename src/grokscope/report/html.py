@@ -152,8 +152,45 @@ def _status(d: RunData) -> tuple[str, list[str]]:
     return line, notes
 
 
+def _when(hit: Any) -> str | None:
+    """{"step": S, "tokens": T} (an LM summary's event) as text."""
+    if isinstance(hit, Mapping) and "step" in hit:
+        return f"step {fmt(hit['step'])} ({fmt(hit.get('tokens'))} tokens)"
+    return None
+
+
+def _ours_lm(d: RunData, key: str) -> Any:
+    """A copy-LM run's value for a quantity of Lv et al. (read from its summary, run.json, config)."""
+    s, info, cfg = d.summary or {}, d.info, d.config
+    if key == "copy_surge":
+        if "copy_50" not in s:
+            return None
+        best = fmt(s.get("best_copy_accuracy"))
+        return (f"exact copy accuracy above 50% at {_when(s['copy_50'])}" if s.get("copy_50")
+                else f"not reached (exact copy accuracy at most {best})")
+    if key == "loss_flattens":
+        return _when(s.get("loss_flattens")) and f"90% of the training-loss drop done at {_when(s['loss_flattens'])}"
+    if key == "induction_heads" and isinstance(s.get("induction_formed"), list):
+        return "; ".join(f"layer {n}: {_when(hit) or 'never'}" for n, hit in enumerate(s["induction_formed"])) + (
+            f" (first evaluation with a head's induction score above {fmt(s.get('induction_threshold', 0.3))})")
+    if key == "model":
+        from grokscope.report.data import describe_model
+
+        task = d.task
+        return (f"{describe_model(dict(cfg.get('model') or {}))}, {fmt(info.get('n_params'))} parameters, "
+                f"{task.get('tokenizer', '?')} tokens (vocab {fmt(info.get('d_vocab'))}), context {task.get('context')}, "
+                f"{fmt((cfg.get('train') or {}).get('batch_size'))} sequences per step")
+    if key == "tokens":
+        return info.get("last_tokens", info.get("total_tokens"))
+    if key == "learning_rates":
+        return (cfg.get("optim") or {}).get("lr")
+    return s.get(key, info.get(key))
+
+
 def _ours(d: RunData, key: str) -> Any:
     """This run's value for a quantity the paper reports under `key`."""
+    if d.is_lm:
+        return _ours_lm(d, key)
     s, info = d.summary or {}, d.info
     if key == "grok_epoch":
         return {"above 50%": info.get("grok_epoch_50"), "above 99%": info.get("grok_epoch_99")}
@@ -179,8 +216,14 @@ def paper_section(d: RunData) -> str:
         head.append(f"reproduces {esc(d.paper['reproduces'])}")
     rows = [{"quantity": k, "the paper reports": fmt(v), "this run": fmt(_ours(d, k))} for k, v in paper.items()]
     sep = " \u2014 "
+    change = ""
+    if d.paper.get("data_change"):
+        ours = ""
+        if d.is_lm:
+            ours = f" This run: task.repeat_frac = {fmt(d.task.get('repeat_frac', 0.0))}."
+        change = f"<div class='note'><b>Data change from the paper:</b> {esc(d.paper['data_change'])}{esc(ours)}</div>"
     return (f"<h2 id='paper'>What the paper reports, beside this run</h2><p class='src'>{sep.join(head)}"
-            f"{'<br>' if head else ''}Source: {esc(d.paper_source)}.</p>" + (table(rows) if rows else ""))
+            f"{'<br>' if head else ''}Source: {esc(d.paper_source)}.</p>" + change + (table(rows) if rows else ""))
 
 
 def _rows(v: Any) -> bool:

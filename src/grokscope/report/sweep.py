@@ -6,6 +6,11 @@ Reads the store (each trial's metrics table and run.json, the sweep's runs table
   epoch they stopped, hollow);
 - per-position test loss curves for multi-label tasks (digit addition, repeated subsequence),
   where the paper shows separate phase changes per answer position.
+Copy-LM sweeps (SPEC section 7; every trial's metrics have `copy_acc`) get instead, each with a
+panel against optimiser steps beside one against tokens (Lv et al.: copying arrives after a
+number of steps, not tokens, so the batch-size trials line up on the left and not on the right):
+validation loss, copy accuracy (exact and per token), its random-token-id variant, the largest
+induction score and the ICL score.
 `write_sweep_report` puts them, with the comparison table and what the paper reports, into
 DIR/sweep.html (images inlined, so the page is one self-contained file) and DIR/sweep_*.png.
 Computes no measure.
@@ -139,6 +144,62 @@ def per_position_figure(m: pd.DataFrame, path: Path, title: str, x: str = "epoch
     return _save(fig, path)
 
 
+def is_lm_sweep(curves: dict[str, pd.DataFrame]) -> bool:
+    """Every trial is a copy-LM run (its metrics table has the copy test's columns)."""
+    return bool(curves) and all("copy_acc" in m and "tokens" in m for m in curves.values() if len(m))
+
+
+# (file stem, title, [(column, dashed)], y label) of each copy-LM sweep figure
+LM_FIGURES = [
+    ("loss", "loss", [("val_loss", False), ("train_loss", True)], "loss (solid: validation, dashed: train)"),
+    ("copy", "copy accuracy", [("copy_acc", False), ("copy_token_acc", True)],
+     "copy accuracy (solid: exact, dashed: per token)"),
+    ("rcopy", "random-token-id copy accuracy", [("rcopy_acc", False), ("rcopy_token_acc", True)],
+     "accuracy (solid: exact, dashed: per token)"),
+    ("induction", "largest induction score", [("induction_max", False)], "largest head induction score"),
+    ("icl", "ICL score", [("icl_score", False)], "late minus early loss (nats)"),
+]
+
+
+def lm_figure(curves: dict[str, pd.DataFrame], columns: list[tuple[str, bool]], path: Path, title: str,
+              y_label: str) -> Path | None:
+    """Every trial's columns against steps (left) and against tokens (right); None if no trial has them."""
+    if not any(c in m and m[c].notna().any() for m in curves.values() for c, _ in columns):
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    cmap = plt.get_cmap("viridis" if len(curves) > 10 else "tab10")
+    for ax, x in zip(axes, ("step", "tokens"), strict=True):
+        for i, (name, m) in enumerate(curves.items()):
+            color = cmap(i / max(1, len(curves) - 1)) if len(curves) > 10 else cmap(i % 10)
+            for j, (c, dashed) in enumerate(columns):
+                if c in m and x in m and len(m):
+                    ax.plot(m[x], m[c], color=color, lw=1.3 if not dashed else 1.0, ls="--" if dashed else "-",
+                            alpha=0.6 if dashed else 1.0, label=name if j == 0 else None)
+        ax.set_xlabel("optimiser step" if x == "step" else "tokens seen")
+        ax.set_title(f"{title} against {'steps' if x == 'step' else 'tokens'}")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(y_label)
+    if 0 < len(curves) <= MAX_LEGEND:
+        axes[1].legend(fontsize=7, loc="best")
+    return _save(fig, path)
+
+
+def lm_ours_table(table: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Per swept value: runs, final validation loss and copy accuracy, and when copying passed 50%."""
+    rows = []
+    for key in keys:
+        for v in _order(table[key].tolist() if key in table else []):
+            g = table[[format_value(x) == format_value(v) for x in table[key]]]
+            row: dict[str, Any] = {"setting": f"{key}={format_value(v)}", "runs": len(g)}
+            for col in ("step", "tokens", "val_loss", "copy_acc", "copy_token_acc", "induction_max", "copy_50_step",
+                        "copy_50_tokens"):
+                if col in g:
+                    vals = pd.to_numeric(g[col], errors="coerce").dropna()
+                    row[f"mean {col}"] = float(vals.mean()) if len(vals) else None
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def _img(path: Path) -> str:
     data = base64.b64encode(path.read_bytes()).decode()
     return f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(path.stem)}"><figcaption>{html.escape(path.name)}</figcaption></figure>'
@@ -150,6 +211,8 @@ def _paper_block(exp: dict[str, Any]) -> str:
     out = [f"<h2>{html.escape(str(exp.get('title', 'Experiment')))}</h2>"]
     if exp.get("reproduces"):
         out.append(f"<p><b>Reproduces:</b> {html.escape(str(exp['reproduces']))}</p>")
+    if exp.get("data_change"):
+        out.append(f"<p><b>Data change from the paper:</b> {html.escape(str(exp['data_change']))}</p>")
     paper = exp.get("paper") or {}
     if paper:
         items = "".join(f"<li><b>{html.escape(str(k))}</b>: {html.escape(str(v))}</li>" for k, v in paper.items())
@@ -179,20 +242,28 @@ def write_sweep_report(out: Path, table: pd.DataFrame) -> Path:
     keys = [k.split(",")[0].strip() for k in (info.get("grid") or {}) if k != "seed"]
     keys = [k for k in keys if k in table]
     curves = {name: read_metrics(out / name) for name in table["run"]}
+    lm = is_lm_sweep(curves)
     unit = time_axis(curves)
-    figs = [test_loss_figure(curves, out / "sweep_test_loss.png", exp.get("title", ""))]
-    for key in keys:
-        figs.append(grok_figure(table, key, out / f"sweep_grok_{key.replace('.', '_')}.png", unit=unit))
-    for name, m in list(curves.items())[:8]:
-        fig = per_position_figure(m, out / f"sweep_positions_{name}.png", f"{name}: test loss per position", unit)
-        if fig is not None:
-            figs.append(fig)
+    figs = []
+    if lm:
+        for stem, title, columns, y_label in LM_FIGURES:
+            fig = lm_figure(curves, columns, out / f"sweep_{stem}.png", title, y_label)
+            if fig is not None:
+                figs.append(fig)
+    else:
+        figs.append(test_loss_figure(curves, out / "sweep_test_loss.png", exp.get("title", "")))
+        for key in keys:
+            figs.append(grok_figure(table, key, out / f"sweep_grok_{key.replace('.', '_')}.png", unit=unit))
+        for name, m in list(curves.items())[:8]:
+            fig = per_position_figure(m, out / f"sweep_positions_{name}.png", f"{name}: test loss per position", unit)
+            if fig is not None:
+                figs.append(fig)
     links = []
     for name in table["run"]:
         rep = out / name / "report" / "index.html"
         target = f"{name}/report/index.html" if rep.exists() else f"{name}/"
         links.append(f'<li><a href="{html.escape(target)}">{html.escape(name)}</a></li>')
-    ours = ours_table(table, keys)
+    ours = lm_ours_table(table, keys) if lm else ours_table(table, keys)
     body = "\n".join([
         _paper_block(exp),
         "<h2>Ours</h2>",
@@ -201,7 +272,9 @@ def write_sweep_report(out: Path, table: pd.DataFrame) -> Path:
         "<h2>All runs</h2>",
         table.to_html(index=False, na_rep="-", float_format=lambda x: f"{x:.4g}"),
         f"<h2>Run folders</h2><ul>{''.join(links)}</ul>",
-        "<p>Table as CSV: <a href=\"runs.csv\">runs.csv</a>. Grokking epoch = first epoch with test accuracy above 99%.</p>",
+        "<p>Table as CSV: <a href=\"runs.csv\">runs.csv</a>. " + (
+            "copy_50: the first evaluation with exact copy accuracy above 50%.</p>" if lm else
+            "Grokking epoch = first epoch with test accuracy above 99%.</p>"),
     ])
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>sweep {html.escape(out.name)}</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}}

@@ -170,13 +170,34 @@ def run_sweep(config: str, grid_items: list[str] | None, seeds: int | None, out:
 
 
 def summarise(out: Path, echo: Callable[[str], None] = print) -> None:
-    """Write DIR/runs.csv and DIR/sweep.html from whatever runs the folder holds."""
-    from grokscope.report.sweep import write_sweep_report
-    from grokscope.sweep.table import find_runs, runs_table, write_csv
+    """Write DIR/runs.csv and DIR/sweep.html from whatever runs the folder holds.
 
-    if not find_runs(out):
+    Copy-LM trials (task.name text) also get their own report page here, with the sweep's
+    experiment beside them (SPEC section 7: each copy experiment with a report page); the
+    sweep page links to them.
+    """
+    from grokscope.report.sweep import write_sweep_report
+    from grokscope.sweep.table import find_runs, runs_table, sweep_info, write_csv
+
+    paths = find_runs(out)
+    if not paths:
         return
+    trial_reports(paths, (sweep_info(out).get("experiment") or {}), echo)
     table = runs_table(out)
     write_csv(table, out / "runs.csv")
     html = write_sweep_report(out, table)
     echo(f"table: {out / 'runs.csv'}  figures: {html}")
+
+
+def trial_reports(paths: list[Path], experiment: dict[str, Any], echo: Callable[[str], None] = print) -> None:
+    """A report page for each copy-LM trial; a trial whose page fails says so and the rest go on."""
+    from grokscope.report import write_report
+
+    for path in paths:
+        try:
+            raw = yaml.safe_load((path / "config.yaml").read_text()) or {}
+            if (raw.get("task") or {}).get("name") != "text":
+                continue
+            write_report(path, experiment=experiment or None)
+        except Exception as err:  # a report is a view: never lose the sweep's table over one
+            echo(f"report of {path.name} failed: {type(err).__name__}: {err}")

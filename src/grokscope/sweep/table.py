@@ -4,7 +4,10 @@ One row per run folder directly inside DIR: its swept settings (from DIR/sweep.j
 folder is a sweep), status, epochs trained, test loss and accuracy, Gini(W_E), Gini(W_L), key
 frequencies, logit FVE and neuron FVE (from `analysis/summary.json` when the run was analysed;
 empty otherwise), and the epoch of grokking (first epoch with test accuracy above 99%, from
-run.json) and the same as an optimiser step (which compares minibatch runs across data sizes). Reads the store only; computes no measure.
+run.json) and the same as an optimiser step (which compares minibatch runs across data sizes).
+A copy-LM run's row has instead its last evaluation's tokens, losses, copy accuracies, ICL and
+largest induction score, and when exact copy accuracy first passed 50%. Reads the store only;
+computes no measure.
 """
 
 from __future__ import annotations
@@ -19,6 +22,9 @@ import pandas as pd
 
 from grokscope.store import Run, StoreError, atomic_write_text
 
+# the last evaluation of a copy-LM run (and, from its summary, when copy accuracy passed 50%)
+LM_COLUMNS = ["tokens", "train_loss", "val_loss", "copy_acc", "copy_token_acc", "rcopy_acc", "rcopy_token_acc",
+              "icl_score", "induction_max"]
 SUMMARY_COLUMNS = ["test_loss", "test_acc", "gini_W_E", "gini_W_L", "key_frequencies", "logit_fve", "neuron_fve"]
 
 
@@ -80,11 +86,18 @@ def run_row(path: Path, settings: dict[str, Any] | None = None) -> dict[str, Any
     row["step"] = last.get("step")
     row["epoch"] = last.get("epoch")
     summary = run.read_summary() or {}
-    for col in SUMMARY_COLUMNS:
+    lm = "copy_acc" in last  # a copy-LM run (SPEC section 7): its own headline numbers
+    for col in [] if lm else SUMMARY_COLUMNS:
         value = summary.get(col, last.get(col) if col in ("test_loss", "test_acc") else None)
         if isinstance(value, list):
             value = " ".join(str(v) for v in value)
         row[col] = value
+    if lm:
+        for col in LM_COLUMNS:
+            row[col] = last.get(col)
+        hit = summary.get("copy_50")
+        row["copy_50_step"] = hit.get("step") if isinstance(hit, dict) else None
+        row["copy_50_tokens"] = hit.get("tokens") if isinstance(hit, dict) else None
     row["grok_epoch"] = info.get("grok_epoch_99")
     # minibatch runs count epochs of their own train set; steps compare finite with infinite data
     spe = info.get("steps_per_epoch") or 1
