@@ -80,8 +80,8 @@ NAMES |= {f"blocks.0.mlp.{k}": k for k in ("W_in", "b_in", "W_out", "b_out")}
 
 def _grads(model, x, y, fast: bool) -> tuple[float, dict[str, torch.Tensor]]:
     model.zero_grad()
-    if fast:
-        loss = cross_entropy64(model.forward_last(x), y)
+    if fast:  # the training step's loss: tables by autograd, the per-example part by hand
+        loss = model.loss_last(x, y)
         loss.backward()
         return loss.item(), {k: p.grad.double() for k, p in model.named_parameters()}
     loss = reference_loss(model(x)[:, -1], y)

@@ -8,10 +8,11 @@ Parameter names and shapes follow TransformerLens (`embed.W_E [d_vocab, d_model]
 Two forward passes compute the same function:
 - `forward` runs every position and can fill an activation cache keyed by TransformerLens hook
   names (`blocks.0.attn.hook_pattern`, `blocks.0.mlp.hook_post`, ...). Analysis uses it.
-- `forward_last` returns only the logits the loss reads (the final position). For a 1-layer
-  model without normalisation it tabulates everything that depends on one (position, token)
-  pair: the query, key and value projections and the attention scores, so the per-example work
-  is a gather, a 3-way softmax, one W_O product, the MLP and the unembedding. Training uses it.
+- `forward_last` returns only the logits the loss reads (the final position), and `loss_last`
+  the loss itself. For a 1-layer model without normalisation they tabulate everything that
+  depends on one (position, token) pair (models/tabulated.py), so the per-example work is a
+  sparse gather, a softmax over 3 positions, the MLP and one neuron-logit product; `loss_last`
+  runs that part forward and backward by hand. Training uses it.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from grokscope.config import ModelConfig
+from grokscope.models import tabulated
+from grokscope.train.loss import cross_entropy64
 
 
 class Cache(dict):
@@ -154,6 +157,7 @@ class Transformer(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.ln_final = make_norm(cfg.normalization, cfg.d_model)
         self.unembed = Unembed(cfg.d_model, d_vocab_out)
+        self._layouts = tabulated.LayoutCache()
 
     def init_weights(self, seed: int) -> None:
         """N(0, 1/d_model) for weights (or init_std), N(0, 1/d_vocab) for W_U, zero biases."""
@@ -215,86 +219,29 @@ class Transformer(nn.Module):
         return self._tabulated_last(tokens, gen)
 
     def _tabulated_last(self, tokens: Tensor, gen: torch.Generator | None) -> Tensor:
-        """Logits at the last position, from per-(position, token) tables.
+        """Logits at the last position from per-(position, token) tables (see models/tabulated.py)."""
+        layout = self._layouts.get(tokens, self.cfg.n_heads, self.d_vocab)
+        tables = tabulated.build_tables(self, layout.uniq, layout.n_key)
+        return tabulated.logits(layout, tables, self.cfg.act_fn, self._keep(tokens, gen))
 
-        Key positions before the last are read from tables with gathers (embedding_bag): each
-        table row is shared by few examples. The query position's own terms (its residual and
-        its attention to itself) are shared by every example with the same query token (all of
-        them in the mainline, where it is `=`): those go through a one-hot matmul over the
-        distinct query tokens, so their gradients are sums reduced as accurately as a plain
-        model's, not thousands of float32 additions into one row.
+    def loss_last(self, tokens: Tensor, labels: Tensor, gen: torch.Generator | None = None) -> Tensor:
+        """Mean float64 cross-entropy of the last position against labels [batch].
+
+        On the tabulated path the per-example forward and backward are hand-written (one fused
+        autograd node); otherwise it is `cross_entropy64` of `forward_last`.
         """
-        n, n_pos = tokens.shape
-        last = n_pos - 1
-        attn, mlp, W_U = self.blocks[0].attn, self.blocks[0].mlp, self.unembed.W_U
-        n_heads, d_vocab = attn.W_Q.shape[0], self.d_vocab
-        resid = self.embed.W_E[None] + self.pos_embed.W_pos[:n_pos, None]  # [pos, vocab, d_model]
-        uniq, inv = torch.unique(tokens[:, last], return_inverse=True)
-        onehot = F.one_hot(inv, len(uniq)).to(resid.dtype)  # [n, n_query_tokens]
-        x_q = resid[last, uniq]  # [u, d_model]
-        q = torch.einsum("ud,hde->uhe", x_q, attn.W_Q) * attn.scale  # [u, head, d_head]
-        # Scores to earlier positions: [u, pos<last, head, vocab], then one gather per example.
-        k_tab = torch.einsum("pvd,hde->phve", resid[:last], attn.W_K)
-        s_tab = torch.einsum("uhe,phke->uphk", q, k_tab)
-        pos_head = (torch.arange(last)[:, None] * n_heads + torch.arange(n_heads)) * d_vocab
-        idx = inv[:, None, None] * (last * n_heads * d_vocab) + pos_head + tokens[:, :last, None]
-        s_self = (q * torch.einsum("ud,hde->uhe", x_q, attn.W_K)).sum(-1)  # [u, head]
-        scores = torch.cat([s_tab.reshape(-1)[idx], _shared(onehot, s_self)[:, None]], dim=1)
-        pattern = scores.softmax(dim=1)  # [n, pos, head]; the last query sees every position
-        # Each head's output per (position, token) through W_O, then through W_in and W_U, so
-        # the per-example work is a weighted sum of table rows rather than a d_model-wide matmul.
-        vo = torch.einsum("pvd,hde,hef->pvhf", resid[:last], attn.W_V, attn.W_O).reshape(-1, resid.shape[-1])
-        vo_q = torch.einsum("ud,hde,hef->uhf", x_q, attn.W_V, attn.W_O).reshape(-1, resid.shape[-1])
-        rows = ((torch.arange(last) * d_vocab + tokens[:, :last]) * n_heads)[..., None] + torch.arange(n_heads)
-        rows = rows.reshape(n, last * n_heads)
-        weights = pattern[:, :last].reshape(n, last * n_heads)
-        a_q = torch.cat([(onehot[:, :, None] * pattern[:, last, None, :]).reshape(n, -1), onehot], dim=1)
-        r_in = torch.cat([vo_q @ mlp.W_in, x_q @ mlp.W_in + mlp.b_in])  # [u*(head+1), d_mlp]
-        r_u = torch.cat([vo_q @ W_U, (x_q + mlp.b_out) @ W_U])
-        pre = F.embedding_bag(rows, vo @ mlp.W_in, per_sample_weights=weights, mode="sum") + _shared(a_q, r_in)
-        post = dropout(mlp.act(pre), self.mlp_dropout, gen)
-        direct = F.embedding_bag(rows, vo @ W_U, per_sample_weights=weights, mode="sum") + _shared(a_q, r_u)
-        # The MLP output meets the unembedding once, as the neuron-logit map W_L = W_out W_U.
-        return torch.addmm(direct, post, mlp.W_out @ W_U)
+        if not self.tabulable:
+            return cross_entropy64(self.forward_last(tokens, gen), labels)
+        layout = self._layouts.get(tokens, self.cfg.n_heads, self.d_vocab)
+        tables = tabulated.build_tables(self, layout.uniq, layout.n_key)
+        return tabulated.tabulated_loss(tables, layout, labels, self.cfg.act_fn, self._keep(tokens, gen))
 
-
-class _SharedRows(torch.autograd.Function):
-    """weights [n, r] @ rows [r, d], with the gradient of `rows` reduced in float64.
-
-    The forward and the gradient of `weights` are ordinary float32 products. The gradient of
-    `rows` sums n terms that largely cancel (the query token's rows collect every example);
-    float32 GEMM accumulation lost three digits there, so it is summed as in `_sum_outer`.
-    """
-
-    @staticmethod
-    def forward(ctx, weights: Tensor, rows: Tensor) -> Tensor:  # type: ignore[override]
-        ctx.save_for_backward(weights, rows)
-        return weights @ rows
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):  # type: ignore[override]
-        weights, rows = ctx.saved_tensors
-        g_w = grad @ rows.T if ctx.needs_input_grad[0] else None
-        g_r = _sum_outer(weights, grad).to(rows.dtype) if ctx.needs_input_grad[1] else None
-        return g_w, g_r
-
-
-def _sum_outer(a: Tensor, b: Tensor, chunk: int = 64) -> Tensor:
-    """a.T @ b ([n, r], [n, d] -> [r, d]) summed over n in float64 between chunks of `chunk` rows.
-
-    Float32 products of 64 terms, then a float64 sum of the chunks: the accuracy of a float64
-    GEMM at the speed of a float32 one (a float64 GEMM this thin runs at ~4 GFLOP/s here).
-    """
-    if a.dtype == torch.float64:
-        return a.T @ b
-    m = a.shape[0] // chunk * chunk
-    head = torch.bmm(a[:m].reshape(-1, chunk, a.shape[1]).transpose(1, 2), b[:m].reshape(-1, chunk, b.shape[1]))
-    return head.double().sum(0) + a[m:].T.double() @ b[m:].double()
-
-
-def _shared(weights: Tensor, rows: Tensor) -> Tensor:
-    """weights [n, r] @ rows [r, d] for rows shared by many examples (see _SharedRows)."""
-    return _SharedRows.apply(weights, rows)
+    def _keep(self, tokens: Tensor, gen: torch.Generator | None) -> Tensor | None:
+        """The MLP dropout multiplier [batch, d_mlp], drawn as `dropout` draws it (or None)."""
+        if self.mlp_dropout == 0.0 or gen is None:
+            return None
+        keep = torch.rand((tokens.shape[0], self.cfg.d_mlp), generator=gen) >= self.mlp_dropout
+        return keep.to(self.embed.W_E.dtype) / (1.0 - self.mlp_dropout)
 
 
 def build(cfg: ModelConfig, d_vocab: int, d_vocab_out: int, n_ctx: int, seed: int, mlp_dropout: float = 0.0) -> Transformer:

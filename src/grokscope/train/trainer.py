@@ -25,6 +25,7 @@ from torch import Tensor
 
 import grokscope
 from grokscope import config as C
+from grokscope.models import kernels
 from grokscope.models.transformer import Transformer, build
 from grokscope.store import Run, StoreError
 from grokscope.tasks import make_task
@@ -41,6 +42,7 @@ def now() -> str:
 
 def setup_torch(threads: int | None) -> None:
     torch.set_num_threads(threads or os.cpu_count() or 1)
+    kernels.set_threads(torch.get_num_threads())
     torch.set_flush_denormal(True)  # helps on 1 thread; the loss also zeroes subnormal grads
     keep_freed_memory()
 
@@ -163,6 +165,12 @@ class Trainer:
             return self.model.forward_last(x, gen)[:, None]
         return self.model(x, gen=gen)[:, self.task.label_pos]
 
+    def loss(self, x: Tensor, y: Tensor, gen: torch.Generator | None = None) -> Tensor:
+        """Mean float64 cross-entropy over the label positions (y [n, n_label])."""
+        if self.last_only and self.cfg.train.fast:
+            return self.model.loss_last(x, y[:, 0], gen)
+        return cross_entropy64(self.logits(x, gen), y)
+
     def batch(self, step: int) -> Batch:
         t, b = self.task, self.cfg.train.batch_size
         if t.sample is not None:
@@ -185,8 +193,9 @@ class Trainer:
         gen = step_generator(cfg.seed, step, 2) if cfg.optim.dropout > 0 else None
         self.opt.zero_grad(set_to_none=True)
         n_micro = cfg.train.grad_accum
-        for xs, ys in zip(batch.x.chunk(n_micro), batch.y.chunk(n_micro), strict=True):
-            loss = cross_entropy64(self.logits(xs, gen), ys) * (len(xs) / len(batch.x))
+        parts = [(batch.x, batch.y)] if n_micro == 1 else zip(batch.x.chunk(n_micro), batch.y.chunk(n_micro), strict=True)
+        for xs, ys in parts:
+            loss = self.loss(xs, ys, gen) * (len(xs) / len(batch.x))
             if cfg.optim.l1 > 0:
                 loss = loss + cfg.optim.l1 * sum(p.abs().sum() for p in self.params) / n_micro
             loss.backward()

@@ -1,0 +1,154 @@
+"""Fused per-example loops of the tabulated step (models/tabulated.py), compiled with numba.
+
+Each loop makes one pass over its [n, d_mlp] operand where torch would make several (gather,
+add, ReLU; mask, gather-dot, softmax backward; a float64 loss in ten elementwise passes), which
+matters because every such pass streams megabytes through the cache. The matrix products stay in
+torch (MKL). Every loop writes disjoint outputs per parallel iteration and sums in a fixed order,
+so results do not depend on the thread count.
+
+Shapes: n examples, K key positions, H heads, V tokens, u query tokens, m = d_mlp, c = d_vocab.
+Tables are row-major `tab [K, H, V, f]` and
+`shared [u, H + 1, f]` (head h attending to the query itself, then the query's own residual).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+# numba's own thread pool, not OpenMP: its OpenMP layer shares torch's libgomp and resets
+# torch's thread count when it starts.
+if "NUMBA_THREADING_LAYER" not in os.environ:
+    numba.config.THREADING_LAYER = "workqueue"
+
+_JIT = {"parallel": True, "fastmath": True, "cache": True, "nogil": True}
+_JIT_SERIAL = {"fastmath": True, "cache": True, "nogil": True}
+
+
+def set_threads(n: int) -> None:
+    numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
+
+
+@njit(**_JIT)
+def gather_relu(order, P, tok, inv, tab_in, sh_in, tab_u, sh_u, post, direct):  # pragma: no cover - compiled
+    """post[i] = relu(sum of P-weighted rows of tab_in/sh_in); direct[i] likewise from tab_u/sh_u.
+
+    P [n, K+1, H] attention of the final position (entry K is itself); tok [n, K]; inv [n].
+    Examples are visited in `order` (sorted by token), so neighbours share table rows in cache.
+    """
+    n, K = tok.shape
+    H, m, c = P.shape[2], tab_in.shape[3], tab_u.shape[3]
+    for idx in prange(n):
+        i = order[idx]
+        q = inv[i]
+        acc = sh_in[q, H].copy()
+        acc_u = sh_u[q, H].copy()
+        for h in range(H):
+            w = P[i, K, h]
+            for j in range(m):
+                acc[j] += w * sh_in[q, h, j]
+            for j in range(c):
+                acc_u[j] += w * sh_u[q, h, j]
+        for k in range(K):
+            t = tok[i, k]
+            for h in range(H):
+                w = P[i, k, h]
+                for j in range(m):
+                    acc[j] += w * tab_in[k, h, t, j]
+                for j in range(c):
+                    acc_u[j] += w * tab_u[k, h, t, j]
+        for j in range(m):
+            post[i, j] = acc[j] if acc[j] > 0.0 else 0.0
+        for j in range(c):
+            direct[i, j] = acc_u[j]
+
+
+@njit(**_JIT)
+def cross_entropy_finish(e, logits, mx, labels, tiny, g, losses):  # pragma: no cover - compiled
+    """Per-example float64 cross-entropy into losses [n] and the gradient of their mean into g.
+
+    e [n, c] float64 = exp(logits - mx) (torch's vectorised exp); mx [n, 1] the row maxima.
+    g = (softmax - onehot) / n is stored in g's dtype with entries below `tiny` (the smallest
+    normal float32, or 0) set to zero: subnormals carry no signal and slow every later product
+    that touches them.
+    """
+    n, c = e.shape
+    inv_n = 1.0 / n
+    for i in prange(n):
+        s = 0.0
+        for j in range(c):
+            s += e[i, j]
+        y = labels[i]
+        losses[i] = mx[i, 0] + math.log(s) - np.float64(logits[i, y])
+        scale = inv_n / s
+        for j in range(c):
+            v = e[i, j] * scale
+            if j == y:
+                v -= inv_n
+            g[i, j] = v if abs(v) >= tiny else 0.0
+
+
+@njit(**_JIT)
+def backward_rows(d_post, post, g, order, P, tok, inv, tab_in, sh_in, tab_u, sh_u, d_s):  # pragma: no cover
+    """ReLU backward in place (d_post becomes d_pre), then the attention scores' gradient d_s.
+
+    d_s [n, K+1, H]: softmax backward of dL/dP[i, k, h] = d_pre[i] . row_in + g[i] . row_u.
+    """
+    n, K = tok.shape
+    H, m, c = P.shape[2], tab_in.shape[3], tab_u.shape[3]
+    for idx in prange(n):
+        i = order[idx]
+        q = inv[i]
+        for j in range(m):
+            if post[i, j] <= 0.0:
+                d_post[i, j] = 0.0
+        d_p = np.empty((K + 1, H), dtype=np.float64)
+        for h in range(H):
+            s = 0.0
+            for j in range(m):
+                s += d_post[i, j] * sh_in[q, h, j]
+            for j in range(c):
+                s += g[i, j] * sh_u[q, h, j]
+            d_p[K, h] = s
+        for k in range(K):
+            t = tok[i, k]
+            for h in range(H):
+                s = 0.0
+                for j in range(m):
+                    s += d_post[i, j] * tab_in[k, h, t, j]
+                for j in range(c):
+                    s += g[i, j] * tab_u[k, h, t, j]
+                d_p[k, h] = s
+        for h in range(H):
+            dot = 0.0
+            for k in range(K + 1):
+                dot += P[i, k, h] * d_p[k, h]
+            for k in range(K + 1):
+                d_s[i, k, h] = P[i, k, h] * (d_p[k, h] - dot)
+
+
+@njit(**_JIT)
+def scatter_rows(d_pre, g, P, d_s, inv, t_start, t_examples, K, d_tab_in, d_tab_u, d_scores):  # pragma: no cover
+    """Gradients of the per-token rows and scores: a sum over the examples that read each row.
+
+    t_start [K*V + 1] / t_examples: the examples with token v at key position k, for row k*V + v,
+    in ascending order. d_scores [u, K, H, V].
+    """
+    n_kv = len(t_start) - 1
+    V = n_kv // K
+    H, m, c = P.shape[2], d_pre.shape[1], g.shape[1]
+    for r in prange(n_kv):
+        k, v = r // V, r % V
+        for e in range(t_start[r], t_start[r + 1]):
+            i = t_examples[e]
+            for h in range(H):
+                w = P[i, k, h]
+                for j in range(m):
+                    d_tab_in[k, h, v, j] += w * d_pre[i, j]
+                for j in range(c):
+                    d_tab_u[k, h, v, j] += w * g[i, j]
+                d_scores[inv[i], k, h, v] += d_s[i, k, h]

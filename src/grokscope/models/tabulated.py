@@ -1,0 +1,344 @@
+"""The 1-layer model at its final position: per-(position, token) tables and a hand-written backward.
+
+The loss reads only the final position. In a 1-layer model without normalisation everything that
+depends on one (position, token) pair can be tabulated once per step from the parameters:
+attention scores, and each head's output pushed through W_in and W_U (one row of d_mlp + d_vocab
+numbers per (key position, head, token)). The query position's own rows (its residual and each
+head's attention to it) are shared by every example with the same query token (all of them in
+the mainline, where it is `=`). Per example what remains is
+
+    pattern = softmax over positions of gathered scores            [n, pos, head]
+    [pre | direct] = sum of pattern-weighted table rows            [n, d_mlp + d_vocab]
+    logits = direct + act(pre) @ W_L,   W_L = W_out W_U            [n, d_vocab]
+
+With ReLU the per-example loops run as fused numba kernels (models/kernels.py), one pass over
+each [n, d_mlp] operand; other activations use torch's sparse CSR products (the weighted gather
+is a CSR matrix with pos x head entries per example times the row table, its transpose scatters
+the gradient back). The sparsity pattern depends only on the tokens, so it is built once per
+batch and cached.
+
+`build_tables` makes the tables from the parameters with autograd (small tensors: thousands of
+rows, not examples). `TabulatedLoss` runs the per-example part (gather, softmax, MLP,
+unembedding, float64 cross-entropy) forward and backward by hand, so no activation is
+materialised twice and nothing per example goes through autograd. What remains costly is what the
+loss needs: the three [n, d_mlp] x [d_mlp, d_vocab] products of `act(pre) @ W_L` and its two
+gradients.
+
+Accuracy: sums over all examples (gradients of the shared rows and of the query's self-score)
+are accumulated in float64, as a plain model's GEMMs accumulate them no worse than that; the
+float64 loss's gradient is cast back to float32 with subnormals zeroed (see train/loss.py).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from grokscope.models import kernels
+from grokscope.train.loss import FLOAT32_TINY
+
+@dataclass
+class Tables:
+    """Everything per (position, token) the final position reads; shapes for u query tokens,
+    K = n_ctx - 1 key positions, H heads, V tokens, m = d_mlp, c = d_vocab_out.
+
+    Row (k * H + h) * V + v of `tab_in` / `tab_u` is head h's output for token v at key position
+    k, through W_in / W_U. Row q * (H + 1) + h of `shared_in` / `shared_u` is head h's output for
+    query token q attending to itself; row q * (H + 1) + H is the query's own residual (with b_in
+    / b_out).
+    """
+
+    scores: Tensor  # [u, K, H, V] query token u's attention score to token v at key position k
+    self_scores: Tensor  # [u, H] its score to itself
+    tab_in: Tensor  # [K*H*V, m]
+    tab_u: Tensor  # [K*H*V, c]
+    shared_in: Tensor  # [u*(H+1), m]
+    shared_u: Tensor  # [u*(H+1), c]
+    W_L: Tensor  # [m, c] the neuron-logit map W_out W_U
+
+    def as_tuple(self) -> tuple[Tensor, ...]:
+        return (self.scores, self.self_scores, self.tab_in, self.tab_u, self.shared_in, self.shared_u, self.W_L)
+
+
+@dataclass
+class Layout:
+    """The sparsity of one token batch: which table rows each example reads."""
+
+    n: int
+    n_key: int  # K
+    n_heads: int
+    d_vocab: int
+    uniq: Tensor  # [u] distinct query tokens
+    inv: Tensor  # [n] each example's query token, as an index into uniq
+    tok: Tensor  # [n, K] the key tokens
+    order: Tensor  # [n] the examples sorted by key tokens: the order the kernels visit them in
+    query: Tensor  # [n, u] one-hot of the query token
+    score_idx: Tensor  # [n, K, H] flat index into Tables.scores
+    kv_start: Tensor  # [K*V + 1] examples with token v at key position k: kv_examples[kv_start[k*V + v]:...]
+    kv_examples: Tensor  # [n * K], ascending within each (k, v)
+    # CSR form for the torch path: the gather matrix [n, K*V*H] and its transpose.
+    crow: Tensor
+    col: Tensor  # [n * K*H], ascending within an example
+    t_crow: Tensor
+    t_col: Tensor
+    t_order: Tensor  # where each transposed entry sits in the example-major order
+
+    @property
+    def n_rows(self) -> int:
+        return self.n_key * self.d_vocab * self.n_heads
+
+
+def make_layout(tokens: Tensor, n_heads: int, d_vocab: int) -> Layout:
+    """The gather pattern of tokens [n, pos] (the last position is the query)."""
+    n, n_pos = tokens.shape
+    K, H, V = n_pos - 1, n_heads, d_vocab
+    uniq, inv = torch.unique(tokens[:, K], return_inverse=True)
+    tok = tokens[:, :K].contiguous()
+    heads = torch.arange(H)
+    rows = (torch.arange(K)[None, :, None] * H + heads) * V + tok[:, :, None]  # [n, K, H]
+    score_idx = ((inv[:, None, None] * K + torch.arange(K)[None, :, None]) * H + heads) * V + tok[:, :, None]
+    kv = (torch.arange(K) * V + tok).reshape(-1)  # [n * K]
+    examples = torch.arange(n).repeat_interleave(K)
+    kv_order = torch.argsort(kv * n + examples)
+    kv_start = torch.zeros(K * V + 1, dtype=torch.int64)
+    kv_start[1:] = torch.bincount(kv, minlength=K * V).cumsum(0)
+    flat = rows.reshape(-1)
+    per_entry = torch.arange(n).repeat_interleave(K * H)
+    t_order = torch.argsort(flat * n + per_entry)
+    t_crow = torch.zeros(K * V * H + 1, dtype=torch.int64)
+    t_crow[1:] = torch.bincount(flat, minlength=K * V * H).cumsum(0)
+    sort_key = torch.zeros(n, dtype=torch.int64)
+    for k in range(K):
+        sort_key = sort_key * V + tok[:, k]
+    return Layout(n=n, n_key=K, n_heads=H, d_vocab=V, uniq=uniq, inv=inv, tok=tok,
+                  order=torch.argsort(sort_key, stable=True),
+                  query=F.one_hot(inv, len(uniq)), score_idx=score_idx, kv_start=kv_start,
+                  kv_examples=examples[kv_order], crow=torch.arange(0, n * K * H + 1, K * H), col=flat,
+                  t_crow=t_crow, t_col=per_entry[t_order], t_order=t_order)
+
+
+class LayoutCache:
+    """Layouts of the few token batches a run reuses (the train and test sets and their chunks).
+
+    Keyed by where the tokens live (storage, offset, shape, strides) and their version counter,
+    so a fresh view of the same data (`x.chunk(1)`) hits and an in-place change misses. Holding
+    the tokens keeps their storage, and so the key, from being reused by other data.
+    """
+
+    def __init__(self, size: int = 8):
+        self.size = size
+        self.entries: list[tuple[tuple, Tensor, Layout]] = []
+
+    @staticmethod
+    def key(tokens: Tensor, n_heads: int, d_vocab: int) -> tuple:
+        return (tokens.untyped_storage().data_ptr(), tokens.storage_offset(), tuple(tokens.shape), tokens.stride(),
+                tokens._version, tokens.dtype, n_heads, d_vocab)
+
+    def get(self, tokens: Tensor, n_heads: int, d_vocab: int) -> Layout:
+        key = self.key(tokens, n_heads, d_vocab)
+        for k, _, layout in self.entries:
+            if k == key:
+                return layout
+        layout = make_layout(tokens, n_heads, d_vocab)
+        self.entries = [(key, tokens, layout), *self.entries][: self.size]
+        return layout
+
+
+def build_tables(model, uniq: Tensor, n_key: int) -> Tables:
+    """Tables from the parameters of a tabulable Transformer (differentiable, small).
+
+    Written as broadcast matmuls over contiguous [K, H, V, .] blocks: einsum's permuted
+    operands made these small products (and their backward) three times slower.
+    """
+    attn, mlp = model.blocks[0].attn, model.blocks[0].mlp
+    W_E, W_pos, W_U = model.embed.W_E, model.pos_embed.W_pos, model.unembed.W_U
+    u, H = len(uniq), attn.W_Q.shape[0]
+    resid = (W_E[None] + W_pos[:n_key, None])[:, None]  # [K, 1, V, d]
+    x_q = W_E[uniq] + W_pos[n_key]  # [u, d]
+    q = (x_q @ attn.W_Q) * attn.scale  # [H, u, e]
+    scores = (resid @ attn.W_K) @ q.transpose(1, 2)  # [K, H, V, u]
+    self_scores = (q * (x_q @ attn.W_K)).sum(-1)  # [H, u]
+    values = resid @ attn.W_V  # [K, H, V, e]
+    own_values = x_q @ attn.W_V  # [H, u, e]
+
+    def through(W: Tensor, own: Tensor) -> tuple[Tensor, Tensor]:
+        # Each head's output through W_O and then W, as one d_head x f map per head: contracting
+        # d_head first costs ~4x fewer FLOPs than building d_model-wide head outputs.
+        readout = attn.W_O @ W  # [H, e, f]
+        tab = (values @ readout).reshape(-1, W.shape[1])  # rows (k, h, v)
+        heads = (own_values @ readout).transpose(0, 1)  # [u, H, f]
+        return tab, torch.cat([heads, own[:, None]], dim=1).reshape(-1, W.shape[1])
+
+    tab_in, shared_in = through(mlp.W_in, x_q @ mlp.W_in + mlp.b_in)
+    tab_u, shared_u = through(W_U, (x_q + mlp.b_out) @ W_U)
+    return Tables(scores.permute(3, 0, 1, 2), self_scores.T, tab_in, tab_u, shared_in, shared_u, mlp.W_out @ W_U)
+
+
+def _csr(layout: Layout, values: Tensor) -> Tensor:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
+        return torch.sparse_csr_tensor(layout.crow, layout.col, values, (layout.n, layout.n_rows))
+
+
+def _pattern(layout: Layout, scores: Tensor, self_scores: Tensor) -> Tensor:
+    """Attention pattern of the final position: [n, K + 1, H] (the last entry is itself)."""
+    s = torch.cat([scores.reshape(-1)[layout.score_idx], self_scores[layout.inv][:, None]], dim=1)
+    return s.softmax(dim=1)
+
+
+def _shared_weights(layout: Layout, pattern: Tensor) -> Tensor:
+    """Weights of the shared rows [n, u*(H+1)]: the attention to itself per head, then 1."""
+    q = layout.query.to(pattern.dtype)
+    a = torch.cat([pattern[:, -1], pattern.new_ones(len(q), 1)], dim=1)  # [n, H + 1]
+    return (q[:, :, None] * a[:, None, :]).reshape(len(q), -1)
+
+
+def _np(x: Tensor):
+    return x.detach().numpy()
+
+
+def _kernel_args(layout: Layout, t: Tables, pattern: Tensor) -> tuple:
+    K, V, H, u = layout.n_key, layout.d_vocab, layout.n_heads, len(layout.uniq)
+    return (_np(layout.order), _np(pattern), _np(layout.tok), _np(layout.inv), _np(t.tab_in).reshape(K, H, V, -1),
+            _np(t.shared_in).reshape(u, H + 1, -1), _np(t.tab_u).reshape(K, H, V, -1),
+            _np(t.shared_u).reshape(u, H + 1, -1))
+
+
+def _forward(layout: Layout, t: Tables, act: str, keep: Tensor | None):
+    """pattern, post-activation (dropout applied) [n, m], pre-activation (torch path) and logits."""
+    pattern = _pattern(layout, t.scores, t.self_scores)
+    n, m, c = layout.n, t.tab_in.shape[1], t.tab_u.shape[1]
+    differentiable = torch.is_grad_enabled() and t.tab_in.requires_grad  # the kernels are not
+    if act == "relu" and not differentiable:
+        post, direct = pattern.new_empty(n, m), pattern.new_empty(n, c)
+        kernels.gather_relu(*_kernel_args(layout, t, pattern), _np(post), _np(direct))
+        pre = None
+    else:
+        mat, a_q = _csr(layout, pattern[:, :-1].reshape(-1)), _shared_weights(layout, pattern)
+        pre = torch.addmm(a_q @ t.shared_in, mat, t.tab_in)
+        direct = torch.addmm(a_q @ t.shared_u, mat, t.tab_u)
+        post = _ACT[act](pre)
+    if keep is not None:
+        post = post * keep
+    return pattern, post, pre, torch.addmm(direct, post, t.W_L)
+
+
+_ACT = {"relu": torch.relu, "gelu": F.gelu, "silu": F.silu}
+
+
+def _act_backward(kind: str, grad: Tensor, pre: Tensor) -> Tensor:
+    if kind == "gelu":
+        return torch.ops.aten.gelu_backward(grad, pre)
+    return torch.ops.aten.silu_backward(grad, pre)
+
+
+def logits(layout: Layout, tables: Tables, act: str, keep: Tensor | None = None) -> Tensor:
+    """Final-position logits [n, c]; `keep` is an MLP dropout multiplier [n, d_mlp] (or None)."""
+    return _forward(layout, tables, act, keep)[3]
+
+
+def _sum_outer(a: Tensor, b: Tensor, chunk: int = 64) -> Tensor:
+    """a.T @ b ([n, r], [n, d] -> [r, d], float64) summed over n in float64 between chunks.
+
+    Float32 products of `chunk` terms, then a float64 sum of the chunks: the accuracy of a
+    float64 GEMM at the speed of a float32 one (a float64 GEMM this thin runs at ~4 GFLOP/s here).
+    """
+    if a.dtype == torch.float64:
+        return a.T @ b
+    m = a.shape[0] // chunk * chunk
+    head = torch.bmm(a[:m].reshape(-1, chunk, a.shape[1]).transpose(1, 2), b[:m].reshape(-1, chunk, b.shape[1]))
+    return head.double().sum(0) + a[m:].T.double() @ b[m:].double()
+
+
+class TabulatedLoss(torch.autograd.Function):
+    """Mean float64 cross-entropy of the final position, from the tables; backward by hand.
+
+    forward(layout, labels, act, keep, *tables) -> float64 scalar; the gradients flow to the
+    tables (and from there, by autograd, to the parameters).
+    """
+
+    @staticmethod
+    def forward(ctx, layout: Layout, labels: Tensor, act: str, keep: Tensor | None,  # type: ignore[override]
+                *tables: Tensor):
+        t = Tables(*tables)
+        pattern, post, pre, lg = _forward(layout, t, act, keep)
+        g = torch.empty_like(lg)  # the gradient of the mean loss, computed with the loss
+        losses = torch.empty(layout.n, dtype=torch.float64)
+        tiny = FLOAT32_TINY if lg.dtype == torch.float32 else 0.0
+        lg64 = lg.to(torch.float64, copy=True)
+        mx = lg64.amax(dim=1, keepdim=True)
+        e = lg64.sub_(mx).exp_()
+        kernels.cross_entropy_finish(_np(e), _np(lg), _np(mx), _np(labels), tiny, _np(g), _np(losses))
+        ctx.save_for_backward(pattern, post, pre, g, keep, *tables)
+        ctx.layout, ctx.act = layout, act
+        return losses.sum() / layout.n
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):  # type: ignore[override]
+        pattern, post, pre, g, keep, *tables = ctx.saved_tensors
+        t, lay = Tables(*tables), ctx.layout
+        if float(grad_out) != 1.0:
+            g = (g.double() * grad_out).to(g.dtype)
+            if g.dtype == torch.float32:
+                g.masked_fill_(g.abs() < FLOAT32_TINY, 0.0)
+        d_W_L = post.T @ g
+        d_post = g @ t.W_L.T
+        if keep is not None:
+            d_post = d_post * keep
+        grads = (_backward_kernels if ctx.act == "relu" else _backward_sparse)(lay, t, pattern, post, pre, g, d_post,
+                                                                                 ctx.act)
+        return (None, None, None, None, *grads, d_W_L)
+
+
+def _backward_kernels(lay: Layout, t: Tables, pattern: Tensor, post: Tensor, pre, g: Tensor, d_post: Tensor,
+                      act: str) -> tuple[Tensor, ...]:
+    """Gradients of scores, self_scores, tab_in, tab_u, shared_in, shared_u (ReLU, numba)."""
+    n, K, H, V, u = lay.n, lay.n_key, lay.n_heads, lay.d_vocab, len(lay.uniq)
+    dtype, m, c = t.tab_in.dtype, t.tab_in.shape[1], t.tab_u.shape[1]
+    args = _kernel_args(lay, t, pattern)
+    d_s = torch.empty_like(pattern)
+    kernels.backward_rows(_np(d_post), _np(post), _np(g), *args, _np(d_s))  # d_post is now d_pre
+    d_tab_in, d_tab_u = torch.zeros(K, H, V, m, dtype=dtype), torch.zeros(K, H, V, c, dtype=dtype)
+    d_scores = torch.zeros(t.scores.shape, dtype=dtype)
+    kernels.scatter_rows(_np(d_post), _np(g), args[1], _np(d_s), args[3], _np(lay.kv_start), _np(lay.kv_examples),
+                         K, _np(d_tab_in), _np(d_tab_u), _np(d_scores))
+    d_self = (lay.query.T.double() @ d_s[:, K].double()).to(dtype)
+    a_q = _shared_weights(lay, pattern)
+    return (d_scores, d_self, d_tab_in.view(-1, m), d_tab_u.view(-1, c), _sum_outer(a_q, d_post).to(dtype),
+            _sum_outer(a_q, g).to(dtype))
+
+
+def _backward_sparse(lay: Layout, t: Tables, pattern: Tensor, post: Tensor, pre: Tensor, g: Tensor,
+                     d_post: Tensor, act: str) -> tuple[Tensor, ...]:
+    """The same gradients with torch's sparse CSR products (any activation)."""
+    n, K, dtype = lay.n, lay.n_key, t.tab_in.dtype
+    d_pre = _act_backward(act, d_post, pre)
+    # The pattern's gradient: a gather-dot of (d_pre, g) with the rows each example read.
+    mat = _csr(lay, pattern[:, :K].reshape(-1))
+    d_p = torch.empty_like(pattern)
+    d_p[:, :K] = (torch.sparse.sampled_addmm(mat, d_pre, t.tab_in.T, beta=0.0).values()
+                  + torch.sparse.sampled_addmm(mat, g, t.tab_u.T, beta=0.0).values()).view(n, K, -1)
+    u, H = lay.query.shape[1], lay.n_heads
+    d_aq = (d_pre @ t.shared_in.T + g @ t.shared_u.T).view(n, u, H + 1)
+    d_p[:, K] = (d_aq[:, :, :H] * lay.query[:, :, None]).sum(1)
+    d_s = pattern * (d_p - (pattern * d_p).sum(1, keepdim=True))  # softmax backward
+    d_scores = torch.zeros(t.scores.numel(), dtype=dtype)
+    d_scores.index_add_(0, lay.score_idx.reshape(-1), d_s[:, :K].reshape(-1))
+    d_self = (lay.query.T.double() @ d_s[:, K].double()).to(dtype)
+    # Per-token rows: the transposed gather. Shared rows: float64 sums over all examples.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t_mat = torch.sparse_csr_tensor(lay.t_crow, lay.t_col, pattern[:, :K].reshape(-1)[lay.t_order],
+                                        (lay.n_rows, n))
+    a_q = _shared_weights(lay, pattern)
+    return (d_scores.view_as(t.scores), d_self, t_mat @ d_pre, t_mat @ g, _sum_outer(a_q, d_pre).to(dtype),
+            _sum_outer(a_q, g).to(dtype))
+
+
+def tabulated_loss(tables: Tables, layout: Layout, labels: Tensor, act: str, keep: Tensor | None = None) -> Tensor:
+    """Mean float64 cross-entropy at the final position; labels [n]."""
+    return TabulatedLoss.apply(layout, labels, act, keep, *tables.as_tuple())
