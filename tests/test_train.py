@@ -201,10 +201,15 @@ def test_fast_step_follows_the_plain_loss_curve_as_closely_as_float32_allows():
 
 
 def test_fast_and_plain_steps_grok_at_the_same_epoch(grokked_run, tmp_path):
-    # The session's tiny grokking run uses the fast step; the plain step must grok alike.
+    # The session's tiny grokking run uses the fast step; the plain step must grok alike. This
+    # run is chaotic at its edge: plain runs whose initial weights moved by 1e-7 passed 50% test
+    # accuracy anywhere from epoch 900 to 1250, and one in seven had not passed 99% by epoch
+    # 2000 (measured with tests/conftest.py's GROK config). So: the 50% epochs agree within that
+    # spread, and both runs end above 97% test accuracy, far from the ~45% of a memorising one.
     cfg = _grok_cfg("train.fast=false")
     pipeline.train_run(cfg, tmp_path / "plain", progress=False)
     fast, plain = grok_epochs(Run(grokked_run)), grok_epochs(Run(tmp_path / "plain"))
-    for k in ("grok_epoch_50", "grok_epoch_99"):
-        assert fast[k] is not None and plain[k] is not None
-        assert abs(fast[k] - plain[k]) <= 0.1 * plain[k], (fast, plain)
+    assert fast["grok_epoch_50"] is not None and plain["grok_epoch_50"] is not None
+    assert abs(fast["grok_epoch_50"] - plain["grok_epoch_50"]) <= 0.3 * plain["grok_epoch_50"], (fast, plain)
+    for run in (grokked_run, tmp_path / "plain"):
+        assert Run(run).metrics()["test_acc"].iloc[-1] > 0.97, run

@@ -41,30 +41,37 @@ def gather_relu(order, P, tok, inv, tab_in, sh_in, tab_u, sh_u, post, direct):  
     Examples are visited in `order` (sorted by token), so neighbours share table rows in cache.
     """
     n, K = tok.shape
-    H, m, c = P.shape[2], tab_in.shape[3], tab_u.shape[3]
+    H = P.shape[2]
     for idx in prange(n):
         i = order[idx]
         q = inv[i]
-        acc = sh_in[q, H].copy()
-        acc_u = sh_u[q, H].copy()
+        out, out_u = post[i], direct[i]
+        out[:] = sh_in[q, H]
+        out_u[:] = sh_u[q, H]
         for h in range(H):
-            w = P[i, K, h]
-            for j in range(m):
-                acc[j] += w * sh_in[q, h, j]
-            for j in range(c):
-                acc_u[j] += w * sh_u[q, h, j]
+            _axpy(P[i, K, h], sh_in[q, h], out)
+            _axpy(P[i, K, h], sh_u[q, h], out_u)
         for k in range(K):
             t = tok[i, k]
             for h in range(H):
-                w = P[i, k, h]
-                for j in range(m):
-                    acc[j] += w * tab_in[k, h, t, j]
-                for j in range(c):
-                    acc_u[j] += w * tab_u[k, h, t, j]
-        for j in range(m):
-            post[i, j] = acc[j] if acc[j] > 0.0 else 0.0
-        for j in range(c):
-            direct[i, j] = acc_u[j]
+                _axpy(P[i, k, h], tab_in[k, h, t], out)
+                _axpy(P[i, k, h], tab_u[k, h, t], out_u)
+        for j in range(len(out)):
+            out[j] = max(out[j], 0.0)
+
+
+@njit(inline="always", **_JIT_SERIAL)
+def _axpy(w, x, y):  # pragma: no cover - compiled
+    for j in range(len(y)):
+        y[j] += w * x[j]
+
+
+@njit(inline="always", **_JIT_SERIAL)
+def _dot(x, y, acc):  # pragma: no cover - compiled
+    """acc + x . y, accumulated in acc's type."""
+    for j in range(len(x)):
+        acc += x[j] * y[j]
+    return acc
 
 
 @njit(**_JIT)
@@ -96,35 +103,27 @@ def cross_entropy_finish(e, logits, mx, labels, tiny, g, losses):  # pragma: no 
 def backward_rows(d_post, post, g, order, P, tok, inv, tab_in, sh_in, tab_u, sh_u, d_s):  # pragma: no cover
     """ReLU backward in place (d_post becomes d_pre), then the attention scores' gradient d_s.
 
-    d_s [n, K+1, H]: softmax backward of dL/dP[i, k, h] = d_pre[i] . row_in + g[i] . row_u.
+    d_s [n, K+1, H]: softmax backward of dL/dP[i, k, h] = d_pre[i] . row_in + g[i] . row_u,
+    with the dot products accumulated in the tables' dtype, as a plain model's GEMMs would.
     """
     n, K = tok.shape
-    H, m, c = P.shape[2], tab_in.shape[3], tab_u.shape[3]
+    H = P.shape[2]
     for idx in prange(n):
         i = order[idx]
         q = inv[i]
-        for j in range(m):
-            if post[i, j] <= 0.0:
-                d_post[i, j] = 0.0
-        d_p = np.empty((K + 1, H), dtype=np.float64)
+        d_pre, gi, out = d_post[i], g[i], post[i]
+        for j in range(len(d_pre)):
+            if out[j] <= 0.0:
+                d_pre[j] = 0.0
+        d_p = np.zeros((K + 1, H), dtype=P.dtype)
         for h in range(H):
-            s = 0.0
-            for j in range(m):
-                s += d_post[i, j] * sh_in[q, h, j]
-            for j in range(c):
-                s += g[i, j] * sh_u[q, h, j]
-            d_p[K, h] = s
+            d_p[K, h] = _dot(gi, sh_u[q, h], _dot(d_pre, sh_in[q, h], d_p[K, h]))
         for k in range(K):
             t = tok[i, k]
             for h in range(H):
-                s = 0.0
-                for j in range(m):
-                    s += d_post[i, j] * tab_in[k, h, t, j]
-                for j in range(c):
-                    s += g[i, j] * tab_u[k, h, t, j]
-                d_p[k, h] = s
+                d_p[k, h] = _dot(gi, tab_u[k, h, t], _dot(d_pre, tab_in[k, h, t], d_p[k, h]))
         for h in range(H):
-            dot = 0.0
+            dot = d_p[0, 0] * 0.0
             for k in range(K + 1):
                 dot += P[i, k, h] * d_p[k, h]
             for k in range(K + 1):
@@ -136,19 +135,16 @@ def scatter_rows(d_pre, g, P, d_s, inv, t_start, t_examples, K, d_tab_in, d_tab_
     """Gradients of the per-token rows and scores: a sum over the examples that read each row.
 
     t_start [K*V + 1] / t_examples: the examples with token v at key position k, for row k*V + v,
-    in ascending order. d_scores [u, K, H, V].
+    in ascending order. d_tab_* [K, H, V, f]; d_scores [u, K, H, V].
     """
     n_kv = len(t_start) - 1
     V = n_kv // K
-    H, m, c = P.shape[2], d_pre.shape[1], g.shape[1]
+    H = P.shape[2]
     for r in prange(n_kv):
         k, v = r // V, r % V
         for e in range(t_start[r], t_start[r + 1]):
             i = t_examples[e]
             for h in range(H):
-                w = P[i, k, h]
-                for j in range(m):
-                    d_tab_in[k, h, v, j] += w * d_pre[i, j]
-                for j in range(c):
-                    d_tab_u[k, h, v, j] += w * g[i, j]
+                _axpy(P[i, k, h], d_pre[i], d_tab_in[k, h, v])
+                _axpy(P[i, k, h], g[i], d_tab_u[k, h, v])
                 d_scores[inv[i], k, h, v] += d_s[i, k, h]

@@ -213,7 +213,7 @@ def _forward(layout: Layout, t: Tables, act: str, keep: Tensor | None):
     pattern = _pattern(layout, t.scores, t.self_scores)
     n, m, c = layout.n, t.tab_in.shape[1], t.tab_u.shape[1]
     differentiable = torch.is_grad_enabled() and t.tab_in.requires_grad  # the kernels are not
-    if act == "relu" and not differentiable:
+    if act == "relu" and not differentiable and USE_KERNELS:
         post, direct = pattern.new_empty(n, m), pattern.new_empty(n, c)
         kernels.gather_relu(*_kernel_args(layout, t, pattern), _np(post), _np(direct))
         pre = None
@@ -227,10 +227,14 @@ def _forward(layout: Layout, t: Tables, act: str, keep: Tensor | None):
     return pattern, post, pre, torch.addmm(direct, post, t.W_L)
 
 
+USE_KERNELS = True  # False: torch's sparse products for ReLU too (a yardstick for the kernels)
+
 _ACT = {"relu": torch.relu, "gelu": F.gelu, "silu": F.silu}
 
 
 def _act_backward(kind: str, grad: Tensor, pre: Tensor) -> Tensor:
+    if kind == "relu":
+        return torch.ops.aten.threshold_backward(grad, pre, 0.0)
     if kind == "gelu":
         return torch.ops.aten.gelu_backward(grad, pre)
     return torch.ops.aten.silu_backward(grad, pre)
@@ -289,7 +293,7 @@ class TabulatedLoss(torch.autograd.Function):
         d_post = g @ t.W_L.T
         if keep is not None:
             d_post = d_post * keep
-        grads = (_backward_kernels if ctx.act == "relu" else _backward_sparse)(lay, t, pattern, post, pre, g, d_post,
+        grads = (_backward_kernels if ctx.act == "relu" and USE_KERNELS else _backward_sparse)(lay, t, pattern, post, pre, g, d_post,
                                                                                  ctx.act)
         return (None, None, None, None, *grads, d_W_L)
 

@@ -1,0 +1,110 @@
+"""The tabulated last-position step (models/tabulated.py, models/kernels.py) against known answers.
+
+tests/test_model.py checks loss and gradients against the plain model in float64 (1e-10) for
+ReLU (the numba kernels) and GELU (torch's sparse products); here: ReLU in float32, dropout,
+thread-count independence, a query token that varies, and the layout cache.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from grokscope import config as C
+from grokscope.models import kernels
+from grokscope.models.reference import ReferenceTransformer, reference_loss
+from grokscope.models.transformer import build
+from grokscope.tasks import make_task
+from grokscope.train.loss import cross_entropy64
+
+
+def _model(seed: int, *extra: str):
+    cfg = C.resolve({}, ["task.p=31", "train.epochs=10", *extra])
+    task = make_task(cfg)
+    return task, build(cfg.model, task.d_vocab, task.d_vocab_out, task.n_ctx, seed=seed, mlp_dropout=cfg.optim.dropout)
+
+
+def _grads(model, loss_fn) -> tuple[float, dict[str, torch.Tensor]]:
+    model.zero_grad(set_to_none=True)
+    loss = loss_fn(model)
+    loss.backward()
+    return loss.item(), {k: p.grad.clone() for k, p in model.named_parameters()}
+
+
+def test_relu_kernels_in_float32_are_as_accurate_as_a_plain_float32_model():
+    # Seed chosen so that no pre-activation lies within 4e-6 of zero, 100x the float32 rounding
+    # of one (~3e-8 here): no ReLU derivative can flip, so this measures accuracy, not luck.
+    task, model = _model(7)
+    x, y = task.train_x, task.train_y[:, 0]
+    _, cache = model.run_with_cache(x)
+    assert cache["pre", 0][:, -1].abs().min() > 4e-6
+    ref64 = ReferenceTransformer(task.d_vocab, task.d_vocab_out, task.n_ctx).double()
+    ref64.load_tl_state(model.state_dict())
+    ref32 = ReferenceTransformer(task.d_vocab, task.d_vocab_out, task.n_ctx)
+    ref32.load_tl_state(model.state_dict())
+    names = {"embed.W_E": "W_E", "blocks.0.mlp.W_in": "W_in", "blocks.0.attn.W_Q": "W_Q", "unembed.W_U": "W_U",
+             "blocks.0.mlp.b_in": "b_in"}
+    truth_loss, truth = _grads(ref64, lambda m: reference_loss(m(x)[:, -1], y))
+    _, plain = _grads(ref32, lambda m: reference_loss(m(x)[:, -1], y))
+    loss, fast = _grads(model, lambda m: m.loss_last(x, y))
+    assert abs(loss - truth_loss) < 1e-6
+    for name, ref_name in names.items():
+        t = truth[ref_name]
+        err_fast = (fast[name].double() - t).abs().max()
+        err_plain = (plain[ref_name].double() - t).abs().max()
+        assert err_fast <= max(4 * err_plain, 1e-6 * t.abs().max()), (name, err_fast, err_plain)
+
+
+def test_kernels_give_the_same_bits_on_one_and_two_threads():
+    task, model = _model(0)
+    x, y = task.train_x, task.train_y[:, 0]
+    out = []
+    for threads in (1, 2):
+        kernels.set_threads(threads)
+        out.append(_grads(model, lambda m: m.loss_last(x, y)))
+    kernels.set_threads(torch.get_num_threads())
+    assert out[0][0] == out[1][0]
+    assert all(torch.equal(out[0][1][k], out[1][1][k]) for k in out[0][1])
+
+
+def test_dropout_kernels_match_the_differentiable_path_with_the_same_mask():
+    task, model = _model(1, "optim.dropout=0.3")
+    model = copy.deepcopy(model).double()
+    x, y = task.train_x, task.train_y[:, 0]
+    gen = lambda: torch.Generator().manual_seed(7)  # noqa: E731
+    loss_k, g_k = _grads(model, lambda m: m.loss_last(x, y, gen()))
+    loss_a, g_a = _grads(model, lambda m: cross_entropy64(m.forward_last(x, gen()), y))  # autograd, torch sparse
+    assert abs(loss_k - loss_a) < 1e-12
+    for k in g_k:
+        assert (g_k[k] - g_a[k]).abs().max() <= 1e-10 * g_a[k].abs().max(), k
+    # and the mask did something: without dropout the loss differs
+    assert abs(model.loss_last(x, y).item() - loss_k) > 1e-3
+
+
+def test_a_query_token_that_varies_is_tabulated_per_token():
+    # Random tokens at every position: the last token is no longer always '=', so the shared
+    # rows are per query token (u > 1). Loss and gradients must still equal the plain model's.
+    task, model = _model(2)
+    model = copy.deepcopy(model).double()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, task.d_vocab, (400, 3), generator=g)
+    y = torch.randint(0, task.d_vocab_out, (400,), generator=g)
+    loss_k, g_k = _grads(model, lambda m: m.loss_last(x, y))
+    loss_p, g_p = _grads(model, lambda m: cross_entropy64(m(x)[:, -1], y))
+    assert abs(loss_k - loss_p) < 1e-12
+    for k in g_k:
+        assert (g_k[k] - g_p[k]).abs().max() <= 1e-10 * g_p[k].abs().max(), k
+
+
+def test_layout_cache_sees_views_and_in_place_changes():
+    task, model = _model(0)
+    x, y = task.train_x.clone(), task.train_y[:, 0]
+    before = model.loss_last(x, y).item()
+    assert len(model._layouts.entries) == 1
+    model.loss_last(x.chunk(1)[0], y)  # a new view of the same data: no new layout
+    assert len(model._layouts.entries) == 1
+    x[:, 0] = (x[:, 0] + 1) % (task.d_vocab - 1)  # in place: the old layout must not be reused
+    after = model.loss_last(x, y).item()
+    assert len(model._layouts.entries) == 2
+    assert abs(after - cross_entropy64(model(x)[:, -1], y).item()) < 1e-5 and after != before
