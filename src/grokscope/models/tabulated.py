@@ -17,16 +17,17 @@ is a CSR matrix with pos x head entries per example times the row table, its tra
 the gradient back). The sparsity pattern depends only on the tokens, so it is built once per
 batch and cached.
 
-`build_tables` makes the tables from the parameters with autograd (small tensors: thousands of
-rows, not examples). `TabulatedLoss` runs the per-example part (gather, softmax, MLP,
-unembedding, float64 cross-entropy) forward and backward by hand, so no activation is
-materialised twice and nothing per example goes through autograd. What remains costly is what the
-loss needs: the three [n, d_mlp] x [d_mlp, d_vocab] products of `act(pre) @ W_L` and its two
-gradients.
+`build_tables` makes the tables from the parameters (small tensors: thousands of rows, not
+examples), with its backward written out too. `TabulatedLoss` runs the per-example part
+(gather, softmax, MLP, unembedding, float64 cross-entropy) forward and backward by hand, so no
+activation is materialised twice and nothing per example goes through autograd. What remains
+costly is what the loss needs: the three [n, d_mlp] x [d_mlp, d_vocab] products of
+`act(pre) @ W_L` and its two gradients.
 
 Accuracy: sums over all examples (gradients of the shared rows and of the query's self-score)
-are accumulated in float64, as a plain model's GEMMs accumulate them no worse than that; the
-float64 loss's gradient is cast back to float32 with subnormals zeroed (see train/loss.py).
+are accumulated in float64: a float32 sum of thousands of nearly cancelling terms lost three
+digits. The float64 loss's gradient is cast back to float32 with subnormals zeroed (see
+train/loss.py).
 """
 
 from __future__ import annotations
@@ -149,33 +150,91 @@ class LayoutCache:
 
 
 def build_tables(model, uniq: Tensor, n_key: int) -> Tables:
-    """Tables from the parameters of a tabulable Transformer (differentiable, small).
-
-    Written as broadcast matmuls over contiguous [K, H, V, .] blocks: einsum's permuted
-    operands made these small products (and their backward) three times slower.
-    """
+    """Tables from the parameters of a tabulable Transformer (differentiable: see _TablesFn)."""
     attn, mlp = model.blocks[0].attn, model.blocks[0].mlp
-    W_E, W_pos, W_U = model.embed.W_E, model.pos_embed.W_pos, model.unembed.W_U
-    u, H = len(uniq), attn.W_Q.shape[0]
-    resid = (W_E[None] + W_pos[:n_key, None])[:, None]  # [K, 1, V, d]
-    x_q = W_E[uniq] + W_pos[n_key]  # [u, d]
-    q = (x_q @ attn.W_Q) * attn.scale  # [H, u, e]
-    scores = (resid @ attn.W_K) @ q.transpose(1, 2)  # [K, H, V, u]
-    self_scores = (q * (x_q @ attn.W_K)).sum(-1)  # [H, u]
-    values = resid @ attn.W_V  # [K, H, V, e]
-    own_values = x_q @ attn.W_V  # [H, u, e]
+    params = (model.embed.W_E, model.pos_embed.W_pos, attn.W_Q, attn.W_K, attn.W_V, attn.W_O, mlp.W_in, mlp.b_in,
+              mlp.W_out, mlp.b_out, model.unembed.W_U)
+    return Tables(*_TablesFn.apply(uniq, n_key, attn.scale, *params))
 
-    def through(W: Tensor, own: Tensor) -> tuple[Tensor, Tensor]:
-        # Each head's output through W_O and then W, as one d_head x f map per head: contracting
-        # d_head first costs ~4x fewer FLOPs than building d_model-wide head outputs.
-        readout = attn.W_O @ W  # [H, e, f]
-        tab = (values @ readout).reshape(-1, W.shape[1])  # rows (k, h, v)
-        heads = (own_values @ readout).transpose(0, 1)  # [u, H, f]
-        return tab, torch.cat([heads, own[:, None]], dim=1).reshape(-1, W.shape[1])
 
-    tab_in, shared_in = through(mlp.W_in, x_q @ mlp.W_in + mlp.b_in)
-    tab_u, shared_u = through(W_U, (x_q + mlp.b_out) @ W_U)
-    return Tables(scores.permute(3, 0, 1, 2), self_scores.T, tab_in, tab_u, shared_in, shared_u, mlp.W_out @ W_U)
+class _TablesFn(torch.autograd.Function):
+    """Parameters -> the seven tables, with the backward written out.
+
+    The products are broadcast matmuls over contiguous [K, H, V, .] blocks (einsum's permuted
+    operands made them ~2x slower); autograd's own backward of the same graph spent as long
+    again on views, permutes and gradient accumulation as on the products.
+    """
+
+    @staticmethod
+    def forward(ctx, uniq, K, scale, W_E, W_pos, W_Q, W_K, W_V, W_O, W_in, b_in, W_out, b_out, W_U):  # type: ignore[override]
+        u, H, m = len(uniq), W_Q.shape[0], W_in.shape[1]
+        resid = (W_E[None] + W_pos[:K, None])[:, None]  # [K, 1, V, d]
+        x_q = W_E[uniq] + W_pos[K]  # [u, d]
+        q = (x_q @ W_Q) * scale  # [H, u, e]
+        keys, q_keys = resid @ W_K, x_q @ W_K  # [K, H, V, e], [H, u, e]
+        values, q_values = resid @ W_V, x_q @ W_V
+        # Each head's output through W_O and then W_in or W_U, as one d_head x f map per head:
+        # contracting d_head first costs ~4x fewer FLOPs than d_model-wide head outputs.
+        R_in, R_u = W_O @ W_in, W_O @ W_U  # [H, e, m], [H, e, c]
+        own_u = x_q + b_out
+
+        def rows(R: Tensor, own: Tensor) -> tuple[Tensor, Tensor]:
+            tab = (values @ R).reshape(-1, R.shape[-1])  # rows (k, h, v)
+            shared = torch.cat([(q_values @ R).transpose(0, 1), own[:, None]], dim=1)  # [u, H + 1, f]
+            return tab, shared.reshape(-1, R.shape[-1])
+
+        tab_in, shared_in = rows(R_in, x_q @ W_in + b_in)
+        tab_u, shared_u = rows(R_u, own_u @ W_U)
+        scores = (keys @ q.transpose(1, 2)).permute(3, 0, 1, 2).contiguous()  # [u, K, H, V]
+        self_scores = (q * q_keys).sum(-1).T.contiguous()  # [u, H]
+        ctx.save_for_backward(uniq, resid, x_q, q, keys, q_keys, values, q_values, R_in, R_u, own_u,
+                              W_pos, W_Q, W_K, W_V, W_O, W_in, W_out, W_U)
+        ctx.K, ctx.scale, ctx.m = K, scale, m
+        return scores, self_scores, tab_in, tab_u, shared_in, shared_u, W_out @ W_U
+
+    @staticmethod
+    def backward(ctx, d_scores, d_self, d_tab_in, d_tab_u, d_sh_in, d_sh_u, d_W_L):  # type: ignore[override]
+        (uniq, resid, x_q, q, keys, q_keys, values, q_values, R_in, R_u, own_u,
+         W_pos, W_Q, W_K, W_V, W_O, W_in, W_out, W_U) = ctx.saved_tensors
+        K, scale = ctx.K, ctx.scale
+        H, u, e = q.shape
+        V, d = resid.shape[2], resid.shape[3]
+        m, c = W_in.shape[1], W_U.shape[1]
+        d_tab_in, d_tab_u = d_tab_in.reshape(K, H, V, m), d_tab_u.reshape(K, H, V, c)
+        d_sh_in, d_sh_u = d_sh_in.reshape(u, H + 1, m), d_sh_u.reshape(u, H + 1, c)
+        d_heads_in, d_own_in = d_sh_in[:, :H].transpose(0, 1), d_sh_in[:, H]  # [H, u, m], [u, m]
+        d_heads_u, d_own_u = d_sh_u[:, :H].transpose(0, 1), d_sh_u[:, H]
+        # readouts, head values
+        vT, qvT = values.transpose(-1, -2), q_values.transpose(-1, -2)
+        d_R_in = (vT @ d_tab_in).sum(0) + qvT @ d_heads_in  # [H, e, m]
+        d_R_u = (vT @ d_tab_u).sum(0) + qvT @ d_heads_u
+        d_values = d_tab_in @ R_in.transpose(-1, -2) + d_tab_u @ R_u.transpose(-1, -2)  # [K, H, V, e]
+        d_q_values = d_heads_in @ R_in.transpose(-1, -2) + d_heads_u @ R_u.transpose(-1, -2)  # [H, u, e]
+        # attention scores
+        d_s = d_scores.permute(1, 2, 3, 0)  # [K, H, V, u]
+        d_keys = d_s @ q  # [K, H, V, e]
+        d_self_hu = d_self.T[..., None]  # [H, u, 1]
+        d_q = (d_s.transpose(-1, -2) @ keys).sum(0) + d_self_hu * q_keys  # [H, u, e]
+        d_q_keys = d_self_hu * q
+        # weights
+        W_O2 = W_O.reshape(H * e, d)
+        d_W_O = d_R_in @ W_in.T + d_R_u @ W_U.T
+        d_W_in = W_O2.T @ d_R_in.reshape(H * e, m) + x_q.T @ d_own_in
+        d_W_U = W_O2.T @ d_R_u.reshape(H * e, c) + own_u.T @ d_own_u + W_out.T @ d_W_L
+        d_own_x = d_own_u @ W_U.T  # [u, d]: the gradient of x_q + b_out
+        rT = resid.transpose(-1, -2)  # [K, 1, d, V]
+        d_W_Q = scale * (x_q.T @ d_q)
+        d_W_K = x_q.T @ d_q_keys + (rT @ d_keys).sum(0)
+        d_W_V = x_q.T @ d_q_values + (rT @ d_values).sum(0)
+        d_x_q = ((scale * d_q) @ W_Q.transpose(-1, -2) + d_q_keys @ W_K.transpose(-1, -2)
+                 + d_q_values @ W_V.transpose(-1, -2)).sum(0) + d_own_in @ W_in.T + d_own_x
+        d_resid = (d_keys @ W_K.transpose(-1, -2) + d_values @ W_V.transpose(-1, -2)).sum(1)  # [K, V, d]
+        d_W_E = d_resid.sum(0).index_add_(0, uniq, d_x_q)
+        d_W_pos = torch.zeros_like(W_pos)
+        d_W_pos[:K] = d_resid.sum(1)
+        d_W_pos[K] = d_x_q.sum(0)
+        return (None, None, None, d_W_E, d_W_pos, d_W_Q, d_W_K, d_W_V, d_W_O, d_W_in, d_own_in.sum(0), d_W_L @ W_U.T,
+                d_own_x.sum(0), d_W_U)
 
 
 def _csr(layout: Layout, values: Tensor) -> Tensor:
@@ -262,7 +321,7 @@ class TabulatedLoss(torch.autograd.Function):
     """Mean float64 cross-entropy of the final position, from the tables; backward by hand.
 
     forward(layout, labels, act, keep, *tables) -> float64 scalar; the gradients flow to the
-    tables (and from there, by autograd, to the parameters).
+    tables (and from there, through _TablesFn, to the parameters).
     """
 
     @staticmethod

@@ -41,8 +41,9 @@ def now() -> str:
 
 
 def setup_torch(threads: int | None) -> None:
-    torch.set_num_threads(threads or os.cpu_count() or 1)
-    kernels.set_threads(torch.get_num_threads())
+    n = threads or os.cpu_count() or 1
+    kernels.set_threads(n)  # first: the kernels' OpenMP start-up resets the thread count torch shares
+    torch.set_num_threads(n)
     torch.set_flush_denormal(True)  # helps on 1 thread; the loss also zeroes subnormal grads
     keep_freed_memory()
 
