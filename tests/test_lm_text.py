@@ -229,6 +229,8 @@ def test_random_share_and_the_old_draws():
 
 
 def test_repeat_random_config_checks():
+    from pydantic import ValidationError
+
     from grokscope import config as C
 
     base = {"name": "text", "repeat_frac": 1.0}
@@ -237,5 +239,5 @@ def test_repeat_random_config_checks():
     assert C.TextTask().repeat_random == 0.0 and C.TextTask().repeat_symbols == 0  # off by default
     for bad in ({"repeat_random": 1.5}, {"repeat_random": -0.1}, {"repeat_symbols": -1}, {"repeat_symbols": 70000},
                 {"repeat_random": 0.5, "repeat_frac": 0.0}, {"repeat_symbols": 10}):
-        with pytest.raises(Exception):
+        with pytest.raises(ValidationError):
             C.TextTask(**{**base, **bad})
