@@ -178,3 +178,66 @@ def test_default_corpus_from_the_registries():
     assert len(kjv) == 66 and docs["kjv_genesis"].splitlines()[5].startswith("In the beginning God created")
     assert all(b in docs for b in text.AUSTEN_BOOKS)
     assert docs["emma"].startswith("EMMA") and docs["emma"].count("\n") == 16235
+
+
+def test_random_repeated_spans_write_the_same_random_ids_twice():
+    # "text" ids below 100; random spans draw from 5,000 ids, so almost all of their ids are >= 100
+    windows = torch.randint(0, 100, (60, 128), generator=torch.Generator().manual_seed(0))
+    out = text.repeat_spans(windows, 1.0, torch.Generator().manual_seed(1), 32, random_frac=1.0, n_ids=5000)
+    assert out.dtype == windows.dtype and int(out.max()) < 5000
+    lengths = []
+    for orig, new in zip(windows.tolist(), out.tolist(), strict=True):
+        changed = {p for p in range(128) if orig[p] != new[p]}
+        assert changed, "every window gets a random span"
+        src = min(changed)
+        found = None
+        for length in range(8, 33):  # a source stretch and a later, identical copy cover every change
+            for dst in range(src + length, 128 - length + 1):
+                cover = set(range(src, src + length)) | set(range(dst, dst + length))
+                if new[src:src + length] == new[dst:dst + length] and changed <= cover:
+                    found = (length, dst)
+                    break
+            if found:
+                break
+        assert found is not None
+        length = found[0]
+        lengths.append(length)
+        # the span is random ids, not the window's text (text ids are < 100)
+        assert sum(t >= 100 for t in new[src:src + length]) >= 0.8 * length  # 2% of random ids are < 100
+    assert min(lengths) <= 10 and max(lengths) >= 28  # span lengths cover 8-32
+
+
+def test_random_share_and_the_old_draws():
+    windows = torch.randint(0, 100, (400, 128), generator=torch.Generator().manual_seed(0))
+    g = lambda: torch.Generator().manual_seed(1)  # noqa: E731
+    # random_frac = 0 draws exactly what the function drew before the option existed
+    assert torch.equal(text.repeat_spans(windows, 1.0, g(), 64), text.repeat_spans(windows, 1.0, g(), 64, 0.0, 5000))
+    half = text.repeat_spans(windows, 1.0, g(), 64, random_frac=0.5, n_ids=5000)
+    n_random = int((half >= 100).any(dim=1).sum())
+    assert 150 <= n_random <= 250  # about half of the 400 repeated spans are random
+    # the other windows copy their own text, as before
+    for orig, new in zip(windows, half, strict=True):
+        if (new >= 100).any():
+            continue
+        diff = torch.nonzero(orig != new).flatten()
+        if len(diff):
+            lo, hi = int(diff[0]), int(diff[-1]) + 1
+            o = orig.tolist()
+            assert any(o[a:a + hi - lo] == new[lo:hi].tolist() for a in range(0, lo - (hi - lo) + 1))
+    with pytest.raises(ValueError, match="n_ids"):
+        text.repeat_spans(windows, 1.0, g(), 64, random_frac=0.5)
+
+
+def test_repeat_random_config_checks():
+    from pydantic import ValidationError
+
+    from grokscope import config as C
+
+    base = {"name": "text", "repeat_frac": 1.0}
+    t = C.TextTask(**base, repeat_random=0.5, repeat_symbols=400)
+    assert t.repeat_random == 0.5 and t.repeat_symbols == 400
+    assert C.TextTask().repeat_random == 0.0 and C.TextTask().repeat_symbols == 0  # off by default
+    for bad in ({"repeat_random": 1.5}, {"repeat_random": -0.1}, {"repeat_symbols": -1}, {"repeat_symbols": 70000},
+                {"repeat_random": 0.5, "repeat_frac": 0.0}, {"repeat_symbols": 10}):
+        with pytest.raises(ValidationError):
+            C.TextTask(**{**base, **bad})

@@ -152,3 +152,31 @@ def test_bad_input_is_a_one_line_error_before_anything_is_written(tmp_path):
     with pytest.raises(C.ConfigError, match="d_head"):
         pipeline.train_run(cfg, tmp_path / "odd", progress=False)
     assert not (tmp_path / "short").exists() and not (tmp_path / "odd").exists()
+
+
+def test_random_spans_with_extra_symbols(tmp_path):
+    cfg = tiny_cfg(tmp_path, **{"task.repeat_frac": 1.0, "task.repeat_random": 1.0, "task.repeat_symbols": 50,
+                                "train.steps": 2})
+    run = Run(tmp_path / "run")
+    run.write_config(C.to_yaml(cfg))
+    trainer = LMTrainer(cfg, run, progress=False)
+    tok_vocab = trainer.data.vocab_size
+    assert trainer.model.d_vocab == tok_vocab + 50  # the extra ids are in the model's vocabulary
+    x = trainer.windows(0)
+    assert int(x.max()) < tok_vocab + 50 and bool((x >= tok_vocab).any(dim=1).all())  # every window has extra ids
+    assert bool((trainer.train_eval < tok_vocab).all()) and bool((trainer.copy_set.tokens < tok_vocab).all())
+    info = trainer.fit()
+    assert info["d_vocab"] == tok_vocab + 50 and info["tokenizer_vocab"] == tok_vocab
+    # the probes draw only the tokenizer's ids: the same scores as on a model cut down to them
+    from grokscope.lm.induction import head_scores
+
+    model = trainer.model
+    full = head_scores(model, 16, 4, 3, vocab=tok_vocab)
+    assert not torch.allclose(full["copying"], head_scores(model, 16, 4, 3)["copying"])  # the extra rows matter
+    small = type(model)(cfg.model, tok_vocab, cfg.task.context)
+    sd = {k: (v[:tok_vocab] if k == "embed.W_E" else v[:, :tok_vocab] if k == "unembed.W_U" else v)
+          for k, v in model.state_dict().items()}
+    small.load_state_dict(sd)
+    cut = head_scores(small, 16, 4, 3)
+    for k in full:
+        torch.testing.assert_close(full[k], cut[k], atol=1e-5, rtol=1e-4)

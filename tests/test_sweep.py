@@ -281,3 +281,26 @@ def test_runs_are_listed_in_numeric_order(tmp_path):
     assert [p.name for p in find_runs(tmp_path)] == [
         "task.frac_train=0.25__seed=2", "task.frac_train=0.25__seed=10", "task.frac_train=0.9__seed=0",
         "task.frac_train=0.95__seed=0"]
+
+
+def test_reproduce_passes_workers_and_threads_to_a_sweep_experiment(tmp_path, monkeypatch, capsys):
+    import grokscope.sweep as S
+    from grokscope import cli
+
+    seen = {}
+
+    def fake_run_sweep(config, grid, seeds, out, **kw):
+        seen.update(config=config, out=out, **kw)
+        return []
+
+    monkeypatch.setattr(S, "run_sweep", fake_run_sweep)
+    monkeypatch.setattr(sys, "argv", ["grokscope", "reproduce", "copy-batch-size", "--out", str(tmp_path / "s"),
+                                      "--workers", "1", "--threads", "1", "-q"])
+    cli.main()
+    assert seen["config"] == "copy-batch-size" and seen["workers"] == 1 and seen["threads"] == 1
+    # a one-run experiment has no workers: one line on stderr, exit 2, nothing written
+    monkeypatch.setattr(sys, "argv", ["grokscope", "reproduce", "mainline", "--out", str(tmp_path / "m"), "--workers", "2"])
+    with pytest.raises(SystemExit) as e:
+        cli.main()
+    assert e.value.code == 2 and "--workers applies to sweep experiments" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()

@@ -85,6 +85,8 @@ def reproduce(
     epochs: Annotated[int | None, typer.Option("--epochs", help="Shorthand for --set train.epochs=N.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted reproduction in --out.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace runs already in --out.")] = False,
+    workers: Annotated[int | None, typer.Option("--workers", "-w", help="Sweep experiments: trials at once (default: the number of cores).")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", help="Torch threads (per trial of a sweep; default: cores / workers, or train.threads).")] = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Run a named experiment end to end: train, analyze, report."""
@@ -99,8 +101,14 @@ def reproduce(
     cfg, exp = experiments.load(name, overrides)
     out = out or Path("runs") / name
     if exp.get("sweep"):  # a sweep experiment: many runs (a rerun resumes, so --resume is implied)
-        _run_sweep(name, None, None, out, "local", None, None, overrides, overwrite, quiet)
+        _run_sweep(name, None, None, out, "local", workers, None, overrides, overwrite, quiet, threads)
         return
+    if workers is not None:
+        raise BadInput(f"--workers applies to sweep experiments; {name!r} is one run")
+    if threads is not None:
+        if threads < 1:
+            raise BadInput(f"--threads must be at least 1 (got {threads})")
+        cfg, exp = experiments.load(name, overrides + [f"train.threads={threads}"])
     info = pipeline.train_run(cfg, out, resume=resume, overwrite=overwrite, progress=not quiet)
     _print_train_summary(out, info)
     from grokscope.analysis.runner import analysis_supported, analyze_run

@@ -108,6 +108,11 @@ class TextTask(_Strict):
     context: int = Field(256, ge=8)
     repeat_frac: float = Field(0.0, ge=0, le=1, description="share of windows that repeat an earlier span")
     repeat_max_len: int | None = Field(None, ge=8, description="longest repeated span; null = context/4")
+    repeat_random: float = Field(0.0, ge=0, le=1, description="share of the repeated spans that are random tokens "
+                                 "(written twice over the text) instead of a copy of the window's own text")
+    repeat_symbols: int = Field(0, ge=0, le=60000, description="extra token ids, beyond the tokenizer's, added to "
+                                "the model's vocabulary; random spans draw uniformly from all ids (the tokenizer's "
+                                "and these), so that a one-token match is distinctive; only training windows use them")
     copy_lines: int = Field(50, ge=2, description="lines per copy sample; fewer if the context is short")
     copy_samples: int = Field(50, ge=1, description="copy-test samples per evaluation")
     copy_queries: int = Field(5, ge=1, description="query positions (evenly spaced lines; the paper: 10)")
@@ -115,6 +120,14 @@ class TextTask(_Strict):
     cache_dir: str | None = Field(None, description="tokenizer/token cache; null = $GROKSCOPE_CACHE or ~/.cache/grokscope")
     eval_windows: int = Field(16, ge=1, description="fixed train and val windows for the evaluation losses")
     induction_len: int = Field(100, ge=4, description="s: length of each half of the repeated random sequence")
+
+    @model_validator(mode="after")
+    def _repeats(self) -> TextTask:
+        if self.repeat_random > 0 and self.repeat_frac == 0:
+            raise ValueError("task.repeat_random > 0 needs task.repeat_frac > 0 (it says what the repeated spans hold)")
+        if self.repeat_symbols > 0 and self.repeat_random == 0:
+            raise ValueError("task.repeat_symbols > 0 needs task.repeat_random > 0 (only random spans use the extra ids)")
+        return self
 
 
 TaskConfig = Annotated[

@@ -66,21 +66,31 @@ def ov_small(W_E: Tensor, W_V: Tensor, W_O: Tensor, W_U: Tensor, ln_w: Tensor | 
     return torch.einsum("hed,df,hfg->heg", W_O, ue, W_V)
 
 
-def copying_scores(model) -> Tensor:
-    """EP per layer and head of a `grokscope.lm.llama.Llama`: [layers, heads]."""
+def copying_scores(model, vocab: int | None = None) -> Tensor:
+    """EP per layer and head of a `grokscope.lm.llama.Llama`: [layers, heads].
+
+    vocab: the OV circuit over the first `vocab` token ids only (default all of them).
+    """
+    v = vocab or model.d_vocab
     with torch.no_grad():
         rows = []
         for block in model.blocks:
-            m = ov_small(model.embed.W_E, block.attn.W_V, block.attn.W_O, model.W_U, block.ln1.w, model.ln_final.w)
+            m = ov_small(model.embed.W_E[:v], block.attn.W_V, block.attn.W_O, model.W_U[:, :v], block.ln1.w,
+                         model.ln_final.w)
             rows.append(eigen_positivity(m.cpu()))  # eigvals of a tiny matrix: CPU is fine and always there
         return torch.stack(rows).float()
 
 
 @torch.no_grad()
-def head_scores(model, s: int, n_seq: int, seed: int) -> dict[str, Tensor]:
-    """induction, prefix_matching, copying, previous_token: each [layers, heads]."""
+def head_scores(model, s: int, n_seq: int, seed: int, vocab: int | None = None) -> dict[str, Tensor]:
+    """induction, prefix_matching, copying, previous_token: each [layers, heads].
+
+    vocab: draw the repeated random tokens, and take the OV circuit, over the first `vocab` ids
+    only (the tokenizer's, when the model has extra ids; default all of the model's).
+    """
     s = min(s, model.n_ctx // 2)
-    tokens = repeated_tokens(model.d_vocab, s, n_seq, torch.Generator().manual_seed(seed)).to(model.embed.W_E.device)
+    v = vocab or model.d_vocab
+    tokens = repeated_tokens(v, s, n_seq, torch.Generator().manual_seed(seed)).to(model.embed.W_E.device)
     was_training = model.training
     model.eval()
     _, cache = model.run_with_cache(tokens)
@@ -88,7 +98,7 @@ def head_scores(model, s: int, n_seq: int, seed: int) -> dict[str, Tensor]:
     n_layers = len(model.blocks)
     pm = torch.stack([prefix_matching_score(cache["pattern", layer], s) for layer in range(n_layers)])
     prev = torch.stack([previous_token_score(cache["pattern", layer], s) for layer in range(n_layers)])
-    ep = copying_scores(model)
+    ep = copying_scores(model, v)
     pm, prev = pm.cpu(), prev.cpu()
     return {"induction": pm * ep, "prefix_matching": pm, "copying": ep, "previous_token": prev}
 

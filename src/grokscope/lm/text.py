@@ -300,14 +300,23 @@ def fixed_windows(tokens: np.ndarray, n: int, length: int) -> Tensor:
     return torch.from_numpy(np.stack([np.asarray(tokens[s:s + length], dtype=np.int64) for s in starts]))
 
 
-def repeat_spans(windows: Tensor, frac: float, gen: torch.Generator, max_len: int | None = None) -> Tensor:
+def repeat_spans(windows: Tensor, frac: float, gen: torch.Generator, max_len: int | None = None,
+                 random_frac: float = 0.0, n_ids: int | None = None) -> Tensor:
     """Overwrite, in a share `frac` of the windows, a later span with a copy of an earlier one.
 
     A data change the paper did not make: it gives a small model windows in which copying
     pays off, the way repeated names and phrases do in long documents. The span has length
     L in [8, max_len] (default length/4; at most length/2) and its copy starts anywhere after
     the source ends.
+
+    With `random_frac` > 0, that share of the repeated spans holds random token ids, drawn
+    uniformly from [0, n_ids), instead of the window's own text: the same random span is
+    written over the text at the source and again at the copy (as in the search's corpus E,
+    where copying pays off strongly). random_frac = 0 draws exactly what it drew before the
+    option existed, so older runs resume and reproduce unchanged.
     """
+    if random_frac > 0 and (n_ids is None or n_ids < 1):
+        raise ValueError("random repeated spans need n_ids, the number of token ids to draw from")
     out = windows.clone()
     n, length = out.shape
     pick = torch.rand(n, generator=gen) < frac
@@ -318,5 +327,10 @@ def repeat_spans(windows: Tensor, frac: float, gen: torch.Generator, max_len: in
             continue
         src = int(torch.randint(0, length - 2 * span + 1, (1,), generator=gen))
         dst = int(torch.randint(src + span, length - span + 1, (1,), generator=gen))
-        out[i, dst:dst + span] = windows[i, src:src + span]
+        if random_frac > 0 and float(torch.rand((), generator=gen)) < random_frac:
+            ids = torch.randint(0, n_ids, (span,), generator=gen, dtype=out.dtype)
+            out[i, src:src + span] = ids
+            out[i, dst:dst + span] = ids
+        else:
+            out[i, dst:dst + span] = windows[i, src:src + span]
     return out

@@ -91,7 +91,9 @@ class LMTrainer:
         ddp.barrier()
         if self.rank != 0:
             self.data = prepare(task)
-        self.vocab = self.data.vocab_size
+        # task.repeat_symbols extra ids (only random repeated spans of training windows use them) widen the
+        # model's vocabulary; every probe (copy tests, induction scores) uses the tokenizer's ids only.
+        self.vocab = self.data.vocab_size + task.repeat_symbols
         self.model: Llama = build_llama(cfg.model, self.vocab, task.context, cfg.seed).to(self.device)
         self.net = self.model
         if self.world > 1:
@@ -133,7 +135,8 @@ class LMTrainer:
         n = self.batch * self.cfg.train.grad_accum
         x = sample_windows(self.data.train, n, self.cfg.task.context + 1, gen)
         if self.cfg.task.repeat_frac > 0:
-            x = repeat_spans(x, self.cfg.task.repeat_frac, gen, self.cfg.task.repeat_max_len)
+            t = self.cfg.task
+            x = repeat_spans(x, t.repeat_frac, gen, t.repeat_max_len, t.repeat_random, self.vocab)
         return x
 
     def train_step(self, step: int) -> tuple[float, float]:
@@ -181,7 +184,7 @@ class LMTrainer:
                 row["repeat_gain"] = repeat_gain(losses[0].cpu(), losses[1].cpu(), where)
         row.update(evaluate_copy(model, self.copy_set, prefix="copy"))
         row.update(evaluate_copy(model, self.rcopy_set, prefix="rcopy"))
-        scores = head_scores(model, task.induction_len, 4, self.cfg.seed + 3)
+        scores = head_scores(model, task.induction_len, 4, self.cfg.seed + 3, vocab=self.data.vocab_size)
         heads = []
         n_layers, n_heads = scores["induction"].shape
         for layer in range(n_layers):
@@ -224,7 +227,7 @@ class LMTrainer:
             self.run.update_info(
                 status="running", seed=self.cfg.seed, total_steps=self.total, tokens_per_step=self.tokens_per_step,
                 total_tokens=self.total * self.tokens_per_step, started=now(), ended=None, last_step=0,
-                n_params=n_params(self.model), d_vocab=self.vocab, train_tokens=len(self.data.train),
+                n_params=n_params(self.model), d_vocab=self.vocab, tokenizer_vocab=self.data.vocab_size, train_tokens=len(self.data.train),
                 val_tokens=len(self.data.val), val_book=self.data.val_name, world_size=self.world,
                 copy_lines=self.copy_set.n_lines, copy_query_lines=self.copy_set.query_lines,
                 versions={"grokscope": grokscope.__version__, "torch": torch.__version__,

@@ -220,7 +220,12 @@ def paper_section(d: RunData) -> str:
     if d.paper.get("data_change"):
         ours = ""
         if d.is_lm:
-            ours = f" This run: task.repeat_frac = {fmt(d.task.get('repeat_frac', 0.0))}."
+            t = d.task
+            ours = f" This run: task.repeat_frac = {fmt(t.get('repeat_frac', 0.0))}"
+            if t.get("repeat_random"):
+                ours += (f", task.repeat_random = {fmt(t.get('repeat_random'))} (that share of the repeated spans is "
+                         f"random token ids), task.repeat_symbols = {fmt(t.get('repeat_symbols', 0))}")
+            ours += "."
         change = f"<div class='note'><b>Data change from the paper:</b> {esc(d.paper['data_change'])}{esc(ours)}</div>"
     return (f"<h2 id='paper'>What the paper reports, beside this run</h2><p class='src'>{sep.join(head)}"
             f"{'<br>' if head else ''}Source: {esc(d.paper_source)}.</p>" + change + (table(rows) if rows else ""))

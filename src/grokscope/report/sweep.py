@@ -195,7 +195,7 @@ def lm_ours_table(table: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
                         "copy_50_tokens"):
                 if col in g:
                     vals = pd.to_numeric(g[col], errors="coerce").dropna()
-                    row[f"mean {col}"] = float(vals.mean()) if len(vals) else None
+                    row[f"mean {col}"] = float(vals.mean()) if len(vals) else math.nan  # shown as "-"
             rows.append(row)
     return pd.DataFrame(rows)
 
