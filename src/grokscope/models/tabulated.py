@@ -42,6 +42,7 @@ from torch import Tensor
 from grokscope.models import kernels
 from grokscope.train.loss import FLOAT32_TINY
 
+
 @dataclass
 class Tables:
     """Everything per (position, token) the final position reads; shapes for u query tokens,
@@ -167,7 +168,6 @@ class _TablesFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, uniq, K, scale, W_E, W_pos, W_Q, W_K, W_V, W_O, W_in, b_in, W_out, b_out, W_U):  # type: ignore[override]
-        u, H, m = len(uniq), W_Q.shape[0], W_in.shape[1]
         resid = (W_E[None] + W_pos[:K, None])[:, None]  # [K, 1, V, d]
         x_q = W_E[uniq] + W_pos[K]  # [u, d]
         q = (x_q @ W_Q) * scale  # [H, u, e]
@@ -189,7 +189,7 @@ class _TablesFn(torch.autograd.Function):
         self_scores = (q * q_keys).sum(-1).T.contiguous()  # [u, H]
         ctx.save_for_backward(uniq, resid, x_q, q, keys, q_keys, values, q_values, R_in, R_u, own_u,
                               W_pos, W_Q, W_K, W_V, W_O, W_in, W_out, W_U)
-        ctx.K, ctx.scale, ctx.m = K, scale, m
+        ctx.K, ctx.scale = K, scale
         return scores, self_scores, tab_in, tab_u, shared_in, shared_u, W_out @ W_U
 
     @staticmethod
@@ -272,7 +272,7 @@ def _forward(layout: Layout, t: Tables, act: str, keep: Tensor | None):
     pattern = _pattern(layout, t.scores, t.self_scores)
     n, m, c = layout.n, t.tab_in.shape[1], t.tab_u.shape[1]
     differentiable = torch.is_grad_enabled() and t.tab_in.requires_grad  # the kernels are not
-    if act == "relu" and not differentiable and USE_KERNELS:
+    if act == "relu" and not differentiable:
         post, direct = pattern.new_empty(n, m), pattern.new_empty(n, c)
         kernels.gather_relu(*_kernel_args(layout, t, pattern), _np(post), _np(direct))
         pre = None
@@ -285,8 +285,6 @@ def _forward(layout: Layout, t: Tables, act: str, keep: Tensor | None):
         post = post * keep
     return pattern, post, pre, torch.addmm(direct, post, t.W_L)
 
-
-USE_KERNELS = True  # False: torch's sparse products for ReLU too (a yardstick for the kernels)
 
 _ACT = {"relu": torch.relu, "gelu": F.gelu, "silu": F.silu}
 
@@ -352,7 +350,7 @@ class TabulatedLoss(torch.autograd.Function):
         d_post = g @ t.W_L.T
         if keep is not None:
             d_post = d_post * keep
-        grads = (_backward_kernels if ctx.act == "relu" and USE_KERNELS else _backward_sparse)(lay, t, pattern, post, pre, g, d_post,
+        grads = (_backward_kernels if ctx.act == "relu" else _backward_sparse)(lay, t, pattern, post, pre, g, d_post,
                                                                                  ctx.act)
         return (None, None, None, None, *grads, d_W_L)
 
@@ -360,7 +358,7 @@ class TabulatedLoss(torch.autograd.Function):
 def _backward_kernels(lay: Layout, t: Tables, pattern: Tensor, post: Tensor, pre, g: Tensor, d_post: Tensor,
                       act: str) -> tuple[Tensor, ...]:
     """Gradients of scores, self_scores, tab_in, tab_u, shared_in, shared_u (ReLU, numba)."""
-    n, K, H, V, u = lay.n, lay.n_key, lay.n_heads, lay.d_vocab, len(lay.uniq)
+    K, H, V = lay.n_key, lay.n_heads, lay.d_vocab
     dtype, m, c = t.tab_in.dtype, t.tab_in.shape[1], t.tab_u.shape[1]
     args = _kernel_args(lay, t, pattern)
     d_s = torch.empty_like(pattern)
