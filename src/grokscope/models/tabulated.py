@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from grokscope.models import kernels
-from grokscope.train.loss import FLOAT32_TINY
+from grokscope.train.loss import FLOAT32_TINY, cast_gradient
 
 
 @dataclass
@@ -237,10 +237,15 @@ class _TablesFn(torch.autograd.Function):
                 d_own_x.sum(0), d_W_U)
 
 
-def _csr(layout: Layout, values: Tensor) -> Tensor:
+def _csr(crow: Tensor, col: Tensor, values: Tensor, size: tuple[int, int]) -> Tensor:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
-        return torch.sparse_csr_tensor(layout.crow, layout.col, values, (layout.n, layout.n_rows))
+        return torch.sparse_csr_tensor(crow, col, values, size)
+
+
+def _gather_matrix(layout: Layout, pattern: Tensor) -> Tensor:
+    """[n, K*H*V]: example i reads row (k, h, tok[i, k]) with weight pattern[i, k, h]."""
+    return _csr(layout.crow, layout.col, pattern[:, : layout.n_key].reshape(-1), (layout.n, layout.n_rows))
 
 
 def _pattern(layout: Layout, scores: Tensor, self_scores: Tensor) -> Tensor:
@@ -277,7 +282,7 @@ def _forward(layout: Layout, t: Tables, act: str, keep: Tensor | None):
         kernels.gather_relu(*_kernel_args(layout, t, pattern), _np(post), _np(direct))
         pre = None
     else:
-        mat, a_q = _csr(layout, pattern[:, :-1].reshape(-1)), _shared_weights(layout, pattern)
+        mat, a_q = _gather_matrix(layout, pattern), _shared_weights(layout, pattern)
         pre = torch.addmm(a_q @ t.shared_in, mat, t.tab_in)
         direct = torch.addmm(a_q @ t.shared_u, mat, t.tab_u)
         post = _ACT[act](pre)
@@ -342,22 +347,27 @@ class TabulatedLoss(torch.autograd.Function):
     def backward(ctx, grad_out: Tensor):  # type: ignore[override]
         pattern, post, pre, g, keep, *tables = ctx.saved_tensors
         t, lay = Tables(*tables), ctx.layout
-        if float(grad_out) != 1.0:
-            g = (g.double() * grad_out).to(g.dtype)
-            if g.dtype == torch.float32:
-                g.masked_fill_(g.abs() < FLOAT32_TINY, 0.0)
+        if float(grad_out) != 1.0:  # a share of the batch (gradient accumulation) or a scaled loss
+            g = cast_gradient(g.double() * grad_out, g.dtype)
         d_W_L = post.T @ g
         d_post = g @ t.W_L.T
         if keep is not None:
             d_post = d_post * keep
-        grads = (_backward_kernels if ctx.act == "relu" else _backward_sparse)(lay, t, pattern, post, pre, g, d_post,
-                                                                                 ctx.act)
-        return (None, None, None, None, *grads, d_W_L)
+        if ctx.act == "relu":
+            d_s, d_pre, d_rows = _backward_kernels(lay, t, pattern, post, g, d_post)
+        else:
+            d_s, d_pre, d_rows = _backward_sparse(lay, t, pattern, pre, g, d_post, ctx.act)
+        # The rows every example with the same query reads, and its self-score: float64 sums.
+        K, dtype = lay.n_key, t.tab_in.dtype
+        d_self = (lay.query.T.double() @ d_s[:, K].double()).to(dtype)
+        a_q = _shared_weights(lay, pattern)
+        return (None, None, None, None, *d_rows[:1], d_self, *d_rows[1:], _sum_outer(a_q, d_pre).to(dtype),
+                _sum_outer(a_q, g).to(dtype), d_W_L)
 
 
-def _backward_kernels(lay: Layout, t: Tables, pattern: Tensor, post: Tensor, pre, g: Tensor, d_post: Tensor,
-                      act: str) -> tuple[Tensor, ...]:
-    """Gradients of scores, self_scores, tab_in, tab_u, shared_in, shared_u (ReLU, numba)."""
+def _backward_kernels(lay: Layout, t: Tables, pattern: Tensor, post: Tensor, g: Tensor, d_post: Tensor):
+    """ReLU, numba: the scores' gradient [n, K+1, H], d_pre (d_post, masked in place), and the
+    gradients of (scores, tab_in, tab_u)."""
     K, H, V = lay.n_key, lay.n_heads, lay.d_vocab
     dtype, m, c = t.tab_in.dtype, t.tab_in.shape[1], t.tab_u.shape[1]
     args = _kernel_args(lay, t, pattern)
@@ -367,37 +377,25 @@ def _backward_kernels(lay: Layout, t: Tables, pattern: Tensor, post: Tensor, pre
     d_scores = torch.zeros(t.scores.shape, dtype=dtype)
     kernels.scatter_rows(_np(d_post), _np(g), args[1], _np(d_s), args[3], _np(lay.kv_start), _np(lay.kv_examples),
                          K, _np(d_tab_in), _np(d_tab_u), _np(d_scores))
-    d_self = (lay.query.T.double() @ d_s[:, K].double()).to(dtype)
-    a_q = _shared_weights(lay, pattern)
-    return (d_scores, d_self, d_tab_in.view(-1, m), d_tab_u.view(-1, c), _sum_outer(a_q, d_post).to(dtype),
-            _sum_outer(a_q, g).to(dtype))
+    return d_s, d_post, (d_scores, d_tab_in.view(-1, m), d_tab_u.view(-1, c))
 
 
-def _backward_sparse(lay: Layout, t: Tables, pattern: Tensor, post: Tensor, pre: Tensor, g: Tensor,
-                     d_post: Tensor, act: str) -> tuple[Tensor, ...]:
-    """The same gradients with torch's sparse CSR products (any activation)."""
-    n, K, dtype = lay.n, lay.n_key, t.tab_in.dtype
+def _backward_sparse(lay: Layout, t: Tables, pattern: Tensor, pre: Tensor, g: Tensor, d_post: Tensor, act: str):
+    """The same with torch's sparse CSR products (any activation)."""
+    n, K, H, dtype = lay.n, lay.n_key, lay.n_heads, t.tab_in.dtype
     d_pre = _act_backward(act, d_post, pre)
     # The pattern's gradient: a gather-dot of (d_pre, g) with the rows each example read.
-    mat = _csr(lay, pattern[:, :K].reshape(-1))
+    mat = _gather_matrix(lay, pattern)
     d_p = torch.empty_like(pattern)
     d_p[:, :K] = (torch.sparse.sampled_addmm(mat, d_pre, t.tab_in.T, beta=0.0).values()
                   + torch.sparse.sampled_addmm(mat, g, t.tab_u.T, beta=0.0).values()).view(n, K, -1)
-    u, H = lay.query.shape[1], lay.n_heads
-    d_aq = (d_pre @ t.shared_in.T + g @ t.shared_u.T).view(n, u, H + 1)
+    d_aq = (d_pre @ t.shared_in.T + g @ t.shared_u.T).view(n, -1, H + 1)
     d_p[:, K] = (d_aq[:, :, :H] * lay.query[:, :, None]).sum(1)
     d_s = pattern * (d_p - (pattern * d_p).sum(1, keepdim=True))  # softmax backward
     d_scores = torch.zeros(t.scores.numel(), dtype=dtype)
     d_scores.index_add_(0, lay.score_idx.reshape(-1), d_s[:, :K].reshape(-1))
-    d_self = (lay.query.T.double() @ d_s[:, K].double()).to(dtype)
-    # Per-token rows: the transposed gather. Shared rows: float64 sums over all examples.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        t_mat = torch.sparse_csr_tensor(lay.t_crow, lay.t_col, pattern[:, :K].reshape(-1)[lay.t_order],
-                                        (lay.n_rows, n))
-    a_q = _shared_weights(lay, pattern)
-    return (d_scores.view_as(t.scores), d_self, t_mat @ d_pre, t_mat @ g, _sum_outer(a_q, d_pre).to(dtype),
-            _sum_outer(a_q, g).to(dtype))
+    t_mat = _csr(lay.t_crow, lay.t_col, pattern[:, :K].reshape(-1)[lay.t_order], (lay.n_rows, n))
+    return d_s, d_pre, (d_scores.view_as(t.scores), t_mat @ d_pre, t_mat @ g)
 
 
 def tabulated_loss(tables: Tables, layout: Layout, labels: Tensor, act: str, keep: Tensor | None = None) -> Tensor:

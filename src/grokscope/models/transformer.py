@@ -137,12 +137,17 @@ class Block(nn.Module):
         self.mlp = None if cfg.attn_only else MLP(cfg)
 
 
-def dropout(x: Tensor, p: float, gen: torch.Generator | None) -> Tensor:
-    """Inverted dropout drawn from an explicit generator, so a resumed run replays the same masks."""
+def dropout_keep(shape: tuple[int, ...], p: float, gen: torch.Generator | None, dtype: torch.dtype) -> Tensor | None:
+    """The inverted-dropout multiplier (0 or 1/(1-p)), drawn from an explicit generator so that a
+    resumed run replays the same masks; None when there is no dropout."""
     if p == 0.0 or gen is None:
-        return x
-    keep = torch.rand(x.shape, generator=gen) >= p
-    return x * keep / (1.0 - p)
+        return None
+    return (torch.rand(shape, generator=gen) >= p).to(dtype) / (1.0 - p)
+
+
+def dropout(x: Tensor, p: float, gen: torch.Generator | None) -> Tensor:
+    keep = dropout_keep(tuple(x.shape), p, gen, x.dtype)
+    return x if keep is None else x * keep
 
 
 class Transformer(nn.Module):
@@ -220,9 +225,8 @@ class Transformer(nn.Module):
 
     def _tabulated_last(self, tokens: Tensor, gen: torch.Generator | None) -> Tensor:
         """Logits at the last position from per-(position, token) tables (see models/tabulated.py)."""
-        layout = self._layouts.get(tokens, self.cfg.n_heads, self.d_vocab)
-        tables = tabulated.build_tables(self, layout.uniq, layout.n_key)
-        return tabulated.logits(layout, tables, self.cfg.act_fn, self._keep(tokens, gen))
+        layout, tables, keep = self._tabulate(tokens, gen)
+        return tabulated.logits(layout, tables, self.cfg.act_fn, keep)
 
     def loss_last(self, tokens: Tensor, labels: Tensor, gen: torch.Generator | None = None) -> Tensor:
         """Mean float64 cross-entropy of the last position against labels [batch].
@@ -232,16 +236,14 @@ class Transformer(nn.Module):
         """
         if not self.tabulable:
             return cross_entropy64(self.forward_last(tokens, gen), labels)
-        layout = self._layouts.get(tokens, self.cfg.n_heads, self.d_vocab)
-        tables = tabulated.build_tables(self, layout.uniq, layout.n_key)
-        return tabulated.tabulated_loss(tables, layout, labels, self.cfg.act_fn, self._keep(tokens, gen))
+        layout, tables, keep = self._tabulate(tokens, gen)
+        return tabulated.tabulated_loss(tables, layout, labels, self.cfg.act_fn, keep)
 
-    def _keep(self, tokens: Tensor, gen: torch.Generator | None) -> Tensor | None:
-        """The MLP dropout multiplier [batch, d_mlp], drawn as `dropout` draws it (or None)."""
-        if self.mlp_dropout == 0.0 or gen is None:
-            return None
-        keep = torch.rand((tokens.shape[0], self.cfg.d_mlp), generator=gen) >= self.mlp_dropout
-        return keep.to(self.embed.W_E.dtype) / (1.0 - self.mlp_dropout)
+    def _tabulate(self, tokens: Tensor, gen: torch.Generator | None):
+        """The batch's layout, the tables, and the MLP dropout multiplier [batch, d_mlp] (or None)."""
+        layout = self._layouts.get(tokens, self.cfg.n_heads, self.d_vocab)
+        keep = dropout_keep((tokens.shape[0], self.cfg.d_mlp), self.mlp_dropout, gen, self.embed.W_E.dtype)
+        return layout, tabulated.build_tables(self, layout.uniq, layout.n_key), keep
 
 
 def build(cfg: ModelConfig, d_vocab: int, d_vocab_out: int, n_ctx: int, seed: int, mlp_dropout: float = 0.0) -> Transformer:

@@ -29,10 +29,15 @@ class Float64CrossEntropy(torch.autograd.Function):
         logp, labels = ctx.saved_tensors
         grad = logp.exp()
         grad.scatter_add_(-1, labels[..., None], torch.full_like(grad[..., :1], -1.0))
-        grad = (grad * (grad_out / labels.numel())).to(ctx.out_dtype)
-        if ctx.out_dtype == torch.float32:
-            grad.masked_fill_(grad.abs() < FLOAT32_TINY, 0.0)
-        return grad, None
+        return cast_gradient(grad * (grad_out / labels.numel()), ctx.out_dtype), None
+
+
+def cast_gradient(grad: Tensor, dtype: torch.dtype) -> Tensor:
+    """A float64 gradient in `dtype`; in float32 its subnormal entries become zero."""
+    out = grad.to(dtype)
+    if dtype == torch.float32:
+        out.masked_fill_(out.abs() < FLOAT32_TINY, 0.0)
+    return out
 
 
 def cross_entropy64(logits: Tensor, labels: Tensor) -> Tensor:

@@ -194,8 +194,7 @@ class Trainer:
         gen = step_generator(cfg.seed, step, 2) if cfg.optim.dropout > 0 else None
         self.opt.zero_grad(set_to_none=True)
         n_micro = cfg.train.grad_accum
-        parts = [(batch.x, batch.y)] if n_micro == 1 else zip(batch.x.chunk(n_micro), batch.y.chunk(n_micro), strict=True)
-        for xs, ys in parts:
+        for xs, ys in zip(batch.x.chunk(n_micro), batch.y.chunk(n_micro), strict=True):
             loss = self.loss(xs, ys, gen) * (len(xs) / len(batch.x))
             if cfg.optim.l1 > 0:
                 loss = loss + cfg.optim.l1 * sum(p.abs().sum() for p in self.params) / n_micro
