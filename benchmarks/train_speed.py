@@ -79,7 +79,11 @@ def flops_per_step(step_fn) -> float:
 class _MatmulShapes(TorchDispatchMode):
     """Records (op, shapes, dtype) of every matrix product dispatched while active."""
 
-    OPS = {torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default}
+    # out= variants are recorded as the plain op at the same shapes
+    OPS = {torch.ops.aten.mm.default: torch.ops.aten.mm.default, torch.ops.aten.mm.out: torch.ops.aten.mm.default,
+           torch.ops.aten.addmm.default: torch.ops.aten.addmm.default,
+           torch.ops.aten.addmm.out: torch.ops.aten.addmm.default,
+           torch.ops.aten.bmm.default: torch.ops.aten.bmm.default, torch.ops.aten.bmm.out: torch.ops.aten.bmm.default}
 
     def __init__(self):
         super().__init__()
@@ -87,7 +91,7 @@ class _MatmulShapes(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if func in self.OPS:
-            self.calls.append((func, [tuple(a.shape) for a in args if isinstance(a, torch.Tensor)],
+            self.calls.append((self.OPS[func], [tuple(a.shape) for a in args if isinstance(a, torch.Tensor)],
                                next(a.dtype for a in args if isinstance(a, torch.Tensor))))
         return func(*args, **(kwargs or {}))
 
