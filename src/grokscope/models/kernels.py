@@ -34,8 +34,8 @@ _JIT_SERIAL = {"fastmath": True, "cache": True, "nogil": True}
 
 
 def set_threads(n: int) -> None:
-    """Use n threads in the kernels (call torch.set_num_threads(n) after it: see below)."""
-    try:  # starting the OpenMP layer sets the shared thread count to its own default
+    """Use n threads in the kernels (torch's own count is set apart: the runtimes are separate)."""
+    try:  # start numba's OpenMP layer, or learn that it cannot load
         _start_pool(np.zeros(2))
     except Exception:  # numba found no OpenMP runtime it can use: its own pool still works
         numba.config.THREADING_LAYER = "workqueue"
