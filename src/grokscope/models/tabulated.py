@@ -11,8 +11,12 @@ the mainline, where it is `=`). Per example what remains is
     [pre | direct] = sum of pattern-weighted table rows            [n, d_mlp + d_vocab]
     logits = direct + act(pre) @ W_L,   W_L = W_out W_U            [n, d_vocab]
 
+(W_L is held transposed, [d_vocab, d_mlp]: timed alone, its three products ran 5-10% faster so.)
+
 With ReLU the per-example loops run as fused numba kernels (models/kernels.py), one pass over
-each [n, d_mlp] operand; other activations use torch's sparse CSR products (the weighted gather
+each [n, d_mlp] operand, and the loss's forward and backward run together in blocks of examples
+(`_relu_blocks`): the loss computes its own gradient anyway, and a block's operands are used
+while they are still in cache. Other activations use torch's sparse CSR products (the weighted gather
 is a CSR matrix with pos x head entries per example times the row table, its transpose scatters
 the gradient back). The sparsity pattern depends only on the tokens, so it is built once per
 batch and cached.
@@ -48,7 +52,7 @@ class Tables:
     """Everything per (position, token) the final position reads; shapes for u query tokens,
     K = n_ctx - 1 key positions, H heads, V tokens, m = d_mlp, c = d_vocab_out.
 
-    Row (k * H + h) * V + v of `tab_in` / `tab_u` is head h's output for token v at key position
+    Row (h * K + k) * V + v of `tab_in` / `tab_u` is head h's output for token v at key position
     k, through W_in / W_U. Row q * (H + 1) + h of `shared_in` / `shared_u` is head h's output for
     query token q attending to itself; row q * (H + 1) + H is the query's own residual (with b_in
     / b_out).
@@ -60,15 +64,22 @@ class Tables:
     tab_u: Tensor  # [K*H*V, c]
     shared_in: Tensor  # [u*(H+1), m]
     shared_u: Tensor  # [u*(H+1), c]
-    W_L: Tensor  # [m, c] the neuron-logit map W_out W_U
+    W_LT: Tensor  # [c, m] the neuron-logit map W_out W_U, transposed
 
     def as_tuple(self) -> tuple[Tensor, ...]:
-        return (self.scores, self.self_scores, self.tab_in, self.tab_u, self.shared_in, self.shared_u, self.W_L)
+        return (self.scores, self.self_scores, self.tab_in, self.tab_u, self.shared_in, self.shared_u, self.W_LT)
 
 
 @dataclass
 class Layout:
-    """The sparsity of one token batch: which table rows each example reads."""
+    """The sparsity of one token batch: which table rows each example reads.
+
+    Everything here, and every per-example tensor of the tabulated step, is in sorted order:
+    example s is the batch's example perm[s], and the examples are sorted by their key tokens.
+    Neighbours then read the same table rows and the kernels walk every [n, f] operand front to
+    back: timed alone, the loops ran 1.3-1.6x faster than visiting, in sorted order, examples
+    left where they lay.
+    """
 
     n: int
     n_key: int  # K
@@ -77,14 +88,14 @@ class Layout:
     uniq: Tensor  # [u] distinct query tokens
     inv: Tensor  # [n] each example's query token, as an index into uniq
     tok: Tensor  # [n, K] the key tokens
-    order: Tensor  # [n] the examples sorted by key tokens: the order the kernels visit them in
+    perm: Tensor  # [n] sorted position -> the batch's example
     query: Tensor  # [n, u] one-hot of the query token
     score_idx: Tensor  # [n, K, H] flat index into Tables.scores
     kv_start: Tensor  # [K*V + 1] examples with token v at key position k: kv_examples[kv_start[k*V + v]:...]
     kv_examples: Tensor  # [n * K], ascending within each (k, v)
     # CSR form for the torch path: the gather matrix [n, K*V*H] and its transpose.
     crow: Tensor
-    col: Tensor  # [n * K*H], ascending within an example
+    col: Tensor  # [n * K*H], ascending within an example: entries (h, k)
     t_crow: Tensor
     t_col: Tensor
     t_order: Tensor  # where each transposed entry sits in the example-major order
@@ -98,26 +109,27 @@ def make_layout(tokens: Tensor, n_heads: int, d_vocab: int) -> Layout:
     """The gather pattern of tokens [n, pos] (the last position is the query)."""
     n, n_pos = tokens.shape
     K, H, V = n_pos - 1, n_heads, d_vocab
+    sort_key = torch.zeros(n, dtype=torch.int64)
+    for k in range(K):
+        sort_key = sort_key * V + tokens[:, k]
+    perm = torch.argsort(sort_key, stable=True)
+    tokens = tokens[perm]
     uniq, inv = torch.unique(tokens[:, K], return_inverse=True)
     tok = tokens[:, :K].contiguous()
     heads = torch.arange(H)
-    rows = (torch.arange(K)[None, :, None] * H + heads) * V + tok[:, :, None]  # [n, K, H]
+    rows = (heads[None, None, :] * K + torch.arange(K)[None, :, None]) * V + tok[:, :, None]  # [n, K, H]
     score_idx = ((inv[:, None, None] * K + torch.arange(K)[None, :, None]) * H + heads) * V + tok[:, :, None]
     kv = (torch.arange(K) * V + tok).reshape(-1)  # [n * K]
     examples = torch.arange(n).repeat_interleave(K)
     kv_order = torch.argsort(kv * n + examples)
     kv_start = torch.zeros(K * V + 1, dtype=torch.int64)
     kv_start[1:] = torch.bincount(kv, minlength=K * V).cumsum(0)
-    flat = rows.reshape(-1)
+    flat = rows.transpose(1, 2).reshape(-1)  # entries (h, k): ascending columns
     per_entry = torch.arange(n).repeat_interleave(K * H)
     t_order = torch.argsort(flat * n + per_entry)
     t_crow = torch.zeros(K * V * H + 1, dtype=torch.int64)
     t_crow[1:] = torch.bincount(flat, minlength=K * V * H).cumsum(0)
-    sort_key = torch.zeros(n, dtype=torch.int64)
-    for k in range(K):
-        sort_key = sort_key * V + tok[:, k]
-    return Layout(n=n, n_key=K, n_heads=H, d_vocab=V, uniq=uniq, inv=inv, tok=tok,
-                  order=torch.argsort(sort_key, stable=True),
+    return Layout(n=n, n_key=K, n_heads=H, d_vocab=V, uniq=uniq, inv=inv, tok=tok, perm=perm,
                   query=F.one_hot(inv, len(uniq)), score_idx=score_idx, kv_start=kv_start,
                   kv_examples=examples[kv_order], crow=torch.arange(0, n * K * H + 1, K * H), col=flat,
                   t_crow=t_crow, t_col=per_entry[t_order], t_order=t_order)
@@ -168,53 +180,57 @@ class _TablesFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, uniq, K, scale, W_E, W_pos, W_Q, W_K, W_V, W_O, W_in, b_in, W_out, b_out, W_U):  # type: ignore[override]
-        resid = (W_E[None] + W_pos[:K, None])[:, None]  # [K, 1, V, d]
+        V, d = W_E.shape
+        resid = (W_E[None] + W_pos[:K, None]).reshape(K * V, d)  # [K*V, d] rows (k, v)
         x_q = W_E[uniq] + W_pos[K]  # [u, d]
         q = (x_q @ W_Q) * scale  # [H, u, e]
-        keys, q_keys = resid @ W_K, x_q @ W_K  # [K, H, V, e], [H, u, e]
+        keys, q_keys = resid @ W_K, x_q @ W_K  # [H, K*V, e], [H, u, e]
         values, q_values = resid @ W_V, x_q @ W_V
         # Each head's output through W_O and then W_in or W_U, as one d_head x f map per head:
-        # contracting d_head first costs ~4x fewer FLOPs than d_model-wide head outputs.
+        # contracting d_head first costs ~4x fewer FLOPs than d_model-wide head outputs. Batched
+        # over heads only ([H, K*V, e] blocks): batching over (k, h) too made the products 2.5x slower.
         R_in, R_u = W_O @ W_in, W_O @ W_U  # [H, e, m], [H, e, c]
         own_u = x_q + b_out
 
         def rows(R: Tensor, own: Tensor) -> tuple[Tensor, Tensor]:
-            tab = (values @ R).reshape(-1, R.shape[-1])  # rows (k, h, v)
+            tab = (values @ R).reshape(-1, R.shape[-1])  # rows (h, k, v)
             shared = torch.cat([(q_values @ R).transpose(0, 1), own[:, None]], dim=1)  # [u, H + 1, f]
             return tab, shared.reshape(-1, R.shape[-1])
 
         tab_in, shared_in = rows(R_in, x_q @ W_in + b_in)
         tab_u, shared_u = rows(R_u, own_u @ W_U)
-        scores = (keys @ q.transpose(1, 2)).permute(3, 0, 1, 2).contiguous()  # [u, K, H, V]
+        H, u = q.shape[0], q.shape[1]
+        scores = (keys @ q.transpose(1, 2)).view(H, K, V, u).permute(3, 1, 0, 2).contiguous()  # [u, K, H, V]
         self_scores = (q * q_keys).sum(-1).T.contiguous()  # [u, H]
         ctx.save_for_backward(uniq, resid, x_q, q, keys, q_keys, values, q_values, R_in, R_u, own_u,
                               W_pos, W_Q, W_K, W_V, W_O, W_in, W_out, W_U)
         ctx.K, ctx.scale = K, scale
-        return scores, self_scores, tab_in, tab_u, shared_in, shared_u, W_out @ W_U
+        return scores, self_scores, tab_in, tab_u, shared_in, shared_u, W_U.T @ W_out.T
 
     @staticmethod
-    def backward(ctx, d_scores, d_self, d_tab_in, d_tab_u, d_sh_in, d_sh_u, d_W_L):  # type: ignore[override]
+    def backward(ctx, d_scores, d_self, d_tab_in, d_tab_u, d_sh_in, d_sh_u, d_W_LT):  # type: ignore[override]
         (uniq, resid, x_q, q, keys, q_keys, values, q_values, R_in, R_u, own_u,
          W_pos, W_Q, W_K, W_V, W_O, W_in, W_out, W_U) = ctx.saved_tensors
         K, scale = ctx.K, ctx.scale
         H, u, e = q.shape
-        V, d = resid.shape[2], resid.shape[3]
+        KV, d = resid.shape
+        d_W_L = d_W_LT.T
         m, c = W_in.shape[1], W_U.shape[1]
-        d_tab_in, d_tab_u = d_tab_in.reshape(K, H, V, m), d_tab_u.reshape(K, H, V, c)
+        d_tab_in, d_tab_u = d_tab_in.reshape(H, KV, m), d_tab_u.reshape(H, KV, c)
         d_sh_in, d_sh_u = d_sh_in.reshape(u, H + 1, m), d_sh_u.reshape(u, H + 1, c)
         d_heads_in, d_own_in = d_sh_in[:, :H].transpose(0, 1), d_sh_in[:, H]  # [H, u, m], [u, m]
         d_heads_u, d_own_u = d_sh_u[:, :H].transpose(0, 1), d_sh_u[:, H]
         # readouts, head values
         vT, qvT = values.transpose(-1, -2), q_values.transpose(-1, -2)
-        d_R_in = (vT @ d_tab_in).sum(0) + qvT @ d_heads_in  # [H, e, m]
-        d_R_u = (vT @ d_tab_u).sum(0) + qvT @ d_heads_u
-        d_values = d_tab_in @ R_in.transpose(-1, -2) + d_tab_u @ R_u.transpose(-1, -2)  # [K, H, V, e]
+        d_R_in = vT @ d_tab_in + qvT @ d_heads_in  # [H, e, m]
+        d_R_u = vT @ d_tab_u + qvT @ d_heads_u
+        d_values = d_tab_in @ R_in.transpose(-1, -2) + d_tab_u @ R_u.transpose(-1, -2)  # [H, K*V, e]
         d_q_values = d_heads_in @ R_in.transpose(-1, -2) + d_heads_u @ R_u.transpose(-1, -2)  # [H, u, e]
         # attention scores
-        d_s = d_scores.permute(1, 2, 3, 0)  # [K, H, V, u]
-        d_keys = d_s @ q  # [K, H, V, e]
+        d_s = d_scores.permute(2, 1, 3, 0).reshape(H, KV, u)  # [H, K*V, u]
+        d_keys = d_s @ q  # [H, K*V, e]
         d_self_hu = d_self.T[..., None]  # [H, u, 1]
-        d_q = (d_s.transpose(-1, -2) @ keys).sum(0) + d_self_hu * q_keys  # [H, u, e]
+        d_q = d_s.transpose(-1, -2) @ keys + d_self_hu * q_keys  # [H, u, e]
         d_q_keys = d_self_hu * q
         # weights
         W_O2 = W_O.reshape(H * e, d)
@@ -222,13 +238,12 @@ class _TablesFn(torch.autograd.Function):
         d_W_in = W_O2.T @ d_R_in.reshape(H * e, m) + x_q.T @ d_own_in
         d_W_U = W_O2.T @ d_R_u.reshape(H * e, c) + own_u.T @ d_own_u + W_out.T @ d_W_L
         d_own_x = d_own_u @ W_U.T  # [u, d]: the gradient of x_q + b_out
-        rT = resid.transpose(-1, -2)  # [K, 1, d, V]
         d_W_Q = scale * (x_q.T @ d_q)
-        d_W_K = x_q.T @ d_q_keys + (rT @ d_keys).sum(0)
-        d_W_V = x_q.T @ d_q_values + (rT @ d_values).sum(0)
+        d_W_K = x_q.T @ d_q_keys + resid.T @ d_keys
+        d_W_V = x_q.T @ d_q_values + resid.T @ d_values
         d_x_q = ((scale * d_q) @ W_Q.transpose(-1, -2) + d_q_keys @ W_K.transpose(-1, -2)
                  + d_q_values @ W_V.transpose(-1, -2)).sum(0) + d_own_in @ W_in.T + d_own_x
-        d_resid = (d_keys @ W_K.transpose(-1, -2) + d_values @ W_V.transpose(-1, -2)).sum(1)  # [K, V, d]
+        d_resid = (d_keys @ W_K.transpose(-1, -2) + d_values @ W_V.transpose(-1, -2)).sum(0).view(K, -1, d)  # [K, V, d]
         d_W_E = d_resid.sum(0).index_add_(0, uniq, d_x_q)
         d_W_pos = torch.zeros_like(W_pos)
         d_W_pos[:K] = d_resid.sum(1)
@@ -245,7 +260,12 @@ def _csr(crow: Tensor, col: Tensor, values: Tensor, size: tuple[int, int]) -> Te
 
 def _gather_matrix(layout: Layout, pattern: Tensor) -> Tensor:
     """[n, K*H*V]: example i reads row (k, h, tok[i, k]) with weight pattern[i, k, h]."""
-    return _csr(layout.crow, layout.col, pattern[:, : layout.n_key].reshape(-1), (layout.n, layout.n_rows))
+    return _csr(layout.crow, layout.col, _entries(layout, pattern), (layout.n, layout.n_rows))
+
+
+def _entries(layout: Layout, pattern: Tensor) -> Tensor:
+    """The key positions' attention weights [n * H*K] in the gather matrix's (h, k) entry order."""
+    return pattern[:, : layout.n_key].transpose(1, 2).reshape(-1)
 
 
 def _pattern(layout: Layout, scores: Tensor, self_scores: Tensor) -> Tensor:
@@ -267,13 +287,14 @@ def _np(x: Tensor):
 
 def _kernel_args(layout: Layout, t: Tables, pattern: Tensor) -> tuple:
     K, V, H, u = layout.n_key, layout.d_vocab, layout.n_heads, len(layout.uniq)
-    return (_np(layout.order), _np(pattern), _np(layout.tok), _np(layout.inv), _np(t.tab_in).reshape(K, H, V, -1),
-            _np(t.shared_in).reshape(u, H + 1, -1), _np(t.tab_u).reshape(K, H, V, -1),
+    return (_np(pattern), _np(layout.tok), _np(layout.inv), _np(t.tab_in).reshape(H, K, V, -1),
+            _np(t.shared_in).reshape(u, H + 1, -1), _np(t.tab_u).reshape(H, K, V, -1),
             _np(t.shared_u).reshape(u, H + 1, -1))
 
 
 def _forward(layout: Layout, t: Tables, act: str, keep: Tensor | None):
-    """pattern, post-activation (dropout applied) [n, m], pre-activation (torch path) and logits."""
+    """pattern, post-activation (dropout applied) [n, m], pre-activation (torch path), the direct
+    logits (embedding and attention through W_U) and the MLP's logits post @ W_L [n, c]."""
     pattern = _pattern(layout, t.scores, t.self_scores)
     n, m, c = layout.n, t.tab_in.shape[1], t.tab_u.shape[1]
     differentiable = torch.is_grad_enabled() and t.tab_in.requires_grad  # the kernels are not
@@ -288,7 +309,7 @@ def _forward(layout: Layout, t: Tables, act: str, keep: Tensor | None):
         post = _ACT[act](pre)
     if keep is not None:
         post = post * keep
-    return pattern, post, pre, torch.addmm(direct, post, t.W_L)
+    return pattern, post, pre, direct, post @ t.W_LT.T
 
 
 _ACT = {"relu": torch.relu, "gelu": F.gelu, "silu": F.silu}
@@ -303,8 +324,17 @@ def _act_backward(kind: str, grad: Tensor, pre: Tensor) -> Tensor:
 
 
 def logits(layout: Layout, tables: Tables, act: str, keep: Tensor | None = None) -> Tensor:
-    """Final-position logits [n, c]; `keep` is an MLP dropout multiplier [n, d_mlp] (or None)."""
-    return _forward(layout, tables, act, keep)[3]
+    """Final-position logits [n, c] in the batch's order; `keep` is an MLP dropout multiplier
+    [n, d_mlp] (or None)."""
+    _, _, _, direct, from_mlp = _forward(layout, tables, act, _sorted(layout, keep))
+    out = torch.empty_like(direct)
+    out[layout.perm] = from_mlp + direct
+    return out
+
+
+def _sorted(layout: Layout, x: Tensor | None) -> Tensor | None:
+    """A per-example tensor of the batch in the layout's sorted order."""
+    return None if x is None else x[layout.perm]
 
 
 def _sum_outer(a: Tensor, b: Tensor, chunk: int = 64) -> Tensor:
@@ -331,70 +361,134 @@ class TabulatedLoss(torch.autograd.Function):
     def forward(ctx, layout: Layout, labels: Tensor, act: str, keep: Tensor | None,  # type: ignore[override]
                 *tables: Tensor):
         t = Tables(*tables)
-        pattern, post, pre, lg = _forward(layout, t, act, keep)
+        labels, keep = _sorted(layout, labels), _sorted(layout, keep)
+        ctx.grads = None
+        if act == "relu":
+            loss, ctx.grads = _relu_blocks(layout, t, labels, keep, any(ctx.needs_input_grad[4:]))
+            return loss
+        pattern, post, pre, direct, lg = _forward(layout, t, act, keep)
         g = torch.empty_like(lg)  # the gradient of the mean loss, computed with the loss
         losses = torch.empty(layout.n, dtype=torch.float64)
         tiny = FLOAT32_TINY if lg.dtype == torch.float32 else 0.0
-        lg64 = lg.to(torch.float64, copy=True)
-        mx = lg64.amax(dim=1, keepdim=True)
-        e = lg64.sub_(mx).exp_()
-        kernels.cross_entropy_finish(_np(e), _np(lg), _np(mx), _np(labels), tiny, _np(g), _np(losses))
+        e, mx = torch.empty(lg.shape, dtype=torch.float64), torch.empty(layout.n, dtype=torch.float64)
+        kernels.logits_shift(_np(lg), _np(direct), _np(e), _np(mx))  # lg += direct; e = lg - max in float64
+        e.exp_()  # torch's vectorised exp (numba's is scalar here)
+        kernels.cross_entropy_finish(_np(e), _np(lg), _np(mx), _np(labels), tiny, layout.n, _np(g), _np(losses))
         ctx.save_for_backward(pattern, post, pre, g, keep, *tables)
         ctx.layout, ctx.act = layout, act
         return losses.sum() / layout.n
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):  # type: ignore[override]
+        if ctx.grads is not None:  # computed with the loss
+            scale = float(grad_out)
+            grads = ctx.grads if scale == 1.0 else tuple(d * scale for d in ctx.grads)
+            return None, None, None, None, *grads
         pattern, post, pre, g, keep, *tables = ctx.saved_tensors
         t, lay = Tables(*tables), ctx.layout
         if float(grad_out) != 1.0:  # a share of the batch (gradient accumulation) or a scaled loss
             g = cast_gradient(g.double() * grad_out, g.dtype)
-        d_W_L = post.T @ g
-        d_post = g @ t.W_L.T
+        d_W_LT = g.T @ post
+        d_post = g @ t.W_LT
         if keep is not None:
             d_post = d_post * keep
-        if ctx.act == "relu":
-            d_s, d_pre, d_rows = _backward_kernels(lay, t, pattern, post, g, d_post)
-        else:
-            d_s, d_pre, d_rows = _backward_sparse(lay, t, pattern, pre, g, d_post, ctx.act)
+        d_s, d_pre, (d_scores, d_tab_in, d_tab_u) = _backward_sparse(lay, t, pattern, pre, g, d_post, ctx.act)
         # The rows every example with the same query reads, and its self-score: float64 sums.
-        K, dtype = lay.n_key, t.tab_in.dtype
-        d_self = (lay.query.T.double() @ d_s[:, K].double()).to(dtype)
+        dtype = t.tab_in.dtype
+        d_self = (lay.query.T.double() @ d_s[:, lay.n_key].double()).to(dtype)
         a_q = _shared_weights(lay, pattern)
-        return (None, None, None, None, *d_rows[:1], d_self, *d_rows[1:], _sum_outer(a_q, d_pre).to(dtype),
-                _sum_outer(a_q, g).to(dtype), d_W_L)
+        return (None, None, None, None, d_scores, d_self, d_tab_in, d_tab_u, _sum_outer(a_q, d_pre).to(dtype),
+                _sum_outer(a_q, g).to(dtype), d_W_LT)
 
 
-def _backward_kernels(lay: Layout, t: Tables, pattern: Tensor, post: Tensor, g: Tensor, d_post: Tensor):
-    """ReLU, numba: the scores' gradient [n, K+1, H], d_pre (d_post, masked in place), and the
-    gradients of (scores, tab_in, tab_u)."""
-    K, H, V = lay.n_key, lay.n_heads, lay.d_vocab
+BLOCK = 1024  # examples per block of the ReLU step: its [block, d_mlp] operands stay in cache
+
+
+def _relu_blocks(lay: Layout, t: Tables, labels: Tensor, keep: Tensor | None, need_grad: bool):
+    """ReLU, numba: the mean float64 loss and (if need_grad) the gradients of all seven tables,
+    forward and backward together (the loss already computes g, its gradient), one block of
+    examples at a time.
+
+    Per block: gather the rows (post-activation), the neuron-logit product, the float64 loss and
+    g, then at once the block's share of d_W_L = post^T g, d_pre = mask (g W_L^T) and the scores'
+    gradient, while the block's operands are still in cache. The post-activation is never held
+    for the whole batch. Measured against a forward that saved post for a separate backward:
+    1.06x on 2 threads, 1.12x on 1.
+    """
+    n, K, H, V = lay.n, lay.n_key, lay.n_heads, lay.d_vocab
     dtype, m, c = t.tab_in.dtype, t.tab_in.shape[1], t.tab_u.shape[1]
-    args = _kernel_args(lay, t, pattern)
-    d_s = torch.empty_like(pattern)
-    kernels.backward_rows(_np(d_post), _np(post), _np(g), *args, _np(d_s))  # d_post is now d_pre
-    d_tab_in, d_tab_u = torch.zeros(K, H, V, m, dtype=dtype), torch.zeros(K, H, V, c, dtype=dtype)
+    pattern = _pattern(lay, t.scores, t.self_scores)
+    P, tok, inv, *tabs = _kernel_args(lay, t, pattern)
+    tiny = FLOAT32_TINY if dtype == torch.float32 else 0.0
+    n_blocks = -(-n // BLOCK)
+    g, losses = torch.empty(n, c, dtype=dtype), torch.empty(n, dtype=torch.float64)
+    W_LT = t.W_LT.detach()
+    if need_grad:
+        d_pre, d_s = torch.empty(n, m, dtype=dtype), torch.empty_like(pattern)
+        d_W_LT = torch.empty(n_blocks, c, m, dtype=dtype)
+
+    def block(j: int) -> None:
+        rows = slice(j * BLOCK, min(n, (j + 1) * BLOCK))
+        b = rows.stop - rows.start
+        post, direct, lg = torch.empty(b, m, dtype=dtype), torch.empty(b, c, dtype=dtype), torch.empty(b, c, dtype=dtype)
+        e, mx = torch.empty(b, c, dtype=torch.float64), torch.empty(b, dtype=torch.float64)
+        kernels.gather_relu(P[rows], tok[rows], inv[rows], *tabs, _np(post), _np(direct))
+        if keep is not None:
+            post.mul_(keep[rows])
+        torch.mm(post, W_LT.T, out=lg)
+        kernels.logits_shift(_np(lg), _np(direct), _np(e), _np(mx))  # lg += direct; e = lg - max, float64
+        e.exp_()  # torch's vectorised exp (numba's is scalar here)
+        kernels.cross_entropy_finish(_np(e), _np(lg), _np(mx), _np(labels[rows]), tiny, n, _np(g[rows]),
+                                     _np(losses[rows]))
+        if not need_grad:
+            return
+        gb, db = g[rows], d_pre[rows]
+        torch.mm(gb.T, post, out=d_W_LT[j])
+        torch.mm(gb, W_LT, out=db)
+        if keep is not None:
+            db.mul_(keep[rows])
+        kernels.backward_rows(_np(db), _np(post), _np(gb), P[rows], tok[rows], inv[rows], *tabs, _np(d_s[rows]))
+
+    for j in range(n_blocks):
+        block(j)
+    loss = losses.sum() / n
+    if not need_grad:
+        return loss, None
+    d_tab_in, d_tab_u = torch.zeros(H, K, V, m, dtype=dtype), torch.zeros(H, K, V, c, dtype=dtype)
     d_scores = torch.zeros(t.scores.shape, dtype=dtype)
-    kernels.scatter_rows(_np(d_post), _np(g), args[1], _np(d_s), args[3], _np(lay.kv_start), _np(lay.kv_examples),
-                         K, _np(d_tab_in), _np(d_tab_u), _np(d_scores))
-    return d_s, d_post, (d_scores, d_tab_in.view(-1, m), d_tab_u.view(-1, c))
+    kernels.scatter_rows(_np(d_pre), _np(g), P, _np(d_s), inv, _np(lay.kv_start), _np(lay.kv_examples), K,
+                         _np(d_tab_in), _np(d_tab_u), _np(d_scores))
+    # The rows every example with the same query reads, and its self-score: float64 sums.
+    d_self = (lay.query.T.double() @ d_s[:, K].double()).to(dtype)
+    a_q = _shared_weights(lay, pattern)
+    return loss, (d_scores, d_self, d_tab_in.view(-1, m), d_tab_u.view(-1, c), _sum_outer(a_q, d_pre).to(dtype),
+                  _sum_outer(a_q, g).to(dtype), _in_order(d_W_LT))
+
+
+def _in_order(parts: Tensor) -> Tensor:
+    """parts[0] + parts[1] + ... in that order (a reduction's order may follow the thread count)."""
+    out = parts[0].clone()
+    for p in parts[1:]:
+        out += p
+    return out
 
 
 def _backward_sparse(lay: Layout, t: Tables, pattern: Tensor, pre: Tensor, g: Tensor, d_post: Tensor, act: str):
-    """The same with torch's sparse CSR products (any activation)."""
+    """Any activation, with torch's sparse CSR products: the scores' gradient [n, K+1, H], d_pre
+    and the gradients of (scores, tab_in, tab_u)."""
     n, K, H, dtype = lay.n, lay.n_key, lay.n_heads, t.tab_in.dtype
     d_pre = _act_backward(act, d_post, pre)
     # The pattern's gradient: a gather-dot of (d_pre, g) with the rows each example read.
     mat = _gather_matrix(lay, pattern)
     d_p = torch.empty_like(pattern)
     d_p[:, :K] = (torch.sparse.sampled_addmm(mat, d_pre, t.tab_in.T, beta=0.0).values()
-                  + torch.sparse.sampled_addmm(mat, g, t.tab_u.T, beta=0.0).values()).view(n, K, -1)
+                  + torch.sparse.sampled_addmm(mat, g, t.tab_u.T, beta=0.0).values()).view(n, H, K).transpose(1, 2)
     d_aq = (d_pre @ t.shared_in.T + g @ t.shared_u.T).view(n, -1, H + 1)
     d_p[:, K] = (d_aq[:, :, :H] * lay.query[:, :, None]).sum(1)
     d_s = pattern * (d_p - (pattern * d_p).sum(1, keepdim=True))  # softmax backward
     d_scores = torch.zeros(t.scores.numel(), dtype=dtype)
     d_scores.index_add_(0, lay.score_idx.reshape(-1), d_s[:, :K].reshape(-1))
-    t_mat = _csr(lay.t_crow, lay.t_col, pattern[:, :K].reshape(-1)[lay.t_order], (lay.n_rows, n))
+    t_mat = _csr(lay.t_crow, lay.t_col, _entries(lay, pattern)[lay.t_order], (lay.n_rows, n))
     return d_s, d_pre, (d_scores.view_as(t.scores), t_mat @ d_pre, t_mat @ g)
 
 
