@@ -370,9 +370,9 @@ class TabulatedLoss(torch.autograd.Function):
         g = torch.empty_like(lg)  # the gradient of the mean loss, computed with the loss
         losses = torch.empty(layout.n, dtype=torch.float64)
         tiny = FLOAT32_TINY if lg.dtype == torch.float32 else 0.0
-        e, mx = torch.empty(lg.shape, dtype=torch.float64), torch.empty(layout.n, dtype=torch.float64)
-        kernels.logits_shift(_np(lg), _np(direct), _np(e), _np(mx))  # lg += direct; e = lg - max in float64
-        e.exp_()  # torch's vectorised exp (numba's is scalar here)
+        e, mx = torch.empty_like(lg), torch.empty(layout.n, dtype=torch.float64)
+        kernels.logits_shift(_np(lg), _np(direct), _np(e), _np(mx))  # lg += direct; e = lg - max
+        e.exp_()  # torch's vectorised exp (numba's is scalar), in float32: see kernels.cross_entropy_finish
         kernels.cross_entropy_finish(_np(e), _np(lg), _np(mx), _np(labels), tiny, layout.n, _np(g), _np(losses))
         ctx.save_for_backward(pattern, post, pre, g, keep, *tables)
         ctx.layout, ctx.act = layout, act
@@ -431,13 +431,13 @@ def _relu_blocks(lay: Layout, t: Tables, labels: Tensor, keep: Tensor | None, ne
         rows = slice(j * BLOCK, min(n, (j + 1) * BLOCK))
         b = rows.stop - rows.start
         post, direct, lg = torch.empty(b, m, dtype=dtype), torch.empty(b, c, dtype=dtype), torch.empty(b, c, dtype=dtype)
-        e, mx = torch.empty(b, c, dtype=torch.float64), torch.empty(b, dtype=torch.float64)
+        e, mx = torch.empty(b, c, dtype=dtype), torch.empty(b, dtype=torch.float64)
         kernels.gather_relu(P[rows], tok[rows], inv[rows], *tabs, _np(post), _np(direct))
         if keep is not None:
             post.mul_(keep[rows])
         torch.mm(post, W_LT.T, out=lg)
-        kernels.logits_shift(_np(lg), _np(direct), _np(e), _np(mx))  # lg += direct; e = lg - max, float64
-        e.exp_()  # torch's vectorised exp (numba's is scalar here)
+        kernels.logits_shift(_np(lg), _np(direct), _np(e), _np(mx))  # lg += direct; e = lg - max
+        e.exp_()  # torch's vectorised exp (numba's is scalar), in float32: see kernels.cross_entropy_finish
         kernels.cross_entropy_finish(_np(e), _np(lg), _np(mx), _np(labels[rows]), tiny, n, _np(g[rows]),
                                      _np(losses[rows]))
         if not need_grad:
