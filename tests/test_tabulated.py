@@ -126,3 +126,28 @@ def test_gradient_accumulation_over_shares_of_the_batch_matches_the_whole_batch(
         (model.loss_last(xs, ys) * (len(xs) / len(x))).backward()
     for k, p in model.named_parameters():
         assert (p.grad - whole[k]).abs().max() <= 1e-10 * whole[k].abs().max(), k
+
+
+def test_evaluation_loss_and_accuracy_match_the_plain_model_in_float64():
+    # The evaluation path (one table build, the kernels' cross-entropy) against the plain model's
+    # logits through loss_and_acc, for ReLU (the kernels) and GELU (torch's path), with exact
+    # ties planted: the accuracy counts the first maximum, as torch.argmax does.
+    from grokscope.train.loss import loss_and_acc
+
+    for act in ("relu", "gelu"):
+        task, model = _model(5, f"model.act_fn={act}")
+        model = copy.deepcopy(model).double()
+        x, y = task.train_x, task.train_y[:, 0]
+        _, cache = model.run_with_cache(x)
+        with torch.no_grad():  # classes 0 and 1 tie, along the mean final residual: mostly the maximum
+            model.unembed.W_U[:, 0] = model.unembed.W_U[:, 1] = 10 * cache["resid_post", 0][:, -1].mean(0)
+        logits = model(x)[:, -1]
+        assert (logits[:80].argmax(-1) == 0).sum() >= 60
+        y = y.clone()
+        y[:40] = 1  # a tie the label loses (class 0 comes first)...
+        y[40:80] = 0  # ...and one it wins
+        plain = loss_and_acc(logits, y)
+        ((loss, acc),) = model.loss_and_acc_last([(x, y)])
+        assert abs(loss - plain[0]) < 1e-10 * plain[0], (act, loss, plain)
+        assert acc == plain[1], (act, acc, plain)
+        assert 0.0 < acc < 1.0

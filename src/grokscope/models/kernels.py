@@ -126,8 +126,9 @@ def logits_shift(logits, direct, shifted, mx):  # pragma: no cover - compiled
 
 
 @njit(**_JIT)
-def cross_entropy_finish(e, logits, mx, labels, tiny, n_batch, g, losses):  # pragma: no cover - compiled
-    """Per-example float64 cross-entropy into losses [n] and the gradient of their mean into g.
+def cross_entropy_finish(e, logits, mx, labels, tiny, n_batch, g, losses, correct):  # pragma: no cover - compiled
+    """Per-example float64 cross-entropy into losses [n], the gradient of their mean into g, and
+    into correct [n] whether the label is the first of the row's maxima (torch.argmax's choice).
 
     e [n, c] = exp(logits - mx) in the logits' dtype (torch's vectorised exp); mx [n] the row
     maxima; the sums, the log and the loss are float64. A float32 exp is exact to float32 rounding
@@ -146,6 +147,10 @@ def cross_entropy_finish(e, logits, mx, labels, tiny, n_batch, g, losses):  # pr
             s += np.float64(e[i, j])
         y = labels[i]
         losses[i] = mx[i] + math.log(s) - np.float64(logits[i, y])
+        first = 0
+        while first < c - 1 and np.float64(logits[i, first]) != mx[i]:
+            first += 1
+        correct[i] = first == y
         scale = inv_n / s
         for j in range(c):
             v = np.float64(e[i, j]) * scale

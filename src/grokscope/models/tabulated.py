@@ -364,16 +364,11 @@ class TabulatedLoss(torch.autograd.Function):
         labels, keep = _sorted(layout, labels), _sorted(layout, keep)
         ctx.grads = None
         if act == "relu":
-            loss, ctx.grads = _relu_blocks(layout, t, labels, keep, any(ctx.needs_input_grad[4:]))
+            loss, _, ctx.grads = _relu_blocks(layout, t, labels, keep, any(ctx.needs_input_grad[4:]))
             return loss
         pattern, post, pre, direct, lg = _forward(layout, t, act, keep)
-        g = torch.empty_like(lg)  # the gradient of the mean loss, computed with the loss
-        losses = torch.empty(layout.n, dtype=torch.float64)
-        tiny = FLOAT32_TINY if lg.dtype == torch.float32 else 0.0
-        e, mx = torch.empty_like(lg), torch.empty(layout.n, dtype=torch.float64)
-        kernels.logits_shift(_np(lg), _np(direct), _np(e), _np(mx))  # lg += direct; e = lg - max
-        e.exp_()  # torch's vectorised exp (numba's is scalar), in float32: see kernels.cross_entropy_finish
-        kernels.cross_entropy_finish(_np(e), _np(lg), _np(mx), _np(labels), tiny, layout.n, _np(g), _np(losses))
+        g, losses, correct = _loss_outputs(*lg.shape, lg.dtype)
+        _cross_entropy(lg, direct, labels, layout.n, g, losses, correct)
         ctx.save_for_backward(pattern, post, pre, g, keep, *tables)
         ctx.layout, ctx.act = layout, act
         return losses.sum() / layout.n
@@ -404,8 +399,43 @@ class TabulatedLoss(torch.autograd.Function):
 BLOCK = 1024  # examples per block of the ReLU step: its [block, d_mlp] operands stay in cache
 
 
+def _cross_entropy(lg: Tensor, direct: Tensor, labels: Tensor, n_batch: int, g: Tensor, losses: Tensor,
+                   correct: Tensor) -> None:
+    """logits lg += direct (in place); then per example into losses [b] the float64 loss, into
+    correct [b] whether the label is the argmax, and into g [b, c] the gradient of the mean loss
+    of a batch of n_batch examples (this may be one block of it)."""
+    e, mx = torch.empty_like(lg), torch.empty(len(lg), dtype=torch.float64)
+    kernels.logits_shift(_np(lg), _np(direct), _np(e), _np(mx))  # lg += direct; e = lg - max
+    e.exp_()  # torch's vectorised exp (numba's is scalar), in float32: see kernels.cross_entropy_finish
+    tiny = FLOAT32_TINY if lg.dtype == torch.float32 else 0.0
+    kernels.cross_entropy_finish(_np(e), _np(lg), _np(mx), _np(labels), tiny, n_batch, _np(g), _np(losses),
+                                 _np(correct))
+
+
+def _loss_outputs(n: int, c: int, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+    """g [n, c], losses [n] (float64), correct [n] (bool), for _cross_entropy."""
+    return torch.empty(n, c, dtype=dtype), torch.empty(n, dtype=torch.float64), torch.empty(n, dtype=torch.bool)
+
+
+@torch.no_grad()
+def loss_and_accuracy(layout: Layout, tables: Tables, labels: Tensor, act: str) -> tuple[float, float]:
+    """Float64 mean loss and accuracy of the final position against labels [n] (evaluation: no
+    dropout, no graph); the same numbers as loss_and_acc of `logits`, without the float64 copy of
+    every logit."""
+    labels = _sorted(layout, labels)
+    if act == "relu":
+        loss, correct, _ = _relu_blocks(layout, tables, labels, None, False)
+    else:
+        _, _, _, direct, lg = _forward(layout, tables, act, None)
+        g, losses, correct = _loss_outputs(*lg.shape, lg.dtype)
+        _cross_entropy(lg, direct, labels, layout.n, g, losses, correct)
+        loss = losses.sum() / layout.n
+    return float(loss), float(correct.double().mean())
+
+
 def _relu_blocks(lay: Layout, t: Tables, labels: Tensor, keep: Tensor | None, need_grad: bool):
-    """ReLU, numba: the mean float64 loss and (if need_grad) the gradients of all seven tables,
+    """ReLU, numba: the mean float64 loss, whether each example's label is its argmax, and (if
+    need_grad) the gradients of all seven tables,
     forward and backward together (the loss already computes g, its gradient), one block of
     examples at a time.
 
@@ -419,9 +449,8 @@ def _relu_blocks(lay: Layout, t: Tables, labels: Tensor, keep: Tensor | None, ne
     dtype, m, c = t.tab_in.dtype, t.tab_in.shape[1], t.tab_u.shape[1]
     pattern = _pattern(lay, t.scores, t.self_scores)
     P, tok, inv, *tabs = _kernel_args(lay, t, pattern)
-    tiny = FLOAT32_TINY if dtype == torch.float32 else 0.0
     n_blocks = -(-n // BLOCK)
-    g, losses = torch.empty(n, c, dtype=dtype), torch.empty(n, dtype=torch.float64)
+    g, losses, correct = _loss_outputs(n, c, dtype)
     W_LT = t.W_LT.detach()
     if need_grad:
         d_pre, d_s = torch.empty(n, m, dtype=dtype), torch.empty_like(pattern)
@@ -431,15 +460,11 @@ def _relu_blocks(lay: Layout, t: Tables, labels: Tensor, keep: Tensor | None, ne
         rows = slice(j * BLOCK, min(n, (j + 1) * BLOCK))
         b = rows.stop - rows.start
         post, direct, lg = torch.empty(b, m, dtype=dtype), torch.empty(b, c, dtype=dtype), torch.empty(b, c, dtype=dtype)
-        e, mx = torch.empty(b, c, dtype=dtype), torch.empty(b, dtype=torch.float64)
         kernels.gather_relu(P[rows], tok[rows], inv[rows], *tabs, _np(post), _np(direct))
         if keep is not None:
             post.mul_(keep[rows])
         torch.mm(post, W_LT.T, out=lg)
-        kernels.logits_shift(_np(lg), _np(direct), _np(e), _np(mx))  # lg += direct; e = lg - max
-        e.exp_()  # torch's vectorised exp (numba's is scalar), in float32: see kernels.cross_entropy_finish
-        kernels.cross_entropy_finish(_np(e), _np(lg), _np(mx), _np(labels[rows]), tiny, n, _np(g[rows]),
-                                     _np(losses[rows]))
+        _cross_entropy(lg, direct, labels[rows], n, g[rows], losses[rows], correct[rows])
         if not need_grad:
             return
         gb, db = g[rows], d_pre[rows]
@@ -453,7 +478,7 @@ def _relu_blocks(lay: Layout, t: Tables, labels: Tensor, keep: Tensor | None, ne
         block(j)
     loss = losses.sum() / n
     if not need_grad:
-        return loss, None
+        return loss, correct, None
     d_tab_in, d_tab_u = torch.zeros(H, K, V, m, dtype=dtype), torch.zeros(H, K, V, c, dtype=dtype)
     d_scores = torch.zeros(t.scores.shape, dtype=dtype)
     kernels.scatter_rows(_np(d_pre), _np(g), P, _np(d_s), inv, _np(lay.kv_start), _np(lay.kv_examples), K,
@@ -461,7 +486,7 @@ def _relu_blocks(lay: Layout, t: Tables, labels: Tensor, keep: Tensor | None, ne
     # The rows every example with the same query reads, and its self-score: float64 sums.
     d_self = (lay.query.T.double() @ d_s[:, K].double()).to(dtype)
     a_q = _shared_weights(lay, pattern)
-    return loss, (d_scores, d_self, d_tab_in.view(-1, m), d_tab_u.view(-1, c), _sum_outer(a_q, d_pre).to(dtype),
+    return loss, correct, (d_scores, d_self, d_tab_in.view(-1, m), d_tab_u.view(-1, c), _sum_outer(a_q, d_pre).to(dtype),
                   _sum_outer(a_q, g).to(dtype), _in_order(d_W_LT))
 
 

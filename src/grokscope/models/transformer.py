@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from grokscope.config import ModelConfig
 from grokscope.models import tabulated
-from grokscope.train.loss import cross_entropy64
+from grokscope.train.loss import cross_entropy64, loss_and_acc
 
 
 class Cache(dict):
@@ -238,6 +238,22 @@ class Transformer(nn.Module):
             return cross_entropy64(self.forward_last(tokens, gen), labels)
         layout, tables, keep = self._tabulate(tokens, gen)
         return tabulated.tabulated_loss(tables, layout, labels, self.cfg.act_fn, keep)
+
+    @torch.no_grad()
+    def loss_and_acc_last(self, batches: list[tuple[Tensor, Tensor]]) -> list[tuple[float, float]]:
+        """Float64 loss and accuracy of the last position for each (tokens, labels [batch]) pair,
+        without dropout: evaluation. On the tabulated path the tables are built once for all the
+        batches that share their query tokens (the train and test sets, in modular arithmetic)."""
+        if not self.tabulable:
+            return [loss_and_acc(self.forward_last(x), y) for x, y in batches]
+        out, tables = [], {}
+        for x, y in batches:
+            layout = self._layouts.get(x, self.cfg.n_heads, self.d_vocab)
+            key = (tuple(layout.uniq.tolist()), layout.n_key)
+            if key not in tables:
+                tables[key] = tabulated.build_tables(self, layout.uniq, layout.n_key)
+            out.append(tabulated.loss_and_accuracy(layout, tables[key], y, self.cfg.act_fn))
+        return out
 
     def _tabulate(self, tokens: Tensor, gen: torch.Generator | None):
         """The batch's layout, the tables, and the MLP dropout multiplier [batch, d_mlp] (or None)."""
