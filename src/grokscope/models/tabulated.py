@@ -26,7 +26,8 @@ examples), with its backward written out too. `TabulatedLoss` runs the per-examp
 (gather, softmax, MLP, unembedding, float64 cross-entropy) forward and backward by hand, so no
 activation is materialised twice and nothing per example goes through autograd. What remains
 costly is what the loss needs: the three [n, d_mlp] x [d_mlp, d_vocab] products of
-`act(pre) @ W_L` and its two gradients.
+`act(pre) @ W_L` and its two gradients. `loss_and_accuracy` is the same forward for evaluation
+(no graph, no float64 copy of the logits).
 
 Accuracy: sums over all examples (gradients of the shared rows and of the query's self-score)
 are accumulated in float64: a float32 sum of thousands of nearly cancelling terms lost three
