@@ -2,7 +2,8 @@
 
 tests/test_model.py checks loss and gradients against the plain model in float64 (1e-10) for
 ReLU (the numba kernels) and GELU (torch's sparse products); here: ReLU in float32, dropout,
-thread-count independence, a query token that varies, and the layout cache.
+thread-count independence, a query token that varies, the layout cache, and the evaluation
+path (loss and first-maximum accuracy, NaN included).
 """
 
 from __future__ import annotations
@@ -128,12 +129,14 @@ def test_gradient_accumulation_over_shares_of_the_batch_matches_the_whole_batch(
         assert (p.grad - whole[k]).abs().max() <= 1e-10 * whole[k].abs().max(), k
 
 
-def test_evaluation_loss_and_accuracy_match_the_plain_model_in_float64():
+def test_evaluation_loss_and_accuracy_match_the_plain_model_in_float64(monkeypatch):
     # The evaluation path (one table build, the kernels' cross-entropy) against the plain model's
-    # logits through loss_and_acc, for ReLU (the kernels) and GELU (torch's path), with exact
-    # ties planted: the accuracy counts the first maximum, as torch.argmax does.
+    # logits through loss_and_acc, for ReLU (the kernels, in 8 blocks, the last one short) and
+    # GELU (torch's path), with exact ties planted: the accuracy counts the first maximum, as
+    # torch.argmax does.
     from grokscope.train.loss import loss_and_acc
 
+    monkeypatch.setattr(tabulated, "BLOCK", 40)
     for act in ("relu", "gelu"):
         task, model = _model(5, f"model.act_fn={act}")
         model = copy.deepcopy(model).double()
@@ -151,3 +154,20 @@ def test_evaluation_loss_and_accuracy_match_the_plain_model_in_float64():
         assert abs(loss - plain[0]) < 1e-10 * plain[0], (act, loss, plain)
         assert acc == plain[1], (act, acc, plain)
         assert 0.0 < acc < 1.0
+
+
+def test_a_nan_logit_gives_a_nan_loss_as_torch_does():
+    # The loss kernels are compiled without fastmath's no-NaN assumption: a diverged run must log
+    # NaN, not a finite-looking loss.
+    from grokscope.train.loss import loss_and_acc
+
+    task, model = _model(5)
+    model = copy.deepcopy(model)
+    x, y = task.train_x, task.train_y[:, 0]
+    with torch.no_grad():
+        model.unembed.W_U[3, 7] = float("nan")  # class 7's logit is NaN in every example
+    ((loss, acc),) = model.loss_and_acc_last([(x, y)])
+    plain_loss, plain_acc = loss_and_acc(model(x)[:, -1], y)
+    assert torch.isnan(torch.tensor(plain_loss)) and torch.isnan(torch.tensor(loss))
+    assert acc == plain_acc  # torch.argmax picks the NaN: right only where the label is 7
+    assert torch.isnan(model.loss_last(x, y))

@@ -7,8 +7,8 @@ torch (MKL). Every loop writes disjoint outputs per parallel iteration and sums 
 so results do not depend on the thread count.
 
 Shapes: n examples, K key positions, H heads, V tokens, u query tokens, m = d_mlp, c = d_vocab.
-Tables are row-major `tab [H, K, V, f]` and
-`shared [u, H + 1, f]` (head h attending to the query itself, then the query's own residual).
+Tables are row-major `tab [H, K, V, f]` and `shared [u, H + 1, f]` (head h attending to the query
+itself, then the query's own residual).
 """
 
 from __future__ import annotations
@@ -31,6 +31,9 @@ if "NUMBA_THREADING_LAYER" not in os.environ:
 
 _JIT = {"parallel": True, "fastmath": True, "cache": True, "nogil": True}
 _JIT_SERIAL = {"fastmath": True, "cache": True, "nogil": True}
+# The loss's kernels keep NaN and inf meaningful (fastmath without nnan/ninf): a diverged run must
+# log a NaN loss, as torch's amax and logsumexp would, not a finite-looking number.
+_JIT_LOSS = {**_JIT, "fastmath": {"nsz", "arcp", "contract", "afn", "reassoc"}}
 
 
 def set_threads(n: int) -> None:
@@ -75,8 +78,8 @@ def _weighted_rows(p, t, sh, tab, out):  # pragma: no cover - compiled
     while h + 4 <= H:
         _axpy4(p[K, h], p[K, h + 1], p[K, h + 2], p[K, h + 3], sh[h], sh[h + 1], sh[h + 2], sh[h + 3], out)
         h += 4
-    for h in range(h, H):
-        _axpy(p[K, h], sh[h], out)
+    for hr in range(h, H):
+        _axpy(p[K, hr], sh[hr], out)
     for k in range(K):
         v = t[k]
         h = 0
@@ -84,8 +87,8 @@ def _weighted_rows(p, t, sh, tab, out):  # pragma: no cover - compiled
             _axpy4(p[k, h], p[k, h + 1], p[k, h + 2], p[k, h + 3],
                    tab[h, k, v], tab[h + 1, k, v], tab[h + 2, k, v], tab[h + 3, k, v], out)
             h += 4
-        for h in range(h, H):
-            _axpy(p[k, h], tab[h, k, v], out)
+        for hr in range(h, H):
+            _axpy(p[k, hr], tab[hr, k, v], out)
 
 
 @njit(inline="always", **_JIT_SERIAL)
@@ -109,26 +112,29 @@ def _dot(x, y, acc):  # pragma: no cover - compiled
     return acc
 
 
-@njit(**_JIT)
+@njit(**_JIT_LOSS)
 def logits_shift(logits, direct, shifted, mx):  # pragma: no cover - compiled
-    """logits += direct in place; mx [n] = the row maxima (float64) and shifted [n, c] = logits - mx,
-    computed in float64 and stored in shifted's dtype."""
+    """logits += direct in place; mx [n] = the row maxima (float64; NaN if the row has a NaN) and
+    shifted [n, c] = logits - mx, computed in float64 and stored in shifted's dtype."""
     n, c = logits.shape
     for i in prange(n):
         row, d = logits[i], direct[i]
         top = -np.inf
         for j in range(c):
             row[j] += d[j]
-            top = max(top, np.float64(row[j]))
+            x = np.float64(row[j])
+            if top == top and (x > top or x != x):  # once NaN, stays NaN
+                top = x
         mx[i] = top
         for j in range(c):
             shifted[i, j] = np.float64(row[j]) - top  # rounded to shifted's dtype
 
 
-@njit(**_JIT)
+@njit(**_JIT_LOSS)
 def cross_entropy_finish(e, logits, mx, labels, tiny, n_batch, g, losses, correct):  # pragma: no cover - compiled
     """Per-example float64 cross-entropy into losses [n], the gradient of their mean into g, and
-    into correct [n] whether the label is the first of the row's maxima (torch.argmax's choice).
+    into correct [n] whether the label is the first of the row's maxima (torch.argmax's choice;
+    a row with a NaN gets a NaN loss).
 
     e [n, c] = exp(logits - mx) in the logits' dtype (torch's vectorised exp); mx [n] the row
     maxima; the sums, the log and the loss are float64. A float32 exp is exact to float32 rounding
@@ -147,8 +153,11 @@ def cross_entropy_finish(e, logits, mx, labels, tiny, n_batch, g, losses, correc
             s += np.float64(e[i, j])
         y = labels[i]
         losses[i] = mx[i] + math.log(s) - np.float64(logits[i, y])
-        first = 0
-        while first < c - 1 and np.float64(logits[i, first]) != mx[i]:
+        first = 0  # torch.argmax's choice: the first maximum, or the first NaN
+        while first < c - 1:
+            x = np.float64(logits[i, first])
+            if x == mx[i] or x != x:
+                break
             first += 1
         correct[i] = first == y
         scale = inv_n / s
@@ -156,7 +165,7 @@ def cross_entropy_finish(e, logits, mx, labels, tiny, n_batch, g, losses, correc
             v = np.float64(e[i, j]) * scale
             if j == y:
                 v -= inv_n
-            g[i, j] = v if abs(v) >= tiny else 0.0
+            g[i, j] = 0.0 if abs(v) < tiny else v  # a NaN stays NaN
 
 
 @njit(**_JIT)
@@ -222,8 +231,8 @@ def scatter_rows(d_pre, g, P, d_s, inv, t_start, t_examples, K, d_tab_in, d_tab_
                 _spread4(g[i], w[h], w[h + 1], w[h + 2], w[h + 3],
                          d_tab_u[h, k, v], d_tab_u[h + 1, k, v], d_tab_u[h + 2, k, v], d_tab_u[h + 3, k, v])
                 h += 4
-            for h in range(h, H):
-                _axpy(w[h], d_pre[i], d_tab_in[h, k, v])
-                _axpy(w[h], g[i], d_tab_u[h, k, v])
+            for hr in range(h, H):
+                _axpy(w[hr], d_pre[i], d_tab_in[hr, k, v])
+                _axpy(w[hr], g[i], d_tab_u[hr, k, v])
             for h in range(H):
                 d_scores[inv[i], k, h, v] += d_s[i, k, h]

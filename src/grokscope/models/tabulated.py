@@ -61,8 +61,8 @@ class Tables:
 
     scores: Tensor  # [u, K, H, V] query token u's attention score to token v at key position k
     self_scores: Tensor  # [u, H] its score to itself
-    tab_in: Tensor  # [K*H*V, m]
-    tab_u: Tensor  # [K*H*V, c]
+    tab_in: Tensor  # [H*K*V, m], rows (h, k, v)
+    tab_u: Tensor  # [H*K*V, c]
     shared_in: Tensor  # [u*(H+1), m]
     shared_u: Tensor  # [u*(H+1), c]
     W_LT: Tensor  # [c, m] the neuron-logit map W_out W_U, transposed
@@ -174,7 +174,7 @@ def build_tables(model, uniq: Tensor, n_key: int) -> Tables:
 class _TablesFn(torch.autograd.Function):
     """Parameters -> the seven tables, with the backward written out.
 
-    The products are broadcast matmuls over contiguous [K, H, V, .] blocks (einsum's permuted
+    The products are broadcast matmuls over contiguous [H, K*V, .] blocks (einsum's permuted
     operands made them ~2x slower); autograd's own backward of the same graph spent as long
     again on views, permutes and gradient accumulation as on the products.
     """
@@ -260,7 +260,7 @@ def _csr(crow: Tensor, col: Tensor, values: Tensor, size: tuple[int, int]) -> Te
 
 
 def _gather_matrix(layout: Layout, pattern: Tensor) -> Tensor:
-    """[n, K*H*V]: example i reads row (k, h, tok[i, k]) with weight pattern[i, k, h]."""
+    """[n, H*K*V]: example i reads row (h, k, tok[i, k]) with weight pattern[i, k, h]."""
     return _csr(layout.crow, layout.col, _entries(layout, pattern), (layout.n, layout.n_rows))
 
 
@@ -403,7 +403,7 @@ BLOCK = 1024  # examples per block of the ReLU step: its [block, d_mlp] operands
 def _cross_entropy(lg: Tensor, direct: Tensor, labels: Tensor, n_batch: int, g: Tensor, losses: Tensor,
                    correct: Tensor) -> None:
     """logits lg += direct (in place); then per example into losses [b] the float64 loss, into
-    correct [b] whether the label is the argmax, and into g [b, c] the gradient of the mean loss
+    correct [b] whether the label is the first maximum, and into g [b, c] the gradient of the mean loss
     of a batch of n_batch examples (this may be one block of it)."""
     e, mx = torch.empty_like(lg), torch.empty(len(lg), dtype=torch.float64)
     kernels.logits_shift(_np(lg), _np(direct), _np(e), _np(mx))  # lg += direct; e = lg - max
@@ -435,13 +435,12 @@ def loss_and_accuracy(layout: Layout, tables: Tables, labels: Tensor, act: str) 
 
 
 def _relu_blocks(lay: Layout, t: Tables, labels: Tensor, keep: Tensor | None, need_grad: bool):
-    """ReLU, numba: the mean float64 loss, whether each example's label is its argmax, and (if
-    need_grad) the gradients of all seven tables,
-    forward and backward together (the loss already computes g, its gradient), one block of
-    examples at a time.
+    """ReLU, numba: the mean float64 loss, whether each example's label is its first maximum (in
+    the layout's sorted order), and (if need_grad) the gradients of all seven tables, forward and
+    backward together (the loss already computes g, its gradient), one block of examples at a time.
 
     Per block: gather the rows (post-activation), the neuron-logit product, the float64 loss and
-    g, then at once the block's share of d_W_L = post^T g, d_pre = mask (g W_L^T) and the scores'
+    g, then at once the block's share of d_W_LT = g^T post, d_pre = mask (g W_L^T) and the scores'
     gradient, while the block's operands are still in cache. The post-activation is never held
     for the whole batch. Measured against a forward that saved post for a separate backward:
     1.06x on 2 threads, 1.12x on 1.
@@ -451,7 +450,9 @@ def _relu_blocks(lay: Layout, t: Tables, labels: Tensor, keep: Tensor | None, ne
     pattern = _pattern(lay, t.scores, t.self_scores)
     P, tok, inv, *tabs = _kernel_args(lay, t, pattern)
     n_blocks = -(-n // BLOCK)
-    g, losses, correct = _loss_outputs(n, c, dtype)
+    losses, correct = torch.empty(n, dtype=torch.float64), torch.empty(n, dtype=torch.bool)
+    # g is needed whole for the backward; for the loss alone one block's worth is scratch
+    g = torch.empty(n if need_grad else min(n, BLOCK), c, dtype=dtype)
     W_LT = t.W_LT.detach()
     if need_grad:
         d_pre, d_s = torch.empty(n, m, dtype=dtype), torch.empty_like(pattern)
@@ -465,7 +466,7 @@ def _relu_blocks(lay: Layout, t: Tables, labels: Tensor, keep: Tensor | None, ne
         if keep is not None:
             post.mul_(keep[rows])
         torch.mm(post, W_LT.T, out=lg)
-        _cross_entropy(lg, direct, labels[rows], n, g[rows], losses[rows], correct[rows])
+        _cross_entropy(lg, direct, labels[rows], n, g[rows] if need_grad else g[:b], losses[rows], correct[rows])
         if not need_grad:
             return
         gb, db = g[rows], d_pre[rows]
