@@ -6,12 +6,14 @@ accuracy with and without the filter, same weight decay in both, several seeds.
 
 Each run is an ordinary grokscope run folder under --out (rerunning skips finished runs), trained
 with the stop rule "test accuracy above 99%" so it ends at the first evaluation that passes.
-Prints one row per run and the ratio of the medians.
+Prints one row per run, the ratio of the medians, and the paired (per-seed) ratios with their
+geometric mean.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 from pathlib import Path
 
@@ -63,6 +65,12 @@ def main() -> None:
     s_plain, s_fast = statistics.median(s for _, s in plain), statistics.median(s for _, s in fast)
     print(f"median epochs to 99%: plain {e_plain:.0f}, filtered {e_fast:.0f}  -> {e_plain / e_fast:.2f}x fewer epochs")
     print(f"median seconds:       plain {s_plain:.0f}, filtered {s_fast:.0f}  -> {s_plain / s_fast:.2f}x faster")
+    # The medians above may come from different seeds; each seed's pair shares its data split and
+    # initial weights, so the per-seed ratios are the paired comparison.
+    ratios = [p[0] / f[0] for p, f in zip(plain, fast, strict=True)]
+    geo = math.exp(statistics.fmean(math.log(r) for r in ratios)) if all(0 < r < math.inf for r in ratios) else None
+    print("per seed, plain epochs / filtered epochs: " + ", ".join(f"{r:.2f}x" for r in ratios)
+          + (f"  -> geometric mean {geo:.2f}x" if geo is not None else ""))
 
 
 if __name__ == "__main__":
