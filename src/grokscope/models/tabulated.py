@@ -367,9 +367,7 @@ class TabulatedLoss(torch.autograd.Function):
         if act == "relu":
             loss, _, ctx.grads = _relu_blocks(layout, t, labels, keep, any(ctx.needs_input_grad[4:]))
             return loss
-        pattern, post, pre, direct, lg = _forward(layout, t, act, keep)
-        g, losses, correct = _loss_outputs(*lg.shape, lg.dtype)
-        _cross_entropy(lg, direct, labels, layout.n, g, losses, correct)
+        pattern, post, pre, g, losses, _ = _torch_path_loss(layout, t, act, labels, keep)
         ctx.save_for_backward(pattern, post, pre, g, keep, *tables)
         ctx.layout, ctx.act = layout, act
         return losses.sum() / layout.n
@@ -413,9 +411,14 @@ def _cross_entropy(lg: Tensor, direct: Tensor, labels: Tensor, n_batch: int, g: 
                                  _np(correct))
 
 
-def _loss_outputs(n: int, c: int, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
-    """g [n, c], losses [n] (float64), correct [n] (bool), for _cross_entropy."""
-    return torch.empty(n, c, dtype=dtype), torch.empty(n, dtype=torch.float64), torch.empty(n, dtype=torch.bool)
+def _torch_path_loss(layout: Layout, t: Tables, act: str, labels: Tensor, keep: Tensor | None):
+    """Any activation, the whole batch at once: pattern, post, pre, g, per-example losses and
+    whether each label is the first maximum (all in the layout's sorted order)."""
+    pattern, post, pre, direct, lg = _forward(layout, t, act, keep)
+    n, c = lg.shape
+    g, losses, correct = torch.empty_like(lg), torch.empty(n, dtype=torch.float64), torch.empty(n, dtype=torch.bool)
+    _cross_entropy(lg, direct, labels, n, g, losses, correct)
+    return pattern, post, pre, g, losses, correct
 
 
 @torch.no_grad()
@@ -427,9 +430,7 @@ def loss_and_accuracy(layout: Layout, tables: Tables, labels: Tensor, act: str) 
     if act == "relu":
         loss, correct, _ = _relu_blocks(layout, tables, labels, None, False)
     else:
-        _, _, _, direct, lg = _forward(layout, tables, act, None)
-        g, losses, correct = _loss_outputs(*lg.shape, lg.dtype)
-        _cross_entropy(lg, direct, labels, layout.n, g, losses, correct)
+        *_, losses, correct = _torch_path_loss(layout, tables, act, labels, None)
         loss = losses.sum() / layout.n
     return float(loss), float(correct.double().mean())
 

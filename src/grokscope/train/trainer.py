@@ -211,20 +211,21 @@ class Trainer:
     def evaluate(self, step: int, lr: float) -> dict[str, float]:
         t = self.task
         row: dict[str, float] = {"step": step, "epoch": step / self.steps_per_epoch, "lr": lr}
+        splits = (("train", t.train_x, t.train_y), ("test", t.test_x, t.test_y))
         if self.last_only and self.cfg.train.fast:
             # one table build for both splits, and the loss without a float64 copy of the logits:
             # evaluation had cost more than a training step
-            (tr_loss, tr_acc), (te_loss, te_acc) = self.model.loss_and_acc_last(
-                [(t.train_x, t.train_y[:, 0]), (t.test_x, t.test_y[:, 0])])
-            return {**row, "train_loss": tr_loss, "train_acc": tr_acc, "test_loss": te_loss, "test_acc": te_acc,
-                    "weight_norm": sum_sq_weights(self.model)}
-        for split, x, y in (("train", t.train_x, t.train_y), ("test", t.test_x, t.test_y)):
-            logits = self.logits(x)
-            row[f"{split}_loss"], row[f"{split}_acc"] = loss_and_acc(logits, y)
-            if y.shape[1] > 1:
-                losses, accs = per_position(logits, y)
-                for j, (lo, ac) in enumerate(zip(losses, accs, strict=True)):
-                    row[f"{split}_loss_pos{j}"], row[f"{split}_acc_pos{j}"] = lo, ac
+            scores = self.model.loss_and_acc_last([(x, y[:, 0]) for _, x, y in splits])
+            for (split, _, _), (loss, acc) in zip(splits, scores, strict=True):
+                row[f"{split}_loss"], row[f"{split}_acc"] = loss, acc
+        else:
+            for split, x, y in splits:
+                logits = self.logits(x)
+                row[f"{split}_loss"], row[f"{split}_acc"] = loss_and_acc(logits, y)
+                if y.shape[1] > 1:
+                    losses, accs = per_position(logits, y)
+                    for j, (lo, ac) in enumerate(zip(losses, accs, strict=True)):
+                        row[f"{split}_loss_pos{j}"], row[f"{split}_acc_pos{j}"] = lo, ac
         row["weight_norm"] = sum_sq_weights(self.model)
         return row
 
