@@ -98,6 +98,12 @@ def _axpy(w, x, y):  # pragma: no cover - compiled
 
 
 @njit(inline="always", **_JIT_SERIAL)
+def _add(x, y):  # pragma: no cover - compiled
+    for j in range(len(y)):
+        y[j] += x[j]
+
+
+@njit(inline="always", **_JIT_SERIAL)
 def _axpy4(w0, w1, w2, w3, x0, x1, x2, x3, y):  # pragma: no cover - compiled
     """y += w0 x0 + ... + w3 x3 in one pass over y."""
     for j in range(len(y)):
@@ -236,3 +242,34 @@ def scatter_rows(d_pre, g, P, d_s, inv, t_start, t_examples, K, d_tab_in, d_tab_
                 _axpy(w[hr], g[i], d_tab_u[hr, k, v])
             for h in range(H):
                 d_scores[inv[i], k, h, v] += d_s[i, k, h]
+
+
+@njit(**_JIT)
+def shared_sums(d_pre, g, P, chunk_start, chunk_q, parts_in, parts_u, out_in, out_u):  # pragma: no cover
+    """Gradients of the shared rows: out_in [u, H + 1, m] (float64) += for each query token the sum
+    over its examples of P[i, K, h] d_pre[i] (row h < H, the head attending to the query itself)
+    and of d_pre[i] (row H, the query's own residual); out_u [u, H + 1, c] likewise from g.
+
+    Chunks of examples (chunk_start, each of one query token chunk_q) are summed in the operands'
+    dtype into parts_* [n_chunks, H + 1, f], then the chunks in float64 in a fixed order: a float32
+    sum of thousands of nearly cancelling terms loses digits, and a thin float64 GEMM is slow.
+    """
+    K, H = P.shape[1] - 1, P.shape[2]
+    for ch in prange(len(chunk_start) - 1):
+        a_in, a_u = parts_in[ch], parts_u[ch]
+        a_in[:] = 0.0
+        a_u[:] = 0.0
+        for i in range(chunk_start[ch], chunk_start[ch + 1]):
+            p = P[i, K]
+            for h in range(H):
+                _axpy(p[h], d_pre[i], a_in[h])
+                _axpy(p[h], g[i], a_u[h])
+            _add(d_pre[i], a_in[H])
+            _add(g[i], a_u[H])
+    for r in prange(H + 1):
+        for ch in range(len(chunk_q)):
+            q = chunk_q[ch]
+            for j in range(out_in.shape[2]):
+                out_in[q, r, j] += parts_in[ch, r, j]
+            for j in range(out_u.shape[2]):
+                out_u[q, r, j] += parts_u[ch, r, j]
