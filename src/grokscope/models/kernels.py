@@ -60,10 +60,15 @@ def gather_relu(P, tok, inv, tab_in, sh_in, tab_u, sh_u, post, direct):  # pragm
     The examples come sorted by token (tabulated.Layout), so neighbours share table rows in cache.
     """
     n, K = tok.shape
+    H = P.shape[2]
     for i in prange(n):
         q = inv[i]
-        _weighted_rows(P[i], tok[i], sh_in[q], tab_in, post[i])
-        _weighted_rows(P[i], tok[i], sh_u[q], tab_u, direct[i])
+        if K == 2 and H == 4:  # the mainline's shape: all twelve rows in one pass (1.3x faster)
+            _weighted_rows_k2h4(P[i], tok[i], sh_in[q], tab_in, post[i])
+            _weighted_rows_k2h4(P[i], tok[i], sh_u[q], tab_u, direct[i])
+        else:
+            _weighted_rows(P[i], tok[i], sh_in[q], tab_in, post[i])
+            _weighted_rows(P[i], tok[i], sh_u[q], tab_u, direct[i])
         out = post[i]
         for j in range(len(out)):
             out[j] = max(out[j], 0.0)
@@ -89,6 +94,22 @@ def _weighted_rows(p, t, sh, tab, out):  # pragma: no cover - compiled
             h += 4
         for hr in range(h, H):
             _axpy(p[k, hr], tab[hr, k, v], out)
+
+
+@njit(inline="always", **_JIT_SERIAL)
+def _weighted_rows_k2h4(p, t, sh, tab, out):  # pragma: no cover - compiled
+    """_weighted_rows for K = 2, H = 4 in one pass over out instead of three, summed in the same
+    order (the same bits): fewer loads and stores of out."""
+    a0, a1, a2, a3 = tab[0, 0, t[0]], tab[1, 0, t[0]], tab[2, 0, t[0]], tab[3, 0, t[0]]
+    b0, b1, b2, b3 = tab[0, 1, t[1]], tab[1, 1, t[1]], tab[2, 1, t[1]], tab[3, 1, t[1]]
+    s0, s1, s2, s3, own = sh[0], sh[1], sh[2], sh[3], sh[4]
+    ws0, ws1, ws2, ws3 = p[2, 0], p[2, 1], p[2, 2], p[2, 3]
+    wa0, wa1, wa2, wa3 = p[0, 0], p[0, 1], p[0, 2], p[0, 3]
+    wb0, wb1, wb2, wb3 = p[1, 0], p[1, 1], p[1, 2], p[1, 3]
+    for j in range(len(out)):
+        out[j] = (own[j] + ((ws0 * s0[j] + ws1 * s1[j]) + (ws2 * s2[j] + ws3 * s3[j]))
+                  + ((wa0 * a0[j] + wa1 * a1[j]) + (wa2 * a2[j] + wa3 * a3[j]))
+                  + ((wb0 * b0[j] + wb1 * b1[j]) + (wb2 * b2[j] + wb3 * b3[j])))
 
 
 @njit(inline="always", **_JIT_SERIAL)
