@@ -100,7 +100,6 @@ class Layout:
     kv_start: Tensor  # [K*V + 1] examples with token v at key position k: kv_examples[kv_start[k*V + v]:...]
     kv_examples: Tensor  # [n * K], ascending within each (k, v)
     chunk_start: Tensor  # [n_chunks + 1] runs of at most CHUNK examples with one query token
-    chunk_q: Tensor  # [n_chunks] that token, as an index into uniq
     # CSR form for the torch path: the gather matrix [n, K*V*H] and its transpose.
     crow: Tensor
     col: Tensor  # [n * K*H], ascending within an example: entries (h, k)
@@ -142,7 +141,8 @@ def make_layout(tokens: Tensor, n_heads: int, d_vocab: int) -> Layout:
     chunk_start = torch.cat([torch.unique(cuts), torch.tensor([n])])
     return Layout(n=n, n_key=K, n_heads=H, d_vocab=V, uniq=uniq, inv=inv, tok=tok, perm=perm,
                   query=F.one_hot(inv, len(uniq)), score_idx=score_idx, kv_start=kv_start,
-                  kv_examples=examples[kv_order], chunk_start=chunk_start, chunk_q=inv[chunk_start[:-1]], crow=torch.arange(0, n * K * H + 1, K * H), col=flat,
+                  kv_examples=examples[kv_order], chunk_start=chunk_start,
+                  crow=torch.arange(0, n * K * H + 1, K * H), col=flat,
                   t_crow=t_crow, t_col=per_entry[t_order], t_order=t_order)
 
 
@@ -351,13 +351,11 @@ def _sorted(layout: Layout, x: Tensor | None) -> Tensor | None:
 def _shared_grads(lay: Layout, pattern: Tensor, d_pre: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
     """Gradients of shared_in / shared_u [u*(H+1), f]: sums over each query token's examples
     (see kernels.shared_sums)."""
-    u, H, dtype = len(lay.uniq), lay.n_heads, d_pre.dtype
-    n_chunks, m, c = len(lay.chunk_q), d_pre.shape[1], g.shape[1]
-    out_in, out_u = torch.zeros(u, H + 1, m, dtype=torch.float64), torch.zeros(u, H + 1, c, dtype=torch.float64)
-    kernels.shared_sums(_np(d_pre), _np(g), _np(pattern), _np(lay.chunk_start), _np(lay.chunk_q),
-                        np.empty((n_chunks, H + 1, m), _np(d_pre).dtype), np.empty((n_chunks, H + 1, c), _np(g).dtype),
-                        _np(out_in), _np(out_u))
-    return out_in.view(-1, m).to(dtype), out_u.view(-1, c).to(dtype)
+    u, H1, starts = len(lay.uniq), lay.n_heads + 1, _np(lay.chunk_start)
+    parts = [np.empty((len(starts) - 1, H1, x.shape[1]), _np(x).dtype) for x in (d_pre, g)]
+    out = [torch.zeros(u, H1, x.shape[1], dtype=torch.float64) for x in (d_pre, g)]
+    kernels.shared_sums(_np(d_pre), _np(g), _np(pattern), starts, _np(lay.inv)[starts[:-1]], *parts, *map(_np, out))
+    return tuple(o.view(u * H1, -1).to(d_pre.dtype) for o in out)
 
 
 class TabulatedLoss(torch.autograd.Function):
