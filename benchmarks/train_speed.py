@@ -116,6 +116,17 @@ def matmul_time(step_fn, reps: int = 20) -> float:
     return total
 
 
+def cpu_ticks() -> tuple[int, int] | None:
+    """(ticks stolen by the hypervisor, all ticks) so far, summed over CPUs; None off Linux."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    # user nice system idle iowait irq softirq steal [guest guest_nice: already in user]
+    return fields[7], sum(fields[:8])
+
+
 def timed(step_fn, start: int, steps: int) -> float:
     t0 = time.perf_counter()
     for s in range(start, start + steps):
@@ -186,9 +197,11 @@ def main() -> None:
         timed(fn, start, 3)
 
     rates: dict[str, list[float]] = {"baseline": [], "grokscope": []}
+    ticks0 = cpu_ticks()
     for r in range(args.rounds):
         rates["baseline"].append(timed(baseline.step, start + r * args.steps, args.steps))
         rates["grokscope"].append(timed(ours, start + r * args.steps, args.steps))
+    ticks1 = cpu_ticks()
     peak = matmul_peak(args.threads)
     gemm_s = {"baseline": matmul_time(baseline.step), "grokscope": matmul_time(ours)}
 
@@ -201,6 +214,12 @@ def main() -> None:
         print(f"{name:10s} {med:7.2f} epochs/s (min {min(rs):.2f}, max {max(rs):.2f})  "
               f"{gf:5.2f} GFLOP/epoch (matmul)  {gf * med:6.1f} GFLOP/s  "
               f"bound at peak: {peak / gf:6.1f} epochs/s; its matmuls alone: {1 / gemm_s[name]:6.1f} epochs/s")
+    if ticks0 and ticks1 and ticks1[1] > ticks0[1]:
+        # a shared VM's neighbours take CPU time from both implementations, unevenly across rounds
+        print(f"CPU time stolen by the hypervisor during the timed rounds: "
+              f"{100 * (ticks1[0] - ticks0[0]) / (ticks1[1] - ticks0[1]):.0f}%")
+    paired = statistics.median(o / b for o, b in zip(rates["grokscope"], rates["baseline"], strict=True))
+    print(f"per-round ratios: median {paired:.2f}x (each round's grokscope rate over the baseline's just before it)")
     ratio = statistics.median(rates["grokscope"]) / statistics.median(rates["baseline"])
     print(f"speed-up: {ratio:.2f}x")
 

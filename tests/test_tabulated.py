@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 
 from grokscope import config as C
@@ -95,6 +96,20 @@ def test_a_query_token_that_varies_is_tabulated_per_token():
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, task.d_vocab, (400, 3), generator=g)
     y = torch.randint(0, task.d_vocab_out, (400,), generator=g)
+    loss_k, g_k = _grads(model, lambda m: m.loss_last(x, y))
+    loss_p, g_p = _grads(model, lambda m: cross_entropy64(m(x)[:, -1], y))
+    assert abs(loss_k - loss_p) < 1e-12
+    for k in g_k:
+        assert (g_k[k] - g_p[k]).abs().max() <= 1e-10 * g_p[k].abs().max(), k
+
+
+@pytest.mark.parametrize("n_heads", [3, 8])
+def test_head_counts_other_than_four_take_the_general_kernel_paths(n_heads):
+    # The kernels have a one-pass path for the mainline's four heads; three heads take the
+    # remainder loops, eight the four-at-a-time loop twice. Both must equal the plain model.
+    task, model = _model(3, f"model.n_heads={n_heads}", "model.d_head=8")
+    model = copy.deepcopy(model).double()
+    x, y = task.train_x, task.train_y[:, 0]
     loss_k, g_k = _grads(model, lambda m: m.loss_last(x, y))
     loss_p, g_p = _grads(model, lambda m: cross_entropy64(m(x)[:, -1], y))
     assert abs(loss_k - loss_p) < 1e-12
