@@ -2,8 +2,9 @@
 
 tests/test_model.py checks loss and gradients against the plain model in float64 (1e-10) for
 ReLU (the numba kernels) and GELU (torch's sparse products); here: ReLU in float32, dropout,
-thread-count independence, a query token that varies, the layout cache, and the evaluation
-path (loss and first-maximum accuracy, NaN included).
+thread-count independence, a query token that varies, head counts other than the mainline's
+four (the kernels' general paths), the layout cache, and the evaluation path (loss and
+first-maximum accuracy, NaN included).
 """
 
 from __future__ import annotations
@@ -88,19 +89,25 @@ def test_dropout_kernels_match_the_differentiable_path_with_the_same_mask():
     assert abs(model.loss_last(x, y).item() - loss_k) > 1e-3
 
 
-def test_a_query_token_that_varies_is_tabulated_per_token():
-    # Random tokens at every position: the last token is no longer always '=', so the shared
-    # rows are per query token (u > 1). Loss and gradients must still equal the plain model's.
-    task, model = _model(2)
+def _assert_fast_equals_plain_in_float64(model, x, y) -> None:
     model = copy.deepcopy(model).double()
-    g = torch.Generator().manual_seed(0)
-    x = torch.randint(0, task.d_vocab, (400, 3), generator=g)
-    y = torch.randint(0, task.d_vocab_out, (400,), generator=g)
     loss_k, g_k = _grads(model, lambda m: m.loss_last(x, y))
     loss_p, g_p = _grads(model, lambda m: cross_entropy64(m(x)[:, -1], y))
     assert abs(loss_k - loss_p) < 1e-12
     for k in g_k:
         assert (g_k[k] - g_p[k]).abs().max() <= 1e-10 * g_p[k].abs().max(), k
+
+
+@pytest.mark.parametrize("n_heads", [4, 3])
+def test_a_query_token_that_varies_is_tabulated_per_token(n_heads):
+    # Random tokens at every position: the last token is no longer always '=', so the shared
+    # rows are per query token (u > 1) and their sums' chunks cut where it changes. Loss and
+    # gradients must still equal the plain model's, on the four-head paths and the general ones.
+    task, model = _model(2, f"model.n_heads={n_heads}", "model.d_head=8")
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, task.d_vocab, (400, 3), generator=g)
+    y = torch.randint(0, task.d_vocab_out, (400,), generator=g)
+    _assert_fast_equals_plain_in_float64(model, x, y)
 
 
 @pytest.mark.parametrize("n_heads", [3, 8])
@@ -108,13 +115,7 @@ def test_head_counts_other_than_four_take_the_general_kernel_paths(n_heads):
     # The kernels have a one-pass path for the mainline's four heads; three heads take the
     # remainder loops, eight the four-at-a-time loop twice. Both must equal the plain model.
     task, model = _model(3, f"model.n_heads={n_heads}", "model.d_head=8")
-    model = copy.deepcopy(model).double()
-    x, y = task.train_x, task.train_y[:, 0]
-    loss_k, g_k = _grads(model, lambda m: m.loss_last(x, y))
-    loss_p, g_p = _grads(model, lambda m: cross_entropy64(m(x)[:, -1], y))
-    assert abs(loss_k - loss_p) < 1e-12
-    for k in g_k:
-        assert (g_k[k] - g_p[k]).abs().max() <= 1e-10 * g_p[k].abs().max(), k
+    _assert_fast_equals_plain_in_float64(model, task.train_x, task.train_y[:, 0])
 
 
 def test_layout_cache_sees_views_and_in_place_changes():

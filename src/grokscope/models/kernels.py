@@ -3,8 +3,9 @@
 Each loop makes one pass over its [n, d_mlp] operand where torch would make several (gather,
 add, ReLU; mask, gather-dot, softmax backward; a float64 loss in ten elementwise passes), which
 matters because every such pass streams megabytes through the cache. The matrix products stay in
-torch (MKL). Every loop writes disjoint outputs per parallel iteration and sums in a fixed order,
-so results do not depend on the thread count.
+torch (MKL), except the thin sums over all examples of the shared rows' gradients (shared_sums).
+Every loop writes disjoint outputs per parallel iteration and sums in a fixed order, so results
+do not depend on the thread count.
 
 Shapes: n examples, K key positions, H heads, V tokens, u query tokens, m = d_mlp, c = d_vocab.
 Tables are row-major `tab [H, K, V, f]` and `shared [u, H + 1, f]` (head h attending to the query
@@ -20,12 +21,12 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-# numba's OpenMP layer. It is a second OpenMP runtime beside torch's (numba's omppool links the
-# system libgomp.so.1.0.0, which the loader does not match to torch's bundled libgomp.so.1), but
-# its workers spin briefly and then yield: with numba's own `workqueue` pool the workers of the
-# two pools fought over the 2 cores and a step took 31 ms instead of 21 (and 31 against 22 when
-# remeasured). Pointing numba at torch's runtime (LD_LIBRARY_PATH) changed the step by less than
-# this machine's noise, so no such trick is played.
+# numba's OpenMP layer, which runs on torch's own OpenMP runtime: torch is imported first, so its
+# bundled libgomp.so.1 is in the global symbol scope, and numba's omppool binds GOMP_parallel and
+# the thread queries there (LD_DEBUG=bindings; only omp_get_supported_active_levels, which that
+# libgomp lacks, comes from the system's), so the kernels' parallel regions are torch's. With numba's own
+# `workqueue` pool the two pools' workers fought over the 2 cores: a step took 31 ms instead of
+# 21 (31 against 22 when remeasured).
 if "NUMBA_THREADING_LAYER" not in os.environ:
     numba.config.THREADING_LAYER = "omp"
 
@@ -37,7 +38,7 @@ _JIT_LOSS = {**_JIT, "fastmath": {"nsz", "arcp", "contract", "afn", "reassoc"}}
 
 
 def set_threads(n: int) -> None:
-    """Use n threads in the kernels (torch's own count is set apart: the runtimes are separate)."""
+    """Use n threads in the kernels (numba keeps its own count, apart from torch's)."""
     try:  # start numba's OpenMP layer, or learn that it cannot load
         _start_pool(np.zeros(2))
     except Exception:  # numba found no OpenMP runtime it can use: its own pool still works
@@ -98,8 +99,9 @@ def _weighted_rows(p, t, sh, tab, out):  # pragma: no cover - compiled
 
 @njit(inline="always", **_JIT_SERIAL)
 def _weighted_rows_k2h4(p, t, sh, tab, out):  # pragma: no cover - compiled
-    """_weighted_rows for K = 2, H = 4 in one pass over out instead of three, summed in the same
-    order (the same bits): fewer loads and stores of out."""
+    """_weighted_rows for K = 2, H = 4 in one pass over out instead of three: fewer loads and
+    stores of out. The terms are written in _weighted_rows' order; with the pinned numba it gave
+    bit-identical parameters over 100 training steps."""
     a0, a1, a2, a3 = tab[0, 0, t[0]], tab[1, 0, t[0]], tab[2, 0, t[0]], tab[3, 0, t[0]]
     b0, b1, b2, b3 = tab[0, 1, t[1]], tab[1, 1, t[1]], tab[2, 1, t[1]], tab[3, 1, t[1]]
     s0, s1, s2, s3, own = sh[0], sh[1], sh[2], sh[3], sh[4]
@@ -246,8 +248,9 @@ def _spread4(x, w0, w1, w2, w3, y0, y1, y2, y3):  # pragma: no cover - compiled
 @njit(inline="always", **_JIT_SERIAL)
 def _spread4x4(x0, x1, x2, x3, w0, w1, w2, w3, y0, y1, y2, y3):  # pragma: no cover - compiled
     """y_h += sum over four examples e of w_e[h] x_e (H = 4): one load and store of each y per four
-    examples. Here it compiled to the chain of FMAs that four single-example passes make: the
-    same bits (checked over 100 training steps)."""
+    examples. Observed, not guaranteed: with the pinned numba (fastmath may reassociate) it
+    compiled to the chain of FMAs that four one-example passes make, and training gave
+    bit-identical parameters over 100 steps."""
     for j in range(len(y0)):
         a, b, c, d = x0[j], x1[j], x2[j], x3[j]
         y0[j] += (w0[0] * a + w1[0] * b) + (w2[0] * c + w3[0] * d)

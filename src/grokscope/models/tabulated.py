@@ -18,7 +18,7 @@ each [n, d_mlp] operand, and the loss's forward and backward run together in blo
 (`_relu_blocks`): the loss computes its own gradient anyway, and a block's operands are used
 while they are still in cache. Other activations use torch's sparse CSR products (the weighted gather
 is a CSR matrix with pos x head entries per example times the row table, its transpose scatters
-the gradient back). The sparsity pattern depends only on the tokens, so it is built once per
+the gradient back), and the same numba sums for the shared rows' gradients. The sparsity pattern depends only on the tokens, so it is built once per
 batch and cached.
 
 `build_tables` makes the tables from the parameters (small tensors: thousands of rows, not
@@ -116,10 +116,11 @@ def make_layout(tokens: Tensor, n_heads: int, d_vocab: int) -> Layout:
     """The gather pattern of tokens [n, pos] (the last position is the query)."""
     n, n_pos = tokens.shape
     K, H, V = n_pos - 1, n_heads, d_vocab
-    sort_key = tokens[:, K].clone()
-    for k in range(K):
+    sort_key = torch.zeros(n, dtype=torch.int64)
+    for k in range(K):  # (wraps for long contexts: the order then only helps less)
         sort_key = sort_key * V + tokens[:, k]
     perm = torch.argsort(sort_key, stable=True)
+    perm = perm[torch.argsort(tokens[perm, K], stable=True)]  # the query token first, whatever K
     tokens = tokens[perm]
     uniq, inv = torch.unique(tokens[:, K], return_inverse=True)
     tok = tokens[:, :K].contiguous()

@@ -42,7 +42,7 @@ def now() -> str:
 
 def setup_torch(threads: int | None) -> None:
     n = threads or os.cpu_count() or 1
-    kernels.set_threads(n)  # numba's runtime (a second OpenMP runtime: models/kernels.py), then torch's
+    kernels.set_threads(n)  # numba's count (it keeps its own: models/kernels.py), then torch's
     torch.set_num_threads(n)
     torch.set_flush_denormal(True)  # helps on 1 thread; the loss also zeroes subnormal grads
     keep_freed_memory()
