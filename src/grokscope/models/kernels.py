@@ -24,9 +24,9 @@ from numba import njit, prange
 # numba's OpenMP layer, which runs on torch's own OpenMP runtime: torch is imported first, so its
 # bundled libgomp.so.1 is in the global symbol scope, and numba's omppool binds GOMP_parallel and
 # the thread queries there (LD_DEBUG=bindings; only omp_get_supported_active_levels, which that
-# libgomp lacks, comes from the system's), so the kernels' parallel regions are torch's. With numba's own
-# `workqueue` pool the two pools' workers fought over the 2 cores: a step took 31 ms instead of
-# 21 (31 against 22 when remeasured).
+# libgomp lacks, comes from the system's), so the kernels' parallel regions are torch's. With
+# numba's own `workqueue` pool the two pools' workers fought over the 2 cores: a step took 31 ms
+# instead of 21 (31 against 22 when remeasured).
 if "NUMBA_THREADING_LAYER" not in os.environ:
     numba.config.THREADING_LAYER = "omp"
 

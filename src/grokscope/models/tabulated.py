@@ -18,8 +18,8 @@ each [n, d_mlp] operand, and the loss's forward and backward run together in blo
 (`_relu_blocks`): the loss computes its own gradient anyway, and a block's operands are used
 while they are still in cache. Other activations use torch's sparse CSR products (the weighted gather
 is a CSR matrix with pos x head entries per example times the row table, its transpose scatters
-the gradient back), and the same numba sums for the shared rows' gradients. The sparsity pattern depends only on the tokens, so it is built once per
-batch and cached.
+the gradient back), and the same numba sums for the shared rows' gradients. The sparsity pattern
+depends only on the tokens, so it is built once per batch and cached.
 
 `build_tables` makes the tables from the parameters (small tensors: thousands of rows, not
 examples), with its backward written out too. `TabulatedLoss` runs the per-example part
@@ -349,14 +349,15 @@ def _sorted(layout: Layout, x: Tensor | None) -> Tensor | None:
     return None if x is None else x[layout.perm]
 
 
-def _shared_grads(lay: Layout, pattern: Tensor, d_pre: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
-    """Gradients of shared_in / shared_u [u*(H+1), f]: sums over each query token's examples
-    (see kernels.shared_sums)."""
-    u, H1, starts = len(lay.uniq), lay.n_heads + 1, _np(lay.chunk_start)
+def _shared_grads(lay: Layout, pattern: Tensor, d_s: Tensor, d_pre: Tensor, g: Tensor) -> tuple[Tensor, ...]:
+    """Gradients of what every example with the same query token reads, as float64 sums over its
+    examples: its self-scores [u, H], and shared_in / shared_u [u*(H+1), f] (kernels.shared_sums)."""
+    u, H1, starts, dtype = len(lay.uniq), lay.n_heads + 1, _np(lay.chunk_start), d_pre.dtype
+    d_self = (lay.query.T.double() @ d_s[:, lay.n_key].double()).to(dtype)
     parts = [np.empty((len(starts) - 1, H1, x.shape[1]), _np(x).dtype) for x in (d_pre, g)]
     out = [torch.zeros(u, H1, x.shape[1], dtype=torch.float64) for x in (d_pre, g)]
     kernels.shared_sums(_np(d_pre), _np(g), _np(pattern), starts, _np(lay.inv)[starts[:-1]], *parts, *map(_np, out))
-    return tuple(o.view(u * H1, -1).to(d_pre.dtype) for o in out)
+    return d_self, *(o.view(u * H1, -1).to(dtype) for o in out)
 
 
 class TabulatedLoss(torch.autograd.Function):
@@ -395,11 +396,8 @@ class TabulatedLoss(torch.autograd.Function):
         if keep is not None:
             d_post = d_post * keep
         d_s, d_pre, (d_scores, d_tab_in, d_tab_u) = _backward_sparse(lay, t, pattern, pre, g, d_post, ctx.act)
-        # The rows every example with the same query reads, and its self-score: float64 sums.
-        dtype = t.tab_in.dtype
-        d_self = (lay.query.T.double() @ d_s[:, lay.n_key].double()).to(dtype)
-        return (None, None, None, None, d_scores, d_self, d_tab_in, d_tab_u, *_shared_grads(lay, pattern, d_pre, g),
-                d_W_LT)
+        d_self, d_sh_in, d_sh_u = _shared_grads(lay, pattern, d_s, d_pre, g)
+        return None, None, None, None, d_scores, d_self, d_tab_in, d_tab_u, d_sh_in, d_sh_u, d_W_LT
 
 
 BLOCK = 1024  # examples per block of the ReLU step: its [block, d_mlp] operands stay in cache
@@ -493,10 +491,9 @@ def _relu_blocks(lay: Layout, t: Tables, labels: Tensor, keep: Tensor | None, ne
     d_scores = torch.zeros(t.scores.shape, dtype=dtype)
     kernels.scatter_rows(_np(d_pre), _np(g), P, _np(d_s), inv, _np(lay.kv_start), _np(lay.kv_examples), K,
                          _np(d_tab_in), _np(d_tab_u), _np(d_scores))
-    # The rows every example with the same query reads, and its self-score: float64 sums.
-    d_self = (lay.query.T.double() @ d_s[:, K].double()).to(dtype)
-    return loss, correct, (d_scores, d_self, d_tab_in.view(-1, m), d_tab_u.view(-1, c),
-                           *_shared_grads(lay, pattern, d_pre, g), _in_order(d_W_LT))
+    d_self, d_sh_in, d_sh_u = _shared_grads(lay, pattern, d_s, d_pre, g)
+    return loss, correct, (d_scores, d_self, d_tab_in.view(-1, m), d_tab_u.view(-1, c), d_sh_in, d_sh_u,
+                           _in_order(d_W_LT))
 
 
 def _in_order(parts: Tensor) -> Tensor:
