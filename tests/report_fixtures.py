@@ -74,7 +74,7 @@ def fake_progress(epochs: int, every: int | None = None, grok: float | None = No
 
 
 def fake_summary(epochs: int) -> dict[str, Any]:
-    return {"step": epochs, "key_frequencies": KEYS, "neuron_fve": 0.78125,  # 25 of the 32 fake neurons below have FVE > 0.85 "logit_fve": 0.93,
+    return {"step": epochs, "key_frequencies": KEYS, "neuron_fve": 0.78125, "logit_fve": 0.93,  # 25 of the 32 fake neurons below have FVE > 0.85
             "restricted_loss": 0.01, "excluded_loss": 5.2, "test_loss": 1e-4, "test_acc": 1.0,
             "gini_W_E": 0.8, "gini_W_L": 0.85,
             "phases": {"memorization": [0, 0.15 * epochs], "circuit_formation": [0.15 * epochs, 0.55 * epochs],

@@ -29,8 +29,10 @@ def test_handbuilt_fourier_model_is_recovered_exactly(p, ks):
     assert out["acc_all"] == 1.0 and out["loss_all"] < 0.05
     assert out["logit_fve"] > 0.99
     assert out["wl_residual"] < 1e-6  # W_L lives in the key directions only
-    # equal embedding norms on |K| of N frequencies: Gini = 1 - |K|/N
+    # equal embedding norms on |K| of N frequencies: Gini = 1 - |K|/N; W_L likewise (its readout
+    # waves have equal norms per key frequency)
     assert out["gini_W_E"] == pytest.approx(1 - len(ks) / fr.n_freqs(p), abs=1e-6)
+    assert out["gini_W_L"] == pytest.approx(1 - len(ks) / fr.n_freqs(p), abs=1e-6)
     abl = {r["name"]: r for r in out["ablations"]}
     chance = math.log(p)
     assert abl["remove all key"]["loss"] > 0.9 * chance
@@ -45,6 +47,30 @@ def test_handbuilt_fourier_model_is_recovered_exactly(p, ks):
     lf = figs["logit_fourier_norm"].pow(2)
     key_mask = ci.freq_set_mask(p, ks)
     assert lf[key_mask].sum() / lf[1:, :].sum().add(lf[0, 1:].sum()) > 0.99
+
+
+def test_attention_head_that_reads_one_frequency_of_a():
+    # Known answer: head 0's score to position 0 is 2 cos(w_k a), to itself 0, to position 1
+    # very negative, so its attention from `=` to a is sigmoid(2 cos(w_k a)): frequency k, almost
+    # all of its variance in the fundamental (tanh(cos) has a small third harmonic). Head 1 still
+    # attends to b alone: its attention to a is ~0 everywhere.
+    p, k = 31, 5
+    model = fourier_model(p, [3, k])
+    attn = model.blocks[0].attn
+    pos0, tok_cos_k = 6 * 2, 2  # fourier_model's layout for two frequencies: tok[1] is k
+    gap = 40.0  # fourier_model's score after the 1/sqrt(d_head) scale
+    with torch.no_grad():
+        attn.W_K[0, pos0 + 0, 0] = 0.0  # no position-0 bonus any more
+        attn.W_K[0, pos0 + 1, 0] = -10.0  # position 1: never attended
+        attn.W_K[0, tok_cos_k, 0] = 2.0 / gap  # the token's cos(w_k x), at every position
+    out, figs = ci.reverse_engineer(model, grid_data(p))
+    heads = {h["head"]: h for h in out["attention_heads"]}
+    a = torch.arange(p, dtype=torch.float64)
+    expected = torch.sigmoid(2 * torch.cos(2 * math.pi * k / p * a))
+    torch.testing.assert_close(figs["attention"][0].double(), expected[:, None].expand(p, p), atol=1e-4, rtol=0)
+    assert heads["0.0"]["freq"] == k and heads["0.0"]["fve"] > 0.99
+    assert heads["0.0"]["std"] == pytest.approx(float(expected.std(correction=0)), rel=1e-3)
+    assert heads["0.1"]["std"] < 1e-6
 
 
 def test_handbuilt_subtraction_model_uses_a_minus_b_directions():

@@ -7,6 +7,7 @@ import torch
 
 from grokscope.config import ModelConfig
 from grokscope.lm.induction import (
+    copying_scores,
     eigen_positivity,
     head_scores,
     icl_score,
@@ -60,7 +61,6 @@ def test_uniform_head_scores_near_zero():
     W_V, W_O = torch.randn(8, 64, 16, generator=g), torch.randn(8, 16, 64, generator=g)
     ep = eigen_positivity(ov_small(W_E, W_V, W_O, W_U))
     assert float(ep.abs().mean()) < 0.3  # a random OV circuit neither copies nor anti-copies
-    assert abs(pm * float(ep.mean())) < 0.01
 
 
 def test_small_product_has_the_full_circuits_eigenvalues():
@@ -102,6 +102,46 @@ def test_model_with_blind_attention_has_uniform_heads():
     assert sc["copying"].shape == (2, 2)
 
 
+def _copying_llama(ln1: torch.Tensor, ln_final: torch.Tensor):
+    """A 1-layer Llama over 16 tokens with one-hot embeddings: head 0 reads and writes dimensions
+    0-3, head 1 dimensions 4-7, so head h's OV circuit is diag(ln1 * ln_final) on its four."""
+    cfg = ModelConfig(arch="llama", n_layers=1, d_model=16, n_heads=2, d_head=4, d_mlp=16)
+    model = build_llama(cfg, d_vocab=16, n_ctx=16, seed=0)
+    eye = torch.eye(16)
+    with torch.no_grad():
+        model.embed.W_E.copy_(eye)
+        model.W_U.copy_(eye)
+        attn = model.blocks[0].attn
+        attn.W_V.copy_(torch.stack([eye[:, 0:4], eye[:, 4:8]]))
+        attn.W_O.copy_(torch.stack([eye[0:4], eye[4:8]]))
+        model.blocks[0].ln1.w.copy_(ln1)
+        model.ln_final.w.copy_(ln_final)
+    return model
+
+
+def test_model_copying_score_folds_in_both_norms():
+    # Known answer: head h's eigenvalues are ln1_i * ln_final_i over its dimensions, so
+    # EP = sum of those products / sum of their absolute values.
+    ln1 = torch.arange(1, 17) / 4  # non-uniform, positive
+    ln_final = torch.ones(16)
+    ln_final[1], ln_final[5], ln_final[6] = -1.0, -2.0, -0.5  # some of each head's dimensions flip sign
+    model = _copying_llama(ln1, ln_final)
+    prod = (ln1 * ln_final).double()
+    expected = torch.stack([prod[0:4].sum() / prod[0:4].abs().sum(), prod[4:8].sum() / prod[4:8].abs().sum()])
+    ep = copying_scores(model)
+    torch.testing.assert_close(ep[0].double(), expected, atol=1e-6, rtol=0)
+    assert float(ep[0, 0]) != pytest.approx(1.0)  # the sign flips count: without ln_final it would be 1
+    # The same from the full vocab x vocab circuit with the gains written out
+    attn = model.blocks[0].attn
+    for h in range(2):
+        with torch.no_grad():
+            full = (model.embed.W_E * ln1) @ attn.W_V[h] @ attn.W_O[h] @ (model.W_U * ln_final[:, None])
+        assert float(ep[0, h]) == pytest.approx(float(eigen_positivity(full)), abs=1e-6)
+    # A copying head scores 1, and flipping the final norm's sign makes it anti-copy
+    assert copying_scores(_copying_llama(ln1, torch.ones(16)))[0].tolist() == pytest.approx([1.0, 1.0])
+    assert copying_scores(_copying_llama(ln1, -torch.ones(16)))[0].tolist() == pytest.approx([-1.0, -1.0])
+
+
 def test_repeated_tokens_layout():
     t = repeated_tokens(vocab=50, s=20, n=3, gen=torch.Generator().manual_seed(0))
     assert t.shape == (3, 40)
@@ -115,6 +155,16 @@ def test_icl_score_is_late_minus_early_loss():
     expected = float(pos_loss[500] - pos_loss[50])
     assert icl_score(pos_loss) == pytest.approx(expected, abs=1e-9)  # windows are symmetric on a line
     assert icl_score(torch.full((64,), 3.0)) == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize(("n", "late", "early"), [
+    (64, [61, 62, 63], [5, 6, 7]),  # centres round(500/512 * 64) = 62 and round(6.25) = 6; +-1
+    (100, [96, 97, 98, 99], [8, 9, 10, 11, 12]),  # centres 98 and 10, +-2, cut at the context's end
+])
+def test_icl_score_windows_scale_with_the_context(n, late, early):
+    pos_loss = torch.arange(n, dtype=torch.float64) ** 2  # curved: the windows' means pin where they are
+    expected = float(pos_loss[late].mean() - pos_loss[early].mean())
+    assert icl_score(pos_loss) == pytest.approx(expected, abs=1e-9)
 
 
 def test_repeat_gain_of_a_perfect_copier_and_of_a_blind_model():

@@ -7,7 +7,7 @@ import torch
 
 from grokscope import config as C
 from grokscope.tasks import make_task
-from grokscope.tasks.modular import labels
+from grokscope.tasks.modular import all_pairs, labels
 
 
 def test_mainline_split_sizes_match_paper():
@@ -45,6 +45,12 @@ def test_division_excludes_zero_divisor():
 
 
 def test_random_table_is_fixed_by_seed():
-    a = labels(torch.arange(7), torch.arange(7), 7, "rand", seed=1)
-    b = labels(torch.arange(7), torch.arange(7), 7, "rand", seed=1)
-    assert torch.equal(a, b) and a.max() < 7
+    a, b = all_pairs(31)
+    one = labels(a, b, 31, "rand", seed=1)
+    assert torch.equal(one, labels(a, b, 31, "rand", seed=1))
+    assert one.min() >= 0 and one.max() < 31
+    assert not torch.equal(one, labels(a, b, 31, "rand", seed=2))  # another seed, another table
+    # not a disguised operation: it agrees with a + b about as often as chance (1 in 31) and uses
+    # every label
+    assert (one == labels(a, b, 31, "add")).double().mean() < 0.1
+    assert len(torch.unique(one)) == 31

@@ -54,6 +54,7 @@ def test_no_circuit_means_no_circuit_formation():
 def test_too_few_checkpoints():
     phases, _, ev = ph.locate_phases(synthetic_rows()[:2])
     assert phases == {"memorization": None, "circuit_formation": None, "cleanup": None}
+    assert "note" in ev  # the report says why there are no phases
 
 
 def test_tiny_trained_run_has_phases_in_order(grokked_run, tmp_path):

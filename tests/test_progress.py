@@ -14,6 +14,7 @@ from grokscope.analysis import runner
 from grokscope.config import ModelConfig
 from grokscope.models.transformer import build
 from grokscope.store import Run
+from grokscope.train.trainer import sum_sq_weights
 from tests.handbuilt import fourier_model, grid_data
 
 P, KS = 31, [3, 7, 12]
@@ -46,6 +47,25 @@ def test_random_logits_excluded_equals_full_and_restricted_is_chance():
     assert row["restricted_loss"] == pytest.approx(math.log(P), rel=0.05)
 
 
+def test_restricted_loss_keeps_the_per_class_mean_over_inputs():
+    # Known answer: L = a wave in the key directions + a per-class bias b_c (the same for every
+    # input). P_K keeps the wave and drops b (a constant over inputs is orthogonal to every
+    # cos/sin(w_k(a+b))), and the mean over inputs is b (the wave averages to 0), so the
+    # restricted logits are exactly L: its loss is the cross-entropy of wave + b, not of the wave.
+    data = grid_data(P)
+    ctx = pg.make_context(data, KS)
+    a, b = data.all_x[:, 0].double(), data.all_x[:, 1].double()
+    c = torch.arange(P, dtype=torch.float64)
+    wave = sum(2.0 * torch.cos(2 * math.pi * k / P * (a[:, None] + b[:, None] - c)) for k in KS)
+    bias = torch.linspace(-3.0, 3.0, P, dtype=torch.float64)
+    L = wave + bias
+    row = pg.restricted_excluded(L, ctx)
+    with_bias, _ = ci.loss_acc(L, data.all_y)
+    wave_alone, _ = ci.loss_acc(wave, data.all_y)
+    assert row["restricted_loss"] == pytest.approx(with_bias, rel=1e-9)
+    assert abs(with_bias - wave_alone) > 0.1  # the bias term matters here
+
+
 def test_memorised_logits_excluded_stays_low():
     """A lookup table (large logit on the label of each train pair, nothing on test pairs)
     spreads over all frequencies: removing K leaves it nearly intact."""
@@ -70,8 +90,31 @@ def test_train_and_test_loss_match_the_full_forward_pass():
     tr, te = data.train_mask, data.test_mask
     assert row["train_loss"] == pytest.approx(ci.loss_acc(logits[tr], data.all_y[tr])[0], rel=1e-5)
     assert row["test_loss"] == pytest.approx(ci.loss_acc(logits[te], data.all_y[te])[0], rel=1e-5)
-    expected = sum(float(v.detach().double().pow(2).sum()) for v in model.parameters())
-    assert row["weight_norm"] == pytest.approx(expected)
+
+
+def test_weight_norm_is_the_sum_of_squared_weights_in_the_analysis_and_the_trainer():
+    # Known answer: every weight 0.5 gives 0.25 per weight
+    model = fourier_model(P, KS)
+    with torch.no_grad():
+        for prm in model.parameters():
+            prm.fill_(0.5)
+    n = sum(prm.numel() for prm in model.parameters())
+    row = pg.progress_row(model, pg.make_context(grid_data(P), KS))
+    assert row["weight_norm"] == pytest.approx(0.25 * n, rel=1e-12)
+    assert sum_sq_weights(model) == pytest.approx(0.25 * n, rel=1e-12)
+
+
+def test_trainer_and_analysis_log_the_same_weight_norm(grokked_run):
+    # The report plots the trainer's metric; the phases read the analysis's: they must agree at
+    # every checkpoint.
+    runner.analyze_run(grokked_run, threads=1)
+    run = Run(grokked_run)
+    logged = run.metrics().set_index("step")["weight_norm"]
+    analysed = run.metrics("progress").set_index("step")["weight_norm"]
+    steps = analysed.index.intersection(logged.index)
+    assert len(steps) >= 10
+    for s in steps:
+        assert logged[s] == pytest.approx(analysed[s], rel=1e-9), s
 
 
 def test_gini_of_spectra_is_per_frequency():

@@ -2,22 +2,19 @@
 
 Trains a tiny run, analyses it with grokscope.analysis, builds the report, and checks that no figure
 is missing for a contract reason (a file, array or column the report expected under another name).
-Needs the analysis package (merged from its branch); before that merge there is nothing to test.
 """
 
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 
 from grokscope import config as C
 from grokscope import pipeline
+from grokscope.analysis import runner
 from grokscope.report import figures as F
 from grokscope.report import write_report
 from grokscope.report.data import load_run
-
-runner = pytest.importorskip("grokscope.analysis.runner", reason="grokscope.analysis is not merged yet")
 
 CONTRACT_REASONS = ("does not exist yet", "has no `", "has shape", "no rows yet", "yet;")
 

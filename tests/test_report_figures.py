@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
+from grokscope.analysis import fourier
 from grokscope.report import figures as F
 from grokscope.report import render
 from grokscope.report.data import load_run
@@ -39,6 +40,11 @@ def test_fourier_labels_name_the_basis_rows_in_spec_order():
     x = np.arange(7)
     row = F.fourier_labels(7).index("cos 3")
     assert np.allclose(B[row], np.cos(2 * np.pi * 3 * x / 7) / np.linalg.norm(np.cos(2 * np.pi * 3 * x / 7)))
+    # and they name the rows of the basis the analysis writes its figures in
+    for p in (7, 113):
+        basis, names = fourier.fourier_basis(p)
+        assert F.fourier_labels(p) == names
+        assert np.allclose(basis.numpy(), fourier_basis(p))
 
 
 def test_loss_and_accuracy_curves_are_the_metrics_columns(fake):

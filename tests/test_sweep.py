@@ -106,22 +106,35 @@ def test_every_named_experiment_plans(tmp_path):
 
 # ------------------------------------------------------------------------------ local backend
 def test_local_pool_runs_at_most_workers_at_once(tmp_path, monkeypatch):
-    """The scheduler never has more than `workers` trial processes alive, and uses all of them."""
-    log = tmp_path / "spans"
-    log.mkdir()
-    script = ("import sys, time, pathlib; t0 = time.time(); time.sleep(0.6); "
-              "pathlib.Path(sys.argv[1]).write_text(f'{t0} {time.time()}')")
-    monkeypatch.setattr(L, "command", lambda job: [sys.executable, "-c", script, str(log / job.name)])
-    jobs = [L.TrialJob(f"t{i}", tmp_path / "cfg", tmp_path / f"t{i}", tmp_path / "logs" / f"t{i}.log", 1) for i in range(5)]
+    """The scheduler never has more than `workers` trial processes alive, and uses all of them.
+
+    Each trial marks itself alive and stays until it has seen another trial alive (or every other
+    trial is done), lingers 0.3 s more, and records the most trials it saw alive at once. A slow
+    machine can delay a trial's start but not make the test fail; a pool that starts too many is
+    seen during the linger.
+    """
+    for sub in ("alive", "done"):
+        (tmp_path / sub).mkdir()
+    script = """
+import pathlib, sys, time
+d, name, n = pathlib.Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+(d / "alive" / name).touch()
+seen, t0, until = 0, time.monotonic(), None
+while time.monotonic() - t0 < 20 and (until is None or time.monotonic() < until):
+    seen = max(seen, len(list((d / "alive").iterdir())))
+    if until is None and (seen >= 2 or len(list((d / "done").iterdir())) == n - 1):
+        until = time.monotonic() + 0.3  # linger a little: a third trial started too soon is seen
+    time.sleep(0.01)
+(d / "alive" / name).unlink()
+(d / "done" / name).write_text(str(seen))
+"""
+    n = 5
+    monkeypatch.setattr(L, "command", lambda job: [sys.executable, "-c", script, str(tmp_path), job.name, str(n)])
+    jobs = [L.TrialJob(f"t{i}", tmp_path / "cfg", tmp_path / f"t{i}", tmp_path / "logs" / f"t{i}.log", 1) for i in range(n)]
     results = L.run_local(jobs, workers=2)
-    assert sorted(r["name"] for r in results) == [f"t{i}" for i in range(5)]
-    spans = [tuple(map(float, (log / f"t{i}").read_text().split())) for i in range(5)]
-    events = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans], key=lambda x: (x[0], x[1]))
-    alive = peak = 0
-    for _, d in events:
-        alive += d
-        peak = max(peak, alive)
-    assert peak == 2
+    assert sorted(r["name"] for r in results) == [f"t{i}" for i in range(n)]
+    seen = [int((tmp_path / "done" / f"t{i}").read_text()) for i in range(n)]
+    assert max(seen) == 2, seen  # two at once, never three
 
 
 def test_local_sweep_two_workers_and_runs_table(tmp_path):
