@@ -43,6 +43,15 @@ def test_bad_values_raise_one_line(override, needle):
     assert needle in msg and "\n" not in msg
 
 
+@pytest.mark.parametrize(("name", "override", "needle"), [
+    ("copy-lm", "model.arch=transformer", "set model.arch=llama"),
+    ("mainline", "model.arch=llama", "needs task.name=text"),
+])
+def test_the_task_and_the_architecture_must_go_together(name, override, needle):
+    with pytest.raises(C.ConfigError, match=needle):
+        experiments.load(name, [override])
+
+
 def test_cli_bad_input_exits_2_with_one_line(tmp_path):
     res = run_cli("train", "mainline", "--out", str(tmp_path / "r"), "--set", "task.p=112")
     assert res.returncode == 2

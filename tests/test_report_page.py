@@ -235,3 +235,14 @@ def test_reproduce_from_a_yaml_file_shows_that_files_paper_numbers(tmp_path, mon
     text = (tmp_path / "r" / "report" / "index.html").read_text()
     assert "<td>key_frequencies</td><td>4, 5</td>" in text and "My &lt;i&gt;own&lt;/i&gt; experiment" in text
     assert "Source: the experiment this run reproduces." in text
+
+
+def test_report_of_a_run_that_has_no_analysis_and_cannot_have_one(tmp_path):
+    # skip-trigram runs are not analysed: their report shows training alone (it had crashed on the
+    # missing summary)
+    from grokscope import experiments, pipeline
+
+    cfg, _ = experiments.load("skip-trigram", ["train.steps=5", "train.threads=1"])
+    pipeline.train_run(cfg, tmp_path / "st", progress=False)
+    page = write_report(tmp_path / "st", png=False)
+    assert page.exists() and "loss" in page.read_text().lower()

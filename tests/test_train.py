@@ -35,12 +35,30 @@ def test_tiny_modular_run_memorises_the_train_set(tmp_path):
     assert Run(tmp_path / "r").checkpoint_steps() == [0, 50, 100, 150, 200, 250, 300]
 
 
-def test_only_latest_checkpoint_keeps_resume_state_and_names_are_tl(tmp_path):
-    pipeline.train_run(_cfg("train.epochs=100"), tmp_path / "r", progress=False)
+def test_only_the_last_two_checkpoints_keep_resume_state_and_names_are_tl(tmp_path):
+    pipeline.train_run(_cfg("train.epochs=150"), tmp_path / "r", progress=False)
     run = Run(tmp_path / "r")
-    old, new = load_file(run.checkpoint_path(50)), load_file(run.checkpoint_path(100))
-    assert not any("/" in k for k in old) and any(k.startswith("optim/") for k in new)
+    old, prev, new = (load_file(run.checkpoint_path(s)) for s in (50, 100, 150))
+    assert not any("/" in k for k in old)
+    assert any(k.startswith("optim/") for k in prev) and any(k.startswith("optim/") for k in new)
     assert "blocks.0.mlp.W_in" in old and "embed.W_E" in old
+
+
+def test_a_corrupt_latest_checkpoint_can_be_deleted_and_the_run_resumed_exactly(tmp_path):
+    cfg = _cfg("train.epochs=150")
+    pipeline.train_run(cfg, tmp_path / "full", progress=False)
+    cut = Run(tmp_path / "cut")
+    pipeline.train_run(cfg, cut.path, progress=False)
+    cut.update_info(status="interrupted")  # as if killed just after its last checkpoint ...
+    cut.checkpoint_path(150).write_bytes(b"not a checkpoint")  # ... and that file was lost
+    with pytest.raises(StoreError, match="delete it to fall back"):
+        pipeline.train_run(pipeline.load_run_config(cut), cut.path, resume=True, progress=False)
+    cut.checkpoint_path(150).unlink()  # what the message says to do
+    pipeline.train_run(pipeline.load_run_config(cut), cut.path, resume=True, progress=False)
+    _, ta = Run(tmp_path / "full").load_checkpoint()
+    _, tb = cut.load_checkpoint()
+    assert all(torch.equal(ta[k], tb[k]) for k in ta)
+    assert Run(tmp_path / "full").metrics().equals(cut.metrics())
 
 
 def _interrupt_at(step: int):
@@ -142,6 +160,62 @@ def test_resume_rejects_config_changes_other_than_length(tmp_path):
     assert res.returncode == 2 and "keeps its config" in res.stderr
     res = run_cli("train", "--resume", str(out), "--set", "train.epochs=40", "-q")
     assert res.returncode == 0 and Run(out).read_info()["last_step"] == 40
+    # the new length is recorded: config and run.json say 40, and a shorter one is refused
+    run = Run(out)
+    assert pipeline.load_run_config(run).train.epochs == 40 and run.read_info()["total_steps"] == 40
+    res = run_cli("train", "--resume", str(out), "--set", "train.epochs=30")
+    assert res.returncode == 2 and "only be lengthened" in res.stderr
+
+
+def _args(*overrides: str) -> list[str]:
+    return [a for x in [*TINY, *overrides] for a in ("--set", x)]
+
+
+def test_reproduce_resume_keeps_the_runs_config(tmp_path):
+    out = tmp_path / "r"
+    assert run_cli("train", "mainline", "--out", str(out), "-q", *_args("train.epochs=20")).returncode == 0
+    before = Run(out).config_path.read_text()
+    res = run_cli("reproduce", "mainline", "--out", str(out), "--resume", "--set", "optim.lr=0.5", "--epochs", "40")
+    assert res.returncode == 2 and "keeps its config" in res.stderr and "Traceback" not in res.stderr
+    assert Run(out).config_path.read_text() == before and Run(out).read_info()["last_step"] == 20
+
+
+def test_a_bad_config_with_overwrite_keeps_the_old_run(tmp_path):
+    out = tmp_path / "r"
+    pipeline.train_run(_cfg("train.epochs=20"), out, progress=False)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and "sqlite" not in p.name}
+    # p=3 with 1% of the 9 pairs: no train pair. The config itself is valid; the task is not.
+    res = run_cli("train", "mainline", "--out", str(out), "--overwrite", *_args("task.p=3", "task.frac_train=0.01"))
+    assert res.returncode == 2 and "no train pairs" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert all(p.exists() and p.read_bytes() == b for p, b in before.items())
+    # and a fresh folder is not left half-made
+    res = run_cli("train", "mainline", "--out", str(tmp_path / "new"), *_args("task.p=3", "task.frac_train=0.01"))
+    assert res.returncode == 2 and not (tmp_path / "new").exists()
+
+
+def test_damaged_run_files_are_one_line_errors(tmp_path):
+    out = tmp_path / "r"
+    pipeline.train_run(_cfg("train.epochs=20"), out, progress=False)
+    run = Run(out)
+    file = tmp_path / "a_file"
+    file.write_text("x")
+    res = run_cli("train", "mainline", "--out", str(file), *_args())
+    assert res.returncode == 2 and "is a file" in res.stderr and file.read_text() == "x"
+    config = run.config_path.read_text()
+    for bad in ("model: [unclosed", ""):
+        run.config_path.write_text(bad)
+        res = run_cli("train", "--resume", str(out))
+        assert res.returncode == 2 and "config.yaml" in res.stderr and "Traceback" not in res.stderr, res.stderr
+    run.config_path.write_text(config.replace("d_mlp: 64", "d_mlp: 32"))  # no longer the checkpoint's shape
+    res = run_cli("train", "--resume", str(out), "--set", "train.epochs=40")
+    assert res.returncode == 2 and "does not match the run's config.yaml" in res.stderr and "Traceback" not in res.stderr
+    run.config_path.write_text(config)
+    db = run.db_path.read_bytes()
+    run.db_path.write_bytes(b"garbage" * 200)
+    for verb in (["train", "--resume", str(out), "--set", "train.epochs=40"], ["analyze", str(out)]):
+        res = run_cli(*verb)
+        assert res.returncode == 2 and "metrics.sqlite is corrupt" in res.stderr and "Traceback" not in res.stderr, (verb, res.stderr)
+    assert run.db_path.read_bytes() == b"garbage" * 200 and len(db) > 0  # nothing rewritten
 
 
 def test_warmup_is_linear_from_zero():
@@ -210,3 +284,56 @@ def test_fast_and_plain_steps_grok_at_the_same_epoch(grokked_run, tmp_path):
     assert abs(fast["grok_epoch_50"] - plain["grok_epoch_50"]) <= 0.3 * plain["grok_epoch_50"], (fast, plain)
     for run in (grokked_run, tmp_path / "plain"):
         assert Run(run).metrics()["test_acc"].iloc[-1] > 0.97, run
+
+
+def test_grad_accum_splits_a_step_and_epochs_count_whole_passes(tmp_path):
+    # 264 train rows (half of 23^2, rounded down) in steps of 10 rows split into 3 micro-batches:
+    # 27 steps an epoch, and the logged epoch of the last step is exactly 2
+    cfg = _cfg("train.epochs=2", "train.batch_size=10", "train.grad_accum=3", "train.eval_every=1")
+    info = pipeline.train_run(cfg, tmp_path / "r", progress=False)
+    n = int(0.5 * 23 * 23)
+    assert info["last_step"] == 2 * -(-n // 10)
+    assert Run(tmp_path / "r").metrics()["epoch"].iloc[-1] == 2.0
+
+
+def test_grad_accum_gives_the_full_batch_update():
+    one = Trainer(_cfg("train.epochs=5"), Run("/nonexistent"), progress=False)
+    three = Trainer(_cfg("train.epochs=5", "train.grad_accum=3"), Run("/nonexistent"), progress=False)
+    for s in range(5):
+        one.train_step(s)
+        three.train_step(s)
+    for a, b in zip(one.model.parameters(), three.model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("task", [
+    ["task.p=23"],  # modular: one label position
+    ["task.name=digits", "task.n_digits=2", "task.n_train=20", "task.n_test=20"],  # per-position metrics too
+])
+def test_metric_names_are_what_evaluate_logs_and_stop_must_name_one(task):
+    def cfg(*extra: str) -> C.RunConfig:
+        return C.resolve({}, [*[o for o in TINY if not o.startswith("task.")], *task, "train.epochs=1", *extra])
+
+    tr = Trainer(cfg(), Run("/nonexistent"), progress=False)
+    assert set(tr.evaluate(0, 0.0)) - {"step"} == tr.metric_names()
+    with pytest.raises(C.ConfigError, match="not a logged metric"):
+        Trainer(cfg("train.stop={metric: test_accuracy, above: 0.9}"), Run("/nonexistent"))
+
+
+def test_two_thread_runs_of_the_general_path_are_bit_identical():
+    # The untabulated model on 2 threads: the embedding's backward must sum repeated tokens in a
+    # fixed order (indexing W_E[tokens] did not: two runs of this config differed in the last bits)
+    from grokscope import experiments
+
+    cfg, _ = experiments.load("skip-trigram", ["train.steps=20", "train.threads=2"])
+    before = torch.get_num_threads()
+    try:
+        runs = []
+        for _ in range(2):
+            tr = Trainer(cfg, Run("/nonexistent"), progress=False)
+            for s in range(20):
+                tr.train_step(s)
+            runs.append([p.detach().clone() for p in tr.model.parameters()])
+    finally:
+        torch.set_num_threads(before)
+    assert all(torch.equal(a, b) for a, b in zip(*runs, strict=True))

@@ -109,6 +109,12 @@ def reproduce(
         if threads < 1:
             raise BadInput(f"--threads must be at least 1 (got {threads})")
         cfg, exp = experiments.load(name, overrides + [f"train.threads={threads}"])
+    if resume:  # the run's own config, as `train --resume` does: --set may only lengthen it
+        from grokscope.store import Run
+
+        if threads is not None:
+            raise BadInput("--threads: a resumed run keeps its config; drop --threads")
+        cfg = pipeline.load_run_config(Run(out), overrides)
     info = pipeline.train_run(cfg, out, resume=resume, overwrite=overwrite, progress=not quiet)
     _print_train_summary(out, info)
     from grokscope.analysis.runner import analysis_supported, analyze_run

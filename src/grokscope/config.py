@@ -200,7 +200,10 @@ class TrainConfig(_Strict):
     epochs: int | None = Field(None, ge=0, description="full passes over the train set")
     steps: int | None = Field(None, ge=0, description="optimiser steps (overrides epochs)")
     batch_size: int | None = Field(None, ge=1, description="null = full batch")
-    grad_accum: int = Field(1, ge=1)
+    grad_accum: int = Field(1, ge=1, description=(
+        "micro-batches per optimiser step: the same update in less memory. Modular tasks split the "
+        "step's batch (batch_size rows, or the full batch) into this many; the copy LM takes "
+        "batch_size windows per micro-batch"))
     checkpoint_every: int = Field(100, ge=1, description="in steps")
     eval_every: int = Field(10, ge=1, description="in steps; cheap metrics")
     eval_schedule: Literal["linear", "log"] = "linear"
@@ -226,6 +229,8 @@ class RunConfig(_Strict):
             raise ValueError("set train.epochs or train.steps")
         if self.model.arch == "llama" and self.task.name != "text":
             raise ValueError("model.arch=llama needs task.name=text")
+        if self.task.name == "text" and self.model.arch != "llama":
+            raise ValueError("task.name=text trains the Llama-style LM: set model.arch=llama")
         return self
 
 
@@ -305,7 +310,13 @@ def total_steps(cfg: RunConfig, n_train: int | None) -> int:
     if cfg.train.steps is not None:
         return cfg.train.steps
     assert cfg.train.epochs is not None
-    if n_train is None or cfg.train.batch_size is None or cfg.train.batch_size >= n_train:
-        return cfg.train.epochs
-    per_epoch = math.ceil(n_train / (cfg.train.batch_size * cfg.train.grad_accum))
-    return cfg.train.epochs * per_epoch
+    return cfg.train.epochs * steps_per_epoch(cfg, n_train)
+
+
+def steps_per_epoch(cfg: RunConfig, n_train: int | None) -> int:
+    """Steps of batch_size rows per pass over n_train rows (grad_accum splits a step, it does not
+    enlarge it); 1 for a full batch or a sampled task."""
+    b = cfg.train.batch_size
+    if n_train is None or b is None or b >= n_train:
+        return 1
+    return math.ceil(n_train / b)

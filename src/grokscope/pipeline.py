@@ -14,8 +14,8 @@ from grokscope import config as C
 from grokscope.store import Run, StoreError
 
 
-def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> Run:
-    """Check the folder before anything is written: refuse to clobber a run by accident."""
+def check_run_dir(out: Path, resume: bool, overwrite: bool) -> Run:
+    """Check the folder before anything is written or deleted: refuse to clobber a run by accident."""
     run = Run(out)
     if resume and overwrite:
         raise C.ConfigError("--resume and --overwrite contradict each other; pick one")
@@ -24,11 +24,22 @@ def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> Run:
         if not run.checkpoint_steps():
             raise StoreError(f"{str(out)!r} has no checkpoint to resume from; start it again with --overwrite")
         return run
+    if out.exists() and not out.is_dir():
+        raise StoreError(f"{str(out)!r} is a file, not a folder; choose another --out")
     if out.exists() and any(out.iterdir()):
         if not run.exists():
             raise StoreError(f"{str(out)!r} exists and is not a run folder; choose another --out")
         if not overwrite:
             raise StoreError(f"{str(out)!r} already holds a run; use --resume to continue it or --overwrite to replace it")
+    return run
+
+
+def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> Run:
+    """check_run_dir, then (with overwrite) delete the run already there. Call it only once the new
+    run's config has been fully checked (task, data and model built), so that a bad config never
+    costs the old run."""
+    run = check_run_dir(out, resume, overwrite)
+    if not resume and overwrite and run.exists():
         shutil.rmtree(out)
     return run
 
@@ -42,10 +53,15 @@ def train_run(cfg: C.RunConfig, out: Path, resume: bool = False, overwrite: bool
         from grokscope.lm.trainer import train_text_run  # the copy-LM trainer (SPEC section 7)
 
         return train_text_run(cfg, out, resume=resume, overwrite=overwrite, progress=progress)
-    run = prepare_run_dir(out, resume, overwrite)
+    run = check_run_dir(out, resume, overwrite)
+    trainer = Trainer(cfg, run, progress=progress)  # builds the task and model: a bad config fails here
+    prepare_run_dir(out, resume, overwrite)
     if not resume:
         run.write_config(C.to_yaml(cfg))
-    return Trainer(cfg, run, progress=progress).fit(resume=resume)
+    elif cfg != load_run_config(run):  # lengthened (load_run_config allows nothing else): record it
+        run.write_config(C.to_yaml(cfg))
+        run.update_info(total_steps=trainer.total)
+    return trainer.fit(resume=resume)
 
 
 def load_run_config(run: Run, extend: list[str] | None = None) -> C.RunConfig:
@@ -53,9 +69,21 @@ def load_run_config(run: Run, extend: list[str] | None = None) -> C.RunConfig:
     import yaml
 
     run.require()
-    raw = yaml.safe_load(run.config_path.read_text())
+    try:
+        raw = yaml.safe_load(run.config_path.read_text())
+    except (yaml.YAMLError, OSError, UnicodeDecodeError) as err:
+        raise StoreError(f"{run.config_path} cannot be read ({type(err).__name__}); restore it or start the "
+                         f"run again with --overwrite") from None
+    if not isinstance(raw, dict):
+        raise StoreError(f"{run.config_path} is not a config (empty or not a mapping); restore it or start the "
+                         f"run again with --overwrite")
     for item in extend or []:
         key = item.split("=", 1)[0].strip()
         if key not in ("train.epochs", "train.steps"):
             raise C.ConfigError(f"--set {key}: a resumed run keeps its config; only train.epochs or train.steps may change")
-    return C.resolve(raw, extend)
+    before, after = C.resolve(raw), C.resolve(raw, extend)
+    for key in ("epochs", "steps"):
+        old, new = getattr(before.train, key), getattr(after.train, key)
+        if old is not None and new is not None and new < old:
+            raise C.ConfigError(f"--set train.{key}={new}: a resumed run can only be lengthened (it has {old})")
+    return after

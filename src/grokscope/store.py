@@ -3,7 +3,7 @@
     RUN/config.yaml                         fully resolved config
     RUN/run.json                            status, seed, versions, start/end, last completed step
     RUN/checkpoints/step_NNNNNNN.safetensors   parameters by TransformerLens name; the latest
-                                            also holds optimiser and RNG state (keys "optim/..",
+                                            two also hold optimiser and RNG state (keys "optim/..",
                                             "rng/..") for resume
     RUN/metrics.sqlite                      tables of rows keyed by step, appended as training goes
     RUN/analysis/summary.json               written by analysis
@@ -20,7 +20,8 @@ import os
 import re
 import sqlite3
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +30,20 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 CKPT_RE = re.compile(r"step_(\d{7,})\.safetensors$")
+RESUMABLE = 2  # checkpoints that keep the optimiser and RNG state: the latest and the one before
 
 
 class StoreError(ValueError):
     """A run folder is missing, incomplete or corrupt: the message is one line for the user."""
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()  # what open() would give: mkstemp's temp files are 0600
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -42,6 +53,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
+            os.fchmod(f.fileno(), _FILE_MODE)
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -69,6 +81,21 @@ def _safe_column(name: str) -> str:
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
         raise ValueError(f"metric name {name!r} must be an identifier")
     return name
+
+
+def _insert(con: sqlite3.Connection, table: str, rows: list[Mapping[str, Any]]) -> None:
+    """Insert rows into table (created, and columns added, as needed) within con's transaction."""
+    cols: list[str] = []
+    for row in rows:
+        cols.extend(c for c in row if c not in cols)
+    con.execute(f'CREATE TABLE IF NOT EXISTS "{table}" (step INTEGER NOT NULL)')
+    have = {r[1] for r in con.execute(f'PRAGMA table_info("{table}")')}
+    for c in cols:
+        if c not in have:
+            con.execute(f'ALTER TABLE "{table}" ADD COLUMN "{_safe_column(c)}"')
+    marks = ",".join("?" for _ in cols)
+    names = ",".join(f'"{c}"' for c in cols)
+    con.executemany(f'INSERT INTO "{table}" ({names}) VALUES ({marks})', [[r.get(c) for c in cols] for r in rows])
 
 
 class Run:
@@ -153,6 +180,9 @@ class Run:
         os.close(fd)
         try:
             save_file(tensors, tmp, metadata={"step": str(step), **(metadata or {})})
+            with open(tmp, "rb+") as f:  # on disk before the rename: a power cut leaves old or new
+                os.fchmod(f.fileno(), _FILE_MODE)
+                os.fsync(f.fileno())
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -172,15 +202,42 @@ class Run:
         try:
             return step, load_file(path)
         except (SafetensorError, OSError, ValueError) as err:
-            raise StoreError(f"checkpoint {path} is corrupt ({err}); delete it to fall back to the one before") from None
+            raise StoreError(f"checkpoint {path} is corrupt ({err}); delete it to fall back to the one before "
+                             f"(the last two checkpoints can resume training)") from None
+
+    def load_into(self, model: torch.nn.Module, step: int | None = None,
+                  tensors: dict[str, torch.Tensor] | None = None) -> tuple[int, dict[str, torch.Tensor]]:
+        """Load a checkpoint's parameters into model (the latest when step is None; `tensors` if
+        already read) and return (step, all its tensors); one that does not fit is a StoreError."""
+        if tensors is None:
+            step, tensors = self.load_checkpoint(step)
+        assert step is not None
+        try:
+            model.load_state_dict(self.params_only(tensors))
+        except RuntimeError as err:  # name the first offending tensor, not load_state_dict's many lines
+            lines = [ln.strip() for ln in str(err).strip().splitlines()[1:] if ln.strip()] or [str(err).strip()]
+            first = lines[0] if len(lines[0]) <= 160 else lines[0][:157] + "..."
+            raise StoreError(f"checkpoint {self.checkpoint_path(step)} does not match the run's config.yaml "
+                             f"({first}); restore the checkpoint or the config") from None
+        return step, tensors
 
     @staticmethod
     def params_only(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Drop the resume state (`optim/...`, `rng/...`) and keep the model's parameters."""
         return {k: v for k, v in tensors.items() if "/" not in k}
 
+    def shed_resume_state(self, keep: int = RESUMABLE) -> None:
+        """Strip the resume state from the checkpoint that just fell out of the last `keep`.
+
+        The last two keep it, not only the latest: if the latest is found corrupt, deleting it
+        leaves one that training can still resume from exactly.
+        """
+        steps = self.checkpoint_steps()
+        if len(steps) > keep:
+            self.strip_resume_state(steps[-keep - 1])
+
     def strip_resume_state(self, step: int) -> None:
-        """Rewrite an older checkpoint with parameters only (only the latest keeps resume state)."""
+        """Rewrite an older checkpoint with parameters only."""
         path = self.checkpoint_path(step)
         if not path.exists():
             return
@@ -189,11 +246,28 @@ class Run:
             self.save_checkpoint(step, self.params_only(tensors))
 
     # ------------------------------------------------------------------------------ metrics
+    @contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        """A connection for one transaction (committed, or rolled back on error), then closed: an
+        open connection would keep the -wal and -shm files beside the database."""
+        con = self._connect()
+        try:
+            with con:
+                yield con
+        finally:
+            con.close()
+
     def _connect(self) -> sqlite3.Connection:
         self.path.mkdir(parents=True, exist_ok=True)
         con = sqlite3.connect(self.db_path, timeout=30)
-        con.execute("PRAGMA journal_mode=WAL")
-        con.execute("PRAGMA synchronous=FULL")  # rows logged before a checkpoint survive power loss
+        try:
+            con.execute("PRAGMA journal_mode=WAL")
+            con.execute("PRAGMA synchronous=FULL")  # rows logged before a checkpoint survive power loss
+            con.execute("SELECT count(*) FROM sqlite_master").fetchone()  # reads the header: a bad file fails here
+        except sqlite3.DatabaseError as err:
+            con.close()
+            raise StoreError(f"{self.db_path} is corrupt ({err}); restore it, or start the run again with "
+                             f"--overwrite") from None
         return con
 
     def append(self, table: str, rows: Iterable[Mapping[str, float | int | str | None]]) -> None:
@@ -201,32 +275,25 @@ class Run:
         rows = list(rows)
         if not rows:
             return
-        table = _safe_column(table)
-        cols: list[str] = []
-        for row in rows:
-            cols.extend(c for c in row if c not in cols)
-        with self._connect() as con:
-            con.execute(f'CREATE TABLE IF NOT EXISTS "{table}" (step INTEGER NOT NULL)')
-            have = {r[1] for r in con.execute(f'PRAGMA table_info("{table}")')}
-            for c in cols:
-                if c not in have:
-                    con.execute(f'ALTER TABLE "{table}" ADD COLUMN "{_safe_column(c)}"')
-            marks = ",".join("?" for _ in cols)
-            names = ",".join(f'"{c}"' for c in cols)
-            con.executemany(f'INSERT INTO "{table}" ({names}) VALUES ({marks})', [[r.get(c) for c in cols] for r in rows])
+        with self._db() as con:
+            con.execute("BEGIN")  # new columns and rows together
+            _insert(con, _safe_column(table), rows)
 
     def replace_table(self, table: str, rows: Iterable[Mapping[str, Any]]) -> None:
-        """Drop and rewrite a table in one transaction (analysis results are recomputed whole)."""
-        table = _safe_column(table)
-        with self._connect() as con:
+        """Drop and rewrite a table in one transaction (analysis results are recomputed whole): a kill
+        midway leaves the old table."""
+        table, rows = _safe_column(table), list(rows)
+        with self._db() as con:
+            con.execute("BEGIN")  # sqlite3 would run the DROP in autocommit: it opens transactions for DML only
             con.execute(f'DROP TABLE IF EXISTS "{table}"')
-        self.append(table, rows)
+            if rows:
+                _insert(con, table, rows)
 
     def truncate_after(self, step: int, tables: Iterable[str] | None = None) -> None:
         """Delete rows with step > `step` (a resumed run re-logs them identically)."""
         if not self.db_path.exists():
             return
-        with self._connect() as con:
+        with self._db() as con:
             names = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")]
             for t in names if tables is None else [t for t in tables if t in names]:
                 con.execute(f'DELETE FROM "{t}" WHERE step > ?', (step,))
@@ -234,7 +301,7 @@ class Run:
     def tables(self) -> list[str]:
         if not self.db_path.exists():
             return []
-        with self._connect() as con:
+        with self._db() as con:
             return [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")]
 
     def metrics(self, table: str = "metrics"):
@@ -243,7 +310,7 @@ class Run:
 
         if table not in self.tables():
             return pd.DataFrame({"step": pd.Series(dtype="int64")})
-        with self._connect() as con:
+        with self._db() as con:
             return pd.read_sql_query(f'SELECT * FROM "{_safe_column(table)}" ORDER BY step', con)
 
     # ------------------------------------------------------------------------------ analysis

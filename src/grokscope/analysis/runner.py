@@ -41,13 +41,7 @@ def modular_data(cfg: C.RunConfig) -> ci.ModularData:
 
 def load_params(run: Run, model: Transformer, step: int) -> None:
     """Load checkpoint `step` into `model`; a checkpoint that does not fit is a StoreError."""
-    _, tensors = run.load_checkpoint(step)
-    try:
-        model.load_state_dict(Run.params_only(tensors))
-    except RuntimeError as err:
-        first = str(err).strip().splitlines()[-1].strip()
-        raise StoreError(f"checkpoint {run.checkpoint_path(step)} does not match the run's config.yaml "
-                         f"({first}); restore the checkpoint or the config") from None
+    run.load_into(model, step)
 
 
 def analysis_supported(cfg: C.RunConfig) -> bool:

@@ -192,7 +192,9 @@ class Transformer(nn.Module):
 
     def _run(self, tokens: Tensor, cache: Cache | None, gen: torch.Generator | None, last_only: bool) -> Tensor:
         n_pos = tokens.shape[1]
-        x = _record(cache, "hook_embed", self.embed.W_E[tokens])
+        # F.embedding, not W_E[tokens]: on more than one CPU thread the backward of indexing sums
+        # repeated tokens in a varying order, and the same seed gave different runs
+        x = _record(cache, "hook_embed", F.embedding(tokens, self.embed.W_E))
         x = x + _record(cache, "hook_pos_embed", self.pos_embed.W_pos[:n_pos])
         for layer, block in enumerate(self.blocks):
             name = f"blocks.{layer}"

@@ -146,7 +146,7 @@ def _status(d: RunData) -> tuple[str, list[str]]:
     elif d.summary is None and d.task.get("name") == "text":
         notes.append("No analysis yet (analysis/summary.json is missing): run `grokscope analyze RUN`, then "
                      "`grokscope report RUN`.")
-    elif isinstance(d.summary.get("step"), int | float) and isinstance(last, int | float) and d.summary["step"] < last:
+    elif d.summary is not None and isinstance(d.summary.get("step"), int | float) and isinstance(last, int | float) and d.summary["step"] < last:
         notes.append(f"The analysis is of step {fmt(d.summary['step'])}; the run has reached step {fmt(last)} since. "
                      "Rerun `grokscope analyze RUN` to bring it up to date.")
     return line, notes

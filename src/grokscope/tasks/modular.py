@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from grokscope.config import ModularTask
+from grokscope.config import ConfigError, ModularTask
 from grokscope.tasks.base import TaskData
 
 
@@ -55,6 +55,9 @@ def make(cfg: ModularTask, seed: int) -> TaskData:
     g = torch.Generator().manual_seed(seed)
     idx = idx[torch.randperm(len(idx), generator=g)]
     n_train = int(cfg.frac_train * len(idx))  # floor: p=113, 0.3 -> 3830 as in the paper
+    if not 0 < n_train < len(idx):
+        raise ConfigError(f"task.frac_train={cfg.frac_train} of {len(idx)} pairs leaves "
+                          f"{'no train' if n_train == 0 else 'no test'} pairs; raise task.p or move frac_train")
     train_idx, test_idx = idx[:n_train].sort().values, idx[n_train:].sort().values
     train_mask = torch.zeros(p * p, dtype=torch.bool)
     train_mask[train_idx] = True

@@ -147,17 +147,24 @@ class Trainer:
                                      weight_decay=cfg.optim.weight_decay, fused=True)  # one kernel: 3x faster than foreach here
         self.filter = GradFilter(cfg.optim.filter, self.params) if cfg.optim.filter.kind != "none" else None
         self.total = C.total_steps(cfg, t.n_train)
-        self.steps_per_epoch = self._steps_per_epoch()
+        self.steps_per_epoch = C.steps_per_epoch(cfg, t.n_train)
         self.progress = progress
         self.callbacks = callbacks or []
         self.last_only = t.label_pos == [t.n_ctx - 1]
         self.step = 0
+        stop = cfg.train.stop
+        if stop is not None and stop.metric not in self.metric_names():
+            raise C.ConfigError(f"train.stop.metric={stop.metric!r} is not a logged metric; use one of "
+                                f"{', '.join(sorted(self.metric_names()))}")
 
-    def _steps_per_epoch(self) -> int:
-        n, b = self.task.n_train, self.cfg.train.batch_size
-        if n is None or b is None or b >= n:
-            return 1
-        return math.ceil(n / b)
+    def metric_names(self) -> set[str]:
+        """The columns `evaluate` logs besides step."""
+        names = {"epoch", "lr", "weight_norm"}
+        for split in ("train", "test"):
+            names |= {f"{split}_loss", f"{split}_acc"}
+            if len(self.task.label_pos) > 1:
+                names |= {f"{split}_{m}_pos{j}" for m in ("loss", "acc") for j in range(len(self.task.label_pos))}
+        return names
 
     # ------------------------------------------------------------------------------ the step
     def logits(self, x: Tensor, gen: torch.Generator | None = None) -> Tensor:
@@ -242,10 +249,8 @@ class Trainer:
             self.filter.load(tensors)
 
     def save(self, step: int) -> None:
-        prev = self.run.checkpoint_steps()
         self.run.save_checkpoint(step, self.model.state_dict(), self.resume_state())
-        if prev and prev[-1] != step:  # only the latest checkpoint keeps the resume state
-            self.run.strip_resume_state(prev[-1])
+        self.run.shed_resume_state()
         self.run.update_info(last_step=step)
 
     # ------------------------------------------------------------------------------ the loop
@@ -263,8 +268,7 @@ class Trainer:
         self.run.append("metrics", [self.evaluate(0, lr_at(0, self.total, self.cfg.optim))])
 
     def resume(self) -> None:
-        step, tensors = self.run.load_checkpoint()
-        self.model.load_state_dict(self.run.params_only(tensors))
+        step, tensors = self.run.load_into(self.model)
         self.load_resume_state(tensors, step)
         self.run.truncate_after(step, ["metrics"])
         self.step = step
@@ -290,11 +294,8 @@ class Trainer:
             if done:
                 return info  # nothing left to do
             self.resume()
-        else:
-            self.start()
         cfg, run = self.cfg, self.run
         evals = eval_steps(self.total, cfg.train.eval_every, cfg.train.eval_schedule)
-        history = run.metrics().to_dict("records") if cfg.train.stop else []
         bar = None
         if self.progress:
             from tqdm.auto import tqdm
@@ -305,6 +306,9 @@ class Trainer:
         status = "completed"
         t0, s0 = time.perf_counter(), self.step
         try:
+            if not resume:  # inside the try: a start that fails leaves status "failed", not "running"
+                self.start()
+            history = run.metrics().to_dict("records") if cfg.train.stop else []
             self.model.train()
             while self.step < self.total:
                 lr = self.train_step(self.step)
