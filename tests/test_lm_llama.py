@@ -109,3 +109,24 @@ def test_dropout_only_in_training():
     c = model(tokens)
     torch.testing.assert_close(a, b)  # masks come from the seeded global generator
     assert not torch.allclose(a, c)
+
+
+def test_backward_is_bit_identical_with_two_threads():
+    # W_E[tokens] accumulated repeated tokens' embedding gradients in a thread-dependent order
+    # (runs differed by ~1e-8); F.embedding's CPU backward sums in a fixed order.
+    def grads() -> dict[str, torch.Tensor]:
+        model = build_llama(small_cfg(tie_embeddings=True), d_vocab=20, n_ctx=256, seed=0)
+        tokens = torch.randint(0, 20, (16, 257), generator=torch.Generator().manual_seed(1))
+        logits = model(tokens[:, :-1])
+        torch.nn.functional.cross_entropy(logits.reshape(-1, 20), tokens[:, 1:].reshape(-1)).backward()
+        return {k: p.grad.clone() for k, p in model.named_parameters()}
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        runs = [grads() for _ in range(3)]
+    finally:
+        torch.set_num_threads(before)
+    for other in runs[1:]:
+        for k, g in runs[0].items():
+            assert torch.equal(g, other[k]), k

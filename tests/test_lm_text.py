@@ -122,6 +122,20 @@ def test_prepare_packs_and_caches(tmp_path, kind):
         assert set("0123456789abcdef\n") <= set(data.tokenizer._chars)
 
 
+def test_char_vocabulary_covers_validation_only_characters(tmp_path):
+    folder = corpus(tmp_path)
+    (folder / "two.txt").write_text("Zoe's café: QUITE new!\n")  # none of Z, Q, U, I, T, E, ', :, é, ! is in training
+    task = TextTask(corpus=str(folder), tokenizer="char", cache_dir=str(tmp_path / "cache"), val_book="two")
+    data = text.prepare(task)
+    assert data.tokenizer.decode(list(map(int, data.val))) == "Zoe's café: QUITE new!\n\n"
+    # a corpus whose validation characters all occur in training keeps the training-only vocabulary
+    (folder / "two.txt").write_text("the lord said\n")
+    same = text.prepare(task)
+    docs = text.load_corpus(str(folder))
+    train_only = text.train_tokenizer("char", [docs["one"], docs["three"]], 300)
+    assert same.tokenizer._chars == train_only._chars
+
+
 def test_unknown_val_book_and_corpus(tmp_path):
     folder = corpus(tmp_path)
     with pytest.raises(ConfigError, match="val_book"):

@@ -47,7 +47,8 @@ def analyze_lm_run(run_dir: str | Path, step: int | None = None, write: bool = F
     """Summary dict of an LM run; with write=True also saved as analysis/summary.json.
 
     step: summarise the history up to this step (the last evaluation at or before it);
-    default the whole run.
+    default the whole run. A step outside the run (before its first evaluation or past its last
+    checkpoint) is a StoreError naming the steps it has, not a quiet summary of its last step.
     """
     run = Run(run_dir).require()
     m = run.metrics()
@@ -55,9 +56,11 @@ def analyze_lm_run(run_dir: str | Path, step: int | None = None, write: bool = F
         raise StoreError(f"{str(run.path)!r} has no LM metrics yet; train it first with `grokscope train`")
     heads = run.metrics("heads")
     if step is not None:
+        steps = run.checkpoint_steps()
+        lo, hi = int(m["step"].iloc[0]), max(steps[-1] if steps else 0, int(m["step"].iloc[-1]))
+        if not lo <= step <= hi:
+            raise StoreError(f"{str(run.path)!r} has no step {step}; it has steps {lo}..{hi}")
         m, heads = m[m["step"] <= step], heads[heads["step"] <= step]
-        if m.empty:
-            raise StoreError(f"{str(run.path)!r} has no evaluation at or before step {step}")
     last = m.iloc[-1]
     step = int(last["step"])
     at_last = heads[heads["step"] == step]

@@ -146,7 +146,9 @@ class Llama(nn.Module):
         cos, sin = self.rope_cos[:n_pos], self.rope_sin[:n_pos]
         p_attn = self.cfg.attn_dropout if self.training else 0.0
         p_resid = self.cfg.resid_dropout if self.training else 0.0
-        x = _record(cache, "hook_embed", self.embed.W_E[tokens])
+        # F.embedding, not W_E[tokens]: with more than one CPU thread the backward of advanced indexing
+        # accumulates repeated tokens' gradients in a varying order, so identical runs differ in the last bits.
+        x = _record(cache, "hook_embed", F.embedding(tokens, self.embed.W_E))
         for layer, block in enumerate(self.blocks):
             name = f"blocks.{layer}"
             x = _record(cache, f"{name}.hook_resid_pre", x)

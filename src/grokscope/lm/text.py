@@ -14,7 +14,8 @@ measures generalisation to unseen text rather than to unseen windows of seen tex
 
 Tokenizers: ``bpe`` is a byte-level BPE trained offline with Hugging Face ``tokenizers`` on the
 training documents; ``char`` makes each character one token (each hex digit of the copy test is
-then one token). Both are cached, with the encoded token streams, under
+then one token), with a vocabulary of every character of the training and validation documents.
+Both are cached, with the encoded token streams, under
 ``CACHE/tokens/<hash>/`` where the hash covers the corpus content and the tokenizer settings;
 the streams are flat ``uint16``/``uint32`` files read with ``numpy.memmap``, so a large corpus
 costs no RAM and every worker shares the pages.
@@ -191,10 +192,18 @@ class Tokenizer:
         return cls("char", chars=json.loads((folder / "chars.json").read_text()))
 
 
-def train_tokenizer(kind: str, texts: list[str], vocab_size: int) -> Tokenizer:
+def train_tokenizer(kind: str, texts: list[str], vocab_size: int, val_text: str = "") -> Tokenizer:
+    """A tokenizer trained on `texts`; a char vocabulary also covers `val_text`'s characters.
+
+    A char vocabulary has no fallback for an unseen character, so one that occurs only in the
+    validation document gets an id too (one the training windows never hold, like a BPE byte that
+    only validation uses) instead of failing the encoding. Where every validation character occurs
+    in training, which every corpus that could be tokenized before did, the ids are unchanged, so
+    existing runs and caches keep their tokenization. BPE is byte-level and is trained on `texts` only.
+    """
     if kind == "char":
         # Hex digits and newline are always in: the copy test is written with them.
-        return Tokenizer("char", chars="".join(sorted(set("".join(texts)) | set(HEX + "\n"))))
+        return Tokenizer("char", chars="".join(sorted(set("".join(texts)) | set(val_text) | set(HEX + "\n"))))
     try:
         from tokenizers import Tokenizer as HFTokenizer
         from tokenizers import decoders, models, pre_tokenizers, trainers
@@ -259,10 +268,14 @@ def prepare(task: TextTask) -> TextData:
     train_texts, val_text, val_name = split_corpus(docs, task.val_book)
     folder = cache_root(task.cache_dir) / "tokens" / _digest(train_texts, val_text, task)
     if not (folder / "meta.json").is_file():
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
         try:
-            tok = train_tokenizer(task.tokenizer, train_texts, task.vocab_size)
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+        except OSError as err:  # a bad task.cache_dir is bad input, not an internal error
+            raise ConfigError(f"cannot write the token cache under {str(folder.parent)!r} ({err.strerror}); "
+                              "set task.cache_dir or $GROKSCOPE_CACHE to a writable folder") from None
+        try:
+            tok = train_tokenizer(task.tokenizer, train_texts, task.vocab_size, val_text)
             tok.save(tmp)
             _encode_stream(tok, train_texts, tmp / "train.bin")
             _encode_stream(tok, [val_text], tmp / "val.bin")

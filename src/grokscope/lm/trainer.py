@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 import platform
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -42,7 +43,7 @@ from grokscope.lm.induction import (
 )
 from grokscope.lm.llama import Llama, build_llama, n_params
 from grokscope.lm.text import fixed_windows, prepare, repeat_spans, sample_windows
-from grokscope.store import Run
+from grokscope.store import Run, StoreError
 from grokscope.train.trainer import (
     eval_steps,
     load_optimizer_state,
@@ -207,11 +208,9 @@ class LMTrainer:
 
     def save(self, step: int) -> None:
         if self.rank == 0:
-            prev = self.run.checkpoint_steps()
             params = {k: v.cpu() for k, v in self.model.state_dict().items()}
             self.run.save_checkpoint(step, params, self.resume_state())
-            if prev and prev[-1] != step:  # only the latest checkpoint keeps the resume state
-                self.run.strip_resume_state(prev[-1])
+            self.run.shed_resume_state()
             self.run.update_info(last_step=step, last_tokens=step * self.tokens_per_step)
         ddp.barrier()
 
@@ -241,8 +240,7 @@ class LMTrainer:
         ddp.barrier()
 
     def resume(self) -> None:
-        step, tensors = self.run.load_checkpoint()
-        self.model.load_state_dict(self.run.params_only(tensors))
+        step, tensors = self.run.load_into(self.model)
         self.load_resume_state(tensors, step)
         if self.rank == 0:
             self.run.truncate_after(step, TABLES)
@@ -325,19 +323,29 @@ def check_config(cfg: C.RunConfig) -> None:
 
 def train_text_run(cfg: C.RunConfig, out, resume: bool = False, overwrite: bool = False,
                    progress: bool = True) -> dict[str, Any]:
-    """`pipeline.train_run` for text: under torchrun only rank 0 checks and writes the folder."""
-    from grokscope.pipeline import prepare_run_dir
+    """`pipeline.train_run` for text: under torchrun only rank 0 writes the folder.
 
+    The folder is checked, and the tokenizer, corpus, copy test and model are built (every way a
+    config can be bad), before anything in it is touched: a bad config leaves an old run whole,
+    even with --overwrite, and leaves no half-made folder behind.
+    """
+    from grokscope.pipeline import check_run_dir, load_run_config, prepare_run_dir
+
+    out = Path(out)
     check_config(cfg)
+    check_run_dir(out, resume, overwrite)  # on every rank, so that all of them stop together
     rank, _ = ddp.init_from_env()
-    run = Run(out)
-    if rank == 0:
-        run = prepare_run_dir(run.path, resume, overwrite)
-        if not resume:
-            run.write_config(C.to_yaml(cfg))
-    ddp.barrier()
     try:
-        return LMTrainer(cfg, run, progress=progress).fit(resume=resume)
+        trainer = LMTrainer(cfg, Run(out), progress=progress)  # writes only the token cache
+        if rank == 0:
+            trainer.run = prepare_run_dir(out, resume, overwrite)  # the checks passed: replace an old run only now
+            if not resume:
+                trainer.run.write_config(C.to_yaml(cfg))
+            elif cfg != load_run_config(trainer.run):  # lengthened (nothing else may change): record it
+                trainer.run.write_config(C.to_yaml(cfg))
+                trainer.run.update_info(total_steps=trainer.total, total_tokens=trainer.total * trainer.tokens_per_step)
+        ddp.barrier()
+        return trainer.fit(resume=resume)
     finally:
         ddp.shutdown()
 
@@ -352,13 +360,19 @@ class _null:
 
 def model_from_run(run_dir: str, step: int | None = None) -> tuple[Llama, C.RunConfig, int]:
     """(model with a checkpoint's weights, config, step) of an LM run folder."""
-    import yaml
+    from grokscope.analysis.runner import read_config  # an unreadable config.yaml is a StoreError
 
     run = Run(run_dir).require()
-    cfg = C.resolve(yaml.safe_load(run.config_path.read_text()))
+    cfg = read_config(run)
+    if cfg.task.name != "text" or cfg.model.arch != "llama":
+        raise StoreError(f"{str(run.path)!r} is not a language-model run (task {cfg.task.name!r}, "
+                         f"model {cfg.model.arch!r}); pass a run of a text config such as copy-lm")
     step, tensors = run.load_checkpoint(step)
     params = Run.params_only(tensors)
+    if "embed.W_E" not in params:
+        raise StoreError(f"checkpoint {run.checkpoint_path(step)} does not match the run's config.yaml "
+                         "(it has no embed.W_E); restore the checkpoint or the config")
     model = Llama(cfg.model, params["embed.W_E"].shape[0], cfg.task.context)
-    model.load_state_dict(params)
+    run.load_into(model, step, tensors)
     model.eval()
     return model, cfg, step
