@@ -30,7 +30,7 @@ matplotlib.use("Agg")  # files only; never opens a window
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from grokscope.store import atomic_write_bytes, atomic_write_text  # noqa: E402
+from grokscope.store import StoreError, atomic_write_bytes, atomic_write_text  # noqa: E402
 from grokscope.sweep.grid import format_value  # noqa: E402
 from grokscope.sweep.table import read_metrics, sweep_info  # noqa: E402
 
@@ -233,6 +233,15 @@ def ours_table(table: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _metrics_or_empty(path: Path) -> pd.DataFrame:
+    """A trial's metrics, or none when its database is damaged (the table's `damaged` column says
+    so): one bad trial must not cost the page of all the others."""
+    try:
+        return read_metrics(path)
+    except StoreError:
+        return pd.DataFrame({"step": pd.Series(dtype="int64")})
+
+
 def write_sweep_report(out: Path, table: pd.DataFrame) -> Path:
     """DIR/sweep.html and DIR/sweep_*.png for the runs in `table` (from `sweep.table.runs_table`)."""
     out = Path(out)
@@ -241,7 +250,7 @@ def write_sweep_report(out: Path, table: pd.DataFrame) -> Path:
     # a zipped key ("task.p,optim.weight_decay") is plotted against its first component
     keys = [k.split(",")[0].strip() for k in (info.get("grid") or {}) if k != "seed"]
     keys = [k for k in keys if k in table]
-    curves = {name: read_metrics(out / name) for name in table["run"]}
+    curves = {name: _metrics_or_empty(out / name) for name in table["run"]}
     lm = is_lm_sweep(curves)
     unit = time_axis(curves)
     figs = []

@@ -28,7 +28,7 @@ import yaml
 
 from grokscope import config as C
 from grokscope import experiments
-from grokscope.store import Run, atomic_write_json, atomic_write_text
+from grokscope.store import Run, StoreError, atomic_write_json, atomic_write_text
 from grokscope.sweep.grid import Trial, expand, parse_grid
 from grokscope.sweep.local import TrialJob, threads_per_trial
 from grokscope.sweep.trial import needs_analysis, training_done
@@ -81,13 +81,34 @@ def _first_difference(a: Any, b: Any, prefix: str = "") -> str:
     return f"{prefix.rstrip('.')} ({a!r} there, {b!r} now)"
 
 
+def _trial_config(run: Run) -> dict[str, Any]:
+    """A trial folder's saved config.yaml as a mapping; StoreError (exit 2, one line) when it is damaged."""
+    try:
+        raw = yaml.safe_load(run.config_path.read_text())
+    except yaml.MarkedYAMLError as err:  # its str() spans lines: keep the message one line
+        mark = err.problem_mark
+        problem = f"not YAML: {err.problem}" + (f" at line {mark.line + 1}" if mark is not None else "")
+    except yaml.YAMLError as err:
+        problem = f"not YAML: {type(err).__name__}"
+    except UnicodeDecodeError:
+        problem = "not text"
+    except OSError as err:
+        problem = f"unreadable: {err.strerror}"
+    else:
+        if isinstance(raw, dict) or raw is None:
+            return raw or {}
+        problem = f"a YAML {type(raw).__name__}, not a mapping"
+    raise StoreError(f"{run.config_path} is damaged ({problem}); delete the trial folder {run.path} "
+                     "to train it afresh, or rerun with --overwrite to replace every trial folder")
+
+
 def check_existing(p: SweepPlan, overwrite: bool) -> None:
     """Refuse to mix runs of another config into this sweep's trial folders."""
     for t in p.trials:
         run = Run(p.out / t.name)
         if overwrite or not run.config_path.exists():
             continue
-        have = _comparable(yaml.safe_load(run.config_path.read_text()) or {})
+        have = _comparable(_trial_config(run))
         want = _comparable(t.config.model_dump(mode="json"))
         if have != want:
             raise C.ConfigError(f"{run.path} holds a run of a different config ({_first_difference(have, want)}); "

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import grokscope
-from grokscope.store import Run
+from grokscope.store import Run, atomic_write_text
 
 POLL_SECONDS = 0.1
 
@@ -58,7 +58,13 @@ def start(job: TrialJob) -> subprocess.Popen:
     job.log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(job.log_path, "ab") as log:
         proc = subprocess.Popen(command(job), stdout=log, stderr=subprocess.STDOUT, env=child_env(job.threads))
-    job.log_path.with_suffix(".pid").write_text(f"{proc.pid}\n")
+    # atomic: whoever reads the pid (to stop the trial) never sees an empty or half-written file
+    try:
+        atomic_write_text(job.log_path.with_suffix(".pid"), f"{proc.pid}\n")
+    except BaseException:  # e.g. disk full: no trial may run on that nobody tracks or can stop
+        proc.kill()
+        proc.wait()
+        raise
     return proc
 
 

@@ -6,8 +6,10 @@ frequencies, logit FVE and neuron FVE (from `analysis/summary.json` when the run
 empty otherwise), and the epoch of grokking (first epoch with test accuracy above 99%, from
 run.json) and the same as an optimiser step (which compares minibatch runs across data sizes).
 A copy-LM run's row has instead its last evaluation's tokens, losses, copy accuracies, ICL and
-largest induction score, and when exact copy accuracy first passed 50%. Reads the store only;
-computes no measure.
+largest induction score, and when exact copy accuracy first passed 50%. A run whose run.json,
+summary or metrics cannot be read keeps its row, with those columns empty, the files named in a
+`damaged` column and what to do in `error` (status "damaged" when run.json is the one): the
+table still shows every other run. Reads the store only; computes no measure.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -63,29 +66,52 @@ def read_metrics(path: Path, table: str = "metrics") -> pd.DataFrame:
     before SQLite folded its log in, is read through the store as usual.
     """
     db = Path(path) / "metrics.sqlite"
-    if not db.exists() or Path(f"{db}-wal").exists():
-        return Run(path).metrics(table)
-    con = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro&immutable=1", uri=True)
     try:
-        names = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        if table not in names:
-            return pd.DataFrame({"step": pd.Series(dtype="int64")})
-        return pd.read_sql_query(f'SELECT * FROM "{table}" ORDER BY step', con)
-    finally:
-        con.close()
+        if not db.exists() or Path(f"{db}-wal").exists():
+            return Run(path).metrics(table)
+        con = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro&immutable=1", uri=True)
+        try:
+            names = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if table not in names:
+                return pd.DataFrame({"step": pd.Series(dtype="int64")})
+            return pd.read_sql_query(f'SELECT * FROM "{table}" ORDER BY step', con)
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as err:  # a damaged file: one line for the user, not a traceback
+        raise StoreError(f"{db} is corrupt ({err}); restore it, or train the run again with --overwrite") from None
+
+
+def _read_or_note(read: Callable[[], Any], empty: Any, path: Path, name: str, damaged: dict[str, str]) -> Any:
+    """What `read()` returns, or `empty` with the file noted in `damaged` (its name -> why, one line)
+    when it cannot be read: one damaged file must not hide every other run of the table."""
+    try:
+        value = read()
+    except (StoreError, ValueError, OSError, sqlite3.DatabaseError) as err:  # corrupt JSON, not UTF-8, bad SQLite
+        damaged[name] = (str(err).splitlines() or [type(err).__name__])[0]
+        return empty
+    if value is not None and not isinstance(value, type(empty)):  # valid JSON, but e.g. a list
+        damaged[name] = f"{path / name} is damaged (holds a {type(value).__name__}); restore it or delete it"
+        return empty
+    return value
 
 
 def run_row(path: Path, settings: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One run's row. A damaged run.json, summary.json or metrics.sqlite leaves its columns empty and
+    is named in the `damaged` column (with what to do in `error`); a damaged run.json makes the
+    status "damaged", since what state the run is in is unknown."""
     run = Run(path)
-    info = run.read_info()
+    damaged: dict[str, str] = {}
+    info = _read_or_note(run.read_info, {}, path, "run.json", damaged)
+    m = _read_or_note(lambda: read_metrics(path), pd.DataFrame(), path, "metrics.sqlite", damaged)
+    summary = _read_or_note(run.read_summary, {}, path, "analysis/summary.json", damaged) or {}
     row: dict[str, Any] = {"run": path.name}
     row.update(settings or {})
-    row["status"] = info.get("status")
-    m = read_metrics(path)
+    row["status"] = "damaged" if "run.json" in damaged else info.get("status")
+    if damaged:  # the column appears only when some run is damaged
+        row["damaged"] = ", ".join(damaged)
     last = m.iloc[-1].to_dict() if len(m) else {}
     row["step"] = last.get("step")
     row["epoch"] = last.get("epoch")
-    summary = run.read_summary() or {}
     lm = "copy_acc" in last  # a copy-LM run (SPEC section 7): its own headline numbers
     for col in [] if lm else SUMMARY_COLUMNS:
         value = summary.get(col, last.get(col) if col in ("test_loss", "test_acc") else None)
@@ -102,8 +128,9 @@ def run_row(path: Path, settings: dict[str, Any] | None = None) -> dict[str, Any
     # minibatch runs count epochs of their own train set; steps compare finite with infinite data
     spe = info.get("steps_per_epoch") or 1
     row["grok_step"] = None if row["grok_epoch"] is None else round(row["grok_epoch"] * spe)
-    if info.get("error"):
-        row["error"] = str(info["error"]).splitlines()[0]
+    errors = ([str(info["error"]).splitlines()[0]] if info.get("error") else []) + list(damaged.values())
+    if errors:
+        row["error"] = "; ".join(errors)
     return row
 
 
