@@ -143,3 +143,25 @@ def test_random_id_variant(char):
         assert cs.targets[i][cs.mask[i]].tolist() == rows[int(cs.query[i]) - 1][12:18]
     res = score_copy(oracle_logits(cs.tokens, char.vocab_size), cs)
     assert res["copy_acc"] == 1.0
+
+
+def test_per_token_accuracy_is_that_of_greedy_decoding():
+    # A bigram "model" that always predicts token + 1 (mod 10), on hand-made suffixes:
+    # A: input 5 6 7 | 9 0: teacher-forced 7 (right), 8 (wrong), 0 (right): 2 of 3; greedy feeds
+    #    back its 8 and predicts 9 where 0 is due: 1 of 3.
+    # B: input 3 4 5 | 7 7: teacher-forced 5, 6 (wrong), 8 (wrong): 1 of 3; greedy feeds back its 6
+    #    and predicts 7, which is right: 2 of 3 (greedy can recover; it is not "wrong after the first error").
+    from grokscope.lm.copytest import CopySet, evaluate_copy
+
+    tokens = torch.tensor([[5, 6, 7, 9, 0], [3, 4, 5, 7, 7], [5, 6, 7, 9, 0]])
+    pos = torch.tensor([[1, 2, 3]] * 3)
+    targets = tokens.gather(1, pos + 1)
+    cs = CopySet(tokens, pos, targets, torch.ones(3, 3, dtype=torch.bool), torch.tensor([1, 1, 1]), [1], 1)
+
+    def bigram(x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.one_hot((x + 1) % 10, 10).float()
+
+    greedy = evaluate_copy(bigram, cs)
+    assert greedy["copy_token_acc"] == pytest.approx(4 / 9)
+    assert score_copy(bigram(tokens), cs)["copy_token_acc"] == pytest.approx(5 / 9)  # teacher-forced
+    assert greedy["copy_acc"] == 0.0

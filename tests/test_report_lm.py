@@ -77,11 +77,11 @@ def test_induction_heatmap_is_the_heads_table(lm_run):
     row = heads[(heads["layer"] == 1) & (heads["head"] == 0)].sort_values("step")
     assert np.allclose(hm.z[2], row["induction"].to_numpy())
     others = {h.title: h for h in figs["head_scores"].heatmaps}
-    assert set(others) == {"prefix matching A", "previous-token attention", "OV copying score EP"}
-    assert np.allclose(others["prefix matching A"].z[2], row["prefix_matching"].to_numpy())
+    assert set(others) == {"previous-token attention", "OV copying score EP", "A * EP"}
+    assert np.allclose(others["A * EP"].z[2], row["induction_copying"].to_numpy())
     # per layer: the metrics table's largest score of a head in that layer
     m = Run(lm_run).metrics()
-    for prefix in ("induction", "prefix_matching", "previous_token"):
+    for prefix in ("induction", "induction_copying", "previous_token"):
         fig = figs[f"layers_{prefix}"]
         assert [s.name for s in fig.series] == ["layer 0", "layer 1"]
         assert np.array_equal(curve(fig, "layer 1").y, m[f"{prefix}_l1"].to_numpy(dtype=float))

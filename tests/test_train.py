@@ -337,3 +337,13 @@ def test_two_thread_runs_of_the_general_path_are_bit_identical():
     finally:
         torch.set_num_threads(before)
     assert all(torch.equal(a, b) for a, b in zip(*runs, strict=True))
+
+
+@pytest.mark.parametrize("schedule", ["linear", "log"])
+def test_every_checkpoint_is_evaluated(schedule):
+    from grokscope.train.trainer import eval_steps
+
+    steps = eval_steps(14000, 250, schedule, checkpoint_every=500)
+    assert set(range(0, 14001, 500)) <= steps and {0, 14000} <= steps and max(steps) == 14000
+    if schedule == "linear":
+        assert steps == set(range(0, 14001, 250))

@@ -5,8 +5,11 @@ suffix and a newline, with prefixes unique and suffixes unique within the sample
 prefix of line i is appended and the model must continue with that line's suffix. A sample is
 correct when the whole suffix is reproduced by greedy decoding; with teacher forcing that is the
 same as the argmax being right at every suffix token (greedy decoding only feeds back tokens
-that were right), so one forward pass scores a sample. Reported: exact-match accuracy, per-token
-accuracy and the suffix's cross-entropy, overall and by query line.
+that were right), so one forward pass scores a sample. Per-token accuracy (SPEC: the share of
+suffix tokens greedy decoding produces correctly) differs: after a sample's first wrong token
+greedy decoding feeds back its own token, so those samples are decoded on (`greedy_suffix`), one
+forward pass per later suffix token. Reported: exact-match accuracy, per-token accuracy and the
+suffix's (teacher-forced) cross-entropy, overall and by query line.
 
 Scaling: the paper fits 50 lines in a 1024-token context; here a set uses as many lines (up to
 `copy_lines`) as fit in the context with the query. Query lines are spread evenly, `copy_queries`
@@ -142,20 +145,23 @@ def build_copy_set(tok, context: int, n_samples: int, max_lines: int, n_queries:
     return CopySet(tokens, p_t, t_t, mask, torch.tensor(query), qlines, n_lines)
 
 
-def score_copy(logits: Tensor, cs: CopySet) -> dict[str, float]:
+def score_copy(logits: Tensor, cs: CopySet, greedy: Tensor | None = None) -> dict[str, float]:
     """Exact-match and per-token accuracy and suffix loss from logits [n, L, V] of cs.tokens.
 
+    greedy [n, S]: the suffix tokens greedy decoding produced (`greedy_suffix`); without it the
+    teacher-forced argmax stands in (the same exact match, a higher per-token accuracy).
     Keys: copy_acc, copy_token_acc, copy_loss, and copy_acc_q{LINE} per query line.
     """
     idx = cs.pos[..., None].expand(-1, -1, logits.shape[-1])
     lg = logits.gather(1, idx).double()  # [n, S, V]
-    right = (lg.argmax(-1) == cs.targets) | ~cs.mask
+    pred = lg.argmax(-1) if greedy is None else greedy
+    right = (pred == cs.targets) | ~cs.mask
     exact = right.all(-1).double()  # [n]
     nll = lg.logsumexp(-1) - lg.gather(-1, cs.targets[..., None]).squeeze(-1)
     m = cs.mask.double()
     out = {
         "copy_acc": float(exact.mean()),
-        "copy_token_acc": float(((lg.argmax(-1) == cs.targets).double() * m).sum() / m.sum()),
+        "copy_token_acc": float(((pred == cs.targets).double() * m).sum() / m.sum()),
         "copy_loss": float((nll * m).sum() / m.sum()),
     }
     for q in cs.query_lines:
@@ -164,15 +170,46 @@ def score_copy(logits: Tensor, cs: CopySet) -> dict[str, float]:
     return out
 
 
+def _suffix_logits(model, tokens: Tensor, pos: Tensor, batch: int) -> Tensor:
+    """model(tokens)'s logits at pos [n, S] only: [n, S, V], in batches."""
+    parts = []
+    for i in range(0, len(tokens), batch):
+        lg = model(tokens[i:i + batch])
+        parts.append(lg.gather(1, pos[i:i + batch, :, None].expand(-1, -1, lg.shape[-1])))
+    return torch.cat(parts)
+
+
+@torch.no_grad()
+def greedy_suffix(model, cs: CopySet, first: Tensor, batch: int = 64) -> Tensor:
+    """The suffix tokens [n, S] greedy decoding produces after each query.
+
+    first [n, S] is the teacher-forced argmax: greedy decoding agrees with it up to and including
+    a sample's first wrong token (until then it fed back the true tokens). From there its own
+    tokens are written into the suffix's input positions (suffix token j is input pos[:, j] + 1),
+    and position j is decoded again, for the samples whose tokens before j went wrong.
+    """
+    pred = first.clone()
+    for j in range(1, pred.shape[1]):
+        off = ((pred[:, :j] != cs.targets[:, :j]) & cs.mask[:, :j]).any(-1) & cs.mask[:, j]
+        if not off.any():
+            continue
+        rows = off.nonzero().flatten()
+        toks = cs.tokens[rows].clone()
+        fed = cs.mask[rows, :j]
+        r, c = fed.nonzero(as_tuple=True)
+        toks[r, cs.pos[rows][r, c] + 1] = pred[rows][r, c]
+        pred[rows, j] = _suffix_logits(model, toks, cs.pos[rows, j:j + 1], batch)[:, 0].argmax(-1)
+    return pred
+
+
 @torch.no_grad()
 def evaluate_copy(model, cs: CopySet, batch: int = 64, prefix: str = "copy") -> dict[str, float]:
-    """Run `model(tokens) -> logits` over the set in batches and score it; keys renamed to `prefix`."""
-    parts = []
-    for i in range(0, len(cs.tokens), batch):
-        lg = model(cs.tokens[i:i + batch])
-        parts.append(lg.gather(1, cs.pos[i:i + batch, :, None].expand(-1, -1, lg.shape[-1])))
+    """Run `model(tokens) -> logits` over the set in batches and score it, per-token accuracy by
+    greedy decoding; keys renamed to `prefix`."""
+    lg = _suffix_logits(model, cs.tokens, cs.pos, batch)
+    greedy = greedy_suffix(model, cs, lg.argmax(-1), batch)
     # The suffix logits only ([n, S, V]); positions are then simply 0..S-1.
     gathered = CopySet(cs.tokens, torch.arange(cs.pos.shape[1]).expand_as(cs.pos), cs.targets, cs.mask,
                        cs.query, cs.query_lines, cs.n_lines)
-    res = score_copy(torch.cat(parts), gathered)
+    res = score_copy(lg, gathered, greedy)
     return {prefix + k[4:]: v for k, v in res.items()}

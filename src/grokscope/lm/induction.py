@@ -7,9 +7,14 @@ On a sequence made of two identical halves of s random tokens (positions 0..2s-1
   convention; in the paper's column convention W_U W_O W_V W_E). Its nonzero eigenvalues are
   those of the small d_head x d_head product W_O W_U W_E W_V, which is what is computed. The
   RMSNorm gains before the head (ln1.w) and before the unembedding (ln_final.w) are folded in;
-  the norms' positive scalings do not change EP. EP = 1 when the circuit raises the logit of the
-  token attended to, -1 when it lowers it, ~0 for a random circuit;
-- induction I = A * EP (Lv et al.'s definition);
+  each token's RMS scaling is not (it depends on the input; the usual convention). EP = 1 when
+  the circuit raises the logit of the token attended to, -1 when it lowers it, ~0 for a random
+  circuit;
+- induction: SPEC's induction score, the mean attention from each token of the second copy to
+  the token after its earlier occurrence, i.e. Olsson et al.'s prefix matching A (kept under
+  both names);
+- induction_copying = A * EP: a head that attends like an induction head and also copies what it
+  attends to (both of Olsson et al.'s criteria in one number);
 - previous token: mean attention from position p to p-1 over the first half (random tokens, so
   no earlier occurrence competes).
 The in-context-learning score is the late-token loss minus the early-token loss on held-out
@@ -83,7 +88,8 @@ def copying_scores(model, vocab: int | None = None) -> Tensor:
 
 @torch.no_grad()
 def head_scores(model, s: int, n_seq: int, seed: int, vocab: int | None = None) -> dict[str, Tensor]:
-    """induction, prefix_matching, copying, previous_token: each [layers, heads].
+    """induction (= prefix_matching), prefix_matching, copying, induction_copying, previous_token:
+    each [layers, heads].
 
     vocab: draw the repeated random tokens, and take the OV circuit, over the first `vocab` ids
     only (the tokenizer's, when the model has extra ids; default all of the model's).
@@ -100,7 +106,8 @@ def head_scores(model, s: int, n_seq: int, seed: int, vocab: int | None = None) 
     prev = torch.stack([previous_token_score(cache["pattern", layer], s) for layer in range(n_layers)])
     ep = copying_scores(model, v)
     pm, prev = pm.cpu(), prev.cpu()
-    return {"induction": pm * ep, "prefix_matching": pm, "copying": ep, "previous_token": prev}
+    return {"induction": pm, "prefix_matching": pm, "copying": ep, "induction_copying": pm * ep,
+            "previous_token": prev}
 
 
 def per_position_loss(logits: Tensor, targets: Tensor) -> Tensor:

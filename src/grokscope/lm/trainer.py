@@ -194,8 +194,10 @@ class LMTrainer:
                               **{k: float(v[layer, h]) for k, v in scores.items()}})
             row[f"induction_l{layer}"] = float(scores["induction"][layer].max())
             row[f"prefix_matching_l{layer}"] = float(scores["prefix_matching"][layer].max())
+            row[f"induction_copying_l{layer}"] = float(scores["induction_copying"][layer].max())
             row[f"previous_token_l{layer}"] = float(scores["previous_token"][layer].max())
         row["induction_max"] = float(scores["induction"].max())
+        row["induction_copying_max"] = float(scores["induction_copying"].max())
         model.train()
         return row, heads
 
@@ -257,7 +259,7 @@ class LMTrainer:
         else:
             self.start()
         cfg = self.cfg
-        evals = eval_steps(self.total, cfg.train.eval_every, cfg.train.eval_schedule)
+        evals = eval_steps(self.total, cfg.train.eval_every, cfg.train.eval_schedule, cfg.train.checkpoint_every)
         bar = None
         if self.progress:
             from tqdm.auto import tqdm

@@ -2,15 +2,15 @@
 
 The LM trainer (`grokscope.lm.trainer`) writes every measure at each evaluation step: the
 `metrics` table (losses, the in-context-learning score, the hex copy test `copy_*` and its
-random-token-id variant `rcopy_*`, per layer the largest induction, prefix-matching and
+random-token-id variant `rcopy_*`, per layer the largest induction score, A * EP, prefix-matching and
 previous-token score) and the `heads` table (one row per evaluation, layer and head). These
 builders only pick columns; no measure is computed here.
 
 - Loss, copy accuracy and the ICL score, each against optimiser steps and against tokens: the
   paper's claim is that copying arrives after a number of updates, not of tokens (its Fig. 3).
 - A heatmap of each head's induction score over training (rows layer.head, columns evaluation
-  steps), and the same for prefix matching, previous-token attention and the OV copying score.
-- Per layer, the largest induction, prefix-matching and previous-token score over training: the
+  steps), and the same for previous-token attention, the OV copying score and A * EP.
+- Per layer, the largest induction score, A * EP and previous-token score over training: the
   paper finds induction heads forming from shallow to deep layers (its Fig. 2).
 """
 
@@ -33,7 +33,7 @@ AXES = (("step", "steps", "optimiser step"), ("tokens", "tokens", "tokens seen")
 # Metric columns the figures below show; `other_metric_columns` skips them.
 CONSUMED = {"step", "tokens", "train_loss", "val_loss", "copy_acc", "copy_token_acc", "rcopy_acc", "rcopy_token_acc",
             "icl_score", "repeat_gain"}
-PER_LAYER = re.compile(r"^(induction|prefix_matching|previous_token)_l\d+$")
+PER_LAYER = re.compile(r"^(induction|induction_copying|prefix_matching|previous_token)_l\d+$")
 PER_QUERY = re.compile(r"^r?copy_acc_q(\d+)$")
 
 
@@ -113,10 +113,10 @@ def _grid(h: pd.DataFrame, column: str) -> tuple[np.ndarray, list[str], list[str
 
 
 HEAD_SCORES = {
-    "induction": ("induction score I = A * EP", False),
-    "prefix_matching": ("prefix matching A", False),
+    "induction": ("induction score A", False),
     "previous_token": ("previous-token attention", False),
     "copying": ("OV copying score EP", True),
+    "induction_copying": ("A * EP", True),
 }
 
 
@@ -127,10 +127,10 @@ def induction_heatmap(d: RunData) -> Figure | Missing:
         return Missing("induction_heads", title, "the run has no `heads` table yet (the LM trainer writes it at "
                        "each evaluation)", section=HEADS)
     z, x, y = _grid(h, "induction")
-    return Figure("induction_heads", title, "Each head's induction score I = A * EP (Lv et al.): A its "
-                  "attention from a token of the second copy of a repeated random sequence to the token after "
-                  "that token's first occurrence, EP the eigenvalue positivity of its OV circuit. Rows: "
-                  "layer.head, shallow at the top; columns: evaluation steps (log-spaced, so not to scale).",
+    return Figure("induction_heads", title, "Each head's induction score A (SPEC section 7; Olsson et al.'s "
+                  "prefix matching): its mean attention from a token of the second copy of a repeated random "
+                  "sequence to the token after that token's first occurrence. Rows: layer.head, shallow at the "
+                  "top; columns: evaluation steps (log-spaced, so not to scale).",
                   "heatmaps", heatmaps=[Heatmap("induction score", z, x, y, diverging=True)],
                   x_label="step", y_label="layer.head", toggle_log=False, section=HEADS)
 
@@ -141,11 +141,12 @@ def head_score_heatmaps(d: RunData) -> Figure | list[Figure]:
             if col != "induction" and _has(h, col, "layer", "head")]
     if not maps:
         return []  # induction_heatmap already says the table is missing
-    return Figure("head_scores", "Prefix matching, previous-token and copying scores per head",
-                  "The parts of an induction circuit per head over training: prefix matching A (the attention "
-                  "pattern of an induction head), previous-token attention (the head it composes with, in an "
-                  "earlier layer) and the OV circuit's eigenvalue positivity EP (does the head copy what it "
-                  "attends to). Rows: layer.head; columns: evaluation steps.", "heatmaps", heatmaps=maps,
+    return Figure("head_scores", "Previous-token and copying scores per head",
+                  "The other parts of an induction circuit per head over training: previous-token attention "
+                  "(the head an induction head composes with, in an earlier layer), the OV circuit's eigenvalue "
+                  "positivity EP (does the head copy what it attends to), and A * EP (a head that both attends "
+                  "like an induction head and copies). Rows: layer.head; columns: evaluation steps.",
+                  "heatmaps", heatmaps=maps,
                   x_label="step", y_label="layer.head", toggle_log=False, section=HEADS)
 
 
@@ -173,18 +174,19 @@ def per_layer(prefix: str, title: str, caption: str):
 
 layers_induction = per_layer(
     "induction", "Largest induction score per layer",
-    "The largest induction score of a head in each layer: the paper finds induction heads forming in "
-    "shallow layers first, then deeper ones (chance is about 0.002).")
-layers_prefix = per_layer(
-    "prefix_matching", "Largest prefix-matching score per layer",
-    "The largest prefix-matching attention A of a head in each layer (chance: about one over the position).")
+    "The largest induction score A of a head in each layer: the paper finds induction heads forming in "
+    "shallow layers first, then deeper ones (chance: about one over the position, ~0.02 here).")
+layers_induction_copying = per_layer(
+    "induction_copying", "Largest A * EP per layer",
+    "The largest product of the induction score A and the OV copying score EP of a head in each layer: "
+    "a head that attends like an induction head and copies what it attends to.")
 layers_previous = per_layer(
     "previous_token", "Largest previous-token score per layer",
     "The largest attention to the previous token of a head in each layer; an induction head needs one in an "
     "earlier layer than itself.")
 
-BUILDERS = [lm_loss, copy_accuracy, copy_by_query, icl, induction_heatmap, head_score_heatmaps, layers_induction, layers_prefix,
-            layers_previous]
+BUILDERS = [lm_loss, copy_accuracy, copy_by_query, icl, induction_heatmap, head_score_heatmaps, layers_induction,
+            layers_induction_copying, layers_previous]
 
 
 def consumed(column: str) -> bool:

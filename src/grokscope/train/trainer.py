@@ -84,13 +84,18 @@ def lr_at(step: int, total: int, cfg: C.OptimConfig) -> float:
     return floor + (cfg.lr - floor) * 0.5 * (1 + math.cos(math.pi * frac))
 
 
-def eval_steps(total: int, every: int, schedule: str) -> set[int]:
-    """Steps at which cheap metrics are logged: 0, every `every`, and the last."""
+def eval_steps(total: int, every: int, schedule: str, checkpoint_every: int | None = None) -> set[int]:
+    """Steps at which metrics are logged: 0, the last, every checkpoint (SPEC: evaluate at every
+    checkpoint), and linear: every `every` steps; log: 60 log-spaced steps plus every
+    max(`every`, total / 20) steps."""
     if schedule == "log":
         pts = {0, total} | {int(round(x)) for x in torch.logspace(0, math.log10(max(total, 1)), 60).tolist()}
         pts |= set(range(0, total + 1, max(every, total // 20 or 1)))
-        return {s for s in pts if 0 <= s <= total}
-    return set(range(0, total + 1, every)) | {total}
+    else:
+        pts = set(range(0, total + 1, every)) | {total}
+    if checkpoint_every is not None:
+        pts |= set(range(0, total + 1, checkpoint_every))
+    return {s for s in pts if 0 <= s <= total}
 
 
 def sum_sq_weights(model: torch.nn.Module) -> float:
@@ -295,7 +300,7 @@ class Trainer:
                 return info  # nothing left to do
             self.resume()
         cfg, run = self.cfg, self.run
-        evals = eval_steps(self.total, cfg.train.eval_every, cfg.train.eval_schedule)
+        evals = eval_steps(self.total, cfg.train.eval_every, cfg.train.eval_schedule, cfg.train.checkpoint_every)
         bar = None
         if self.progress:
             from tqdm.auto import tqdm
