@@ -162,7 +162,7 @@ def test_lm_report_draws_every_figure_in_chromium(tiny_lm_run, browser):
     assert not missing
     keys = {f.key for f in figs}
     assert {"lm_loss_step", "lm_loss_tokens", "copy_accuracy_step", "copy_accuracy_tokens", "icl_step", "icl_tokens",
-            "induction_heads", "head_scores", "layers_induction", "layers_prefix_matching",
+            "induction_heads", "head_scores", "layers_induction", "layers_induction_copying",
             "layers_previous_token"} <= keys
     page, log = open_page(browser, path.as_uri())
     page.wait_for_function(f"document.querySelectorAll('div.plot .main-svg').length >= {len(figs)}", timeout=30_000)
