@@ -159,7 +159,8 @@ def analyze(
     threads: Annotated[int | None, typer.Option("--threads", help="torch threads (default: the run's train.threads).")] = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Reverse-engineer a modular-arithmetic run and compute its progress measures (writes RUN/analysis)."""
+    """Analyse a run (writes RUN/analysis): a modular-arithmetic run is reverse-engineered and its progress
+    measures computed; a copy-LM run gets its copy, ICL and induction summary."""
     from grokscope.analysis.runner import analyze_run
 
     ks = None
