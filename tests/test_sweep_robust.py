@@ -10,35 +10,17 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
-import grokscope
 from grokscope import config as C
 from grokscope.store import Run, StoreError
 from grokscope.sweep import check_existing, plan, run_sweep
 from grokscope.sweep import local as L
 from grokscope.sweep import ray_backend as R
 from grokscope.sweep.table import runs_table
+from tests.test_sweep import TINY as BASE
+from tests.test_sweep import cli, write_yaml
 
-TINY = {
-    "seed": 0,
-    "task": {"name": "modular", "p": 23, "frac_train": 0.5},
-    "model": {"d_model": 32, "n_heads": 2, "d_head": 16, "d_mlp": 64},
-    "optim": {"lr": 3e-3, "weight_decay": 1.0},
-    "train": {"epochs": 10, "checkpoint_every": 5, "eval_every": 5},
-}
-SRC = str(Path(grokscope.__file__).resolve().parents[1])
-
-
-def write_yaml(path: Path, raw: dict) -> Path:
-    path.write_text(yaml.safe_dump(raw))
-    return path
-
-
-def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=SRC)
-    return subprocess.run([sys.executable, "-m", "grokscope.cli", *args], capture_output=True, text=True,
-                          env=env, timeout=timeout)
+TINY = {**BASE, "train": {"epochs": 10, "checkpoint_every": 5, "eval_every": 5}}
 
 
 def job(tmp_path: Path, name: str, threads: int = 1) -> L.TrialJob:
