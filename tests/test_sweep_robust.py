@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gc
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +17,7 @@ from grokscope.sweep import local as L
 from grokscope.sweep import ray_backend as R
 from grokscope.sweep.table import runs_table
 from tests.test_sweep import TINY as BASE
-from tests.test_sweep import cli, write_yaml
+from tests.test_sweep import cli, need_ray, write_yaml
 
 TINY = {**BASE, "train": {"epochs": 10, "checkpoint_every": 5, "eval_every": 5}}
 
@@ -99,12 +98,7 @@ def test_ray_tasks_always_fit_the_cpus_there_are(tmp_path, monkeypatch):
 
 def test_ray_one_worker_many_threads_does_not_hang(tmp_path):
     """`--workers 1 --threads 2`: a local Ray with 1 CPU would never schedule the 2-CPU task."""
-    try:
-        import ray  # noqa: F401
-    except ImportError:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip("ray is not installed (pip install 'grokscope[ray]'); CI installs it")
+    need_ray()
     cfg = write_yaml(tmp_path / "tiny.yaml", TINY)
     out = tmp_path / "s"
     r = cli("sweep", str(cfg), "--grid", "optim.lr=0.001", "--backend", "ray", "--workers", "1", "--threads", "2",
