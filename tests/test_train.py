@@ -347,3 +347,27 @@ def test_every_checkpoint_is_evaluated(schedule):
     assert set(range(0, 14001, 500)) <= steps and {0, 14000} <= steps and max(steps) == 14000
     if schedule == "linear":
         assert steps == set(range(0, 14001, 250))
+
+
+def test_a_resume_that_cannot_go_on_changes_nothing_and_steps_cannot_shorten_it(tmp_path):
+    out = tmp_path / "r"
+    pipeline.train_run(_cfg("train.epochs=40", "train.checkpoint_every=20"), out, progress=False)
+    run = Run(out)
+    before = (run.config_path.read_text(), run.read_info()["total_steps"])
+    # train.steps overrides train.epochs: 5 steps would end before the 40 already trained
+    res = run_cli("train", "--resume", str(out), "--set", "train.steps=5")
+    assert res.returncode == 2 and "only be lengthened" in res.stderr
+    run.update_info(status="interrupted")
+    run.checkpoint_path(40).write_bytes(b"damaged")
+    res = run_cli("train", "--resume", str(out), "--set", "train.epochs=80")
+    assert res.returncode == 2 and "corrupt" in res.stderr
+    assert (run.config_path.read_text(), run.read_info()["total_steps"]) == before  # the failed resume wrote nothing
+
+
+def test_resume_may_restate_the_runs_own_settings(tmp_path):
+    out = tmp_path / "r"
+    assert run_cli("train", "mainline", "--out", str(out), "-q", *_args("train.epochs=20")).returncode == 0
+    # the starting command again, with --resume and a longer run: its --set values are the run's own
+    res = run_cli("reproduce", "mainline", "--out", str(out), "--resume", "-q", *_args("train.epochs=30"))
+    assert res.returncode == 0, res.stderr
+    assert Run(out).read_info()["last_step"] == 30 and pipeline.load_run_config(Run(out)).train.epochs == 30

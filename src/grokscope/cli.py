@@ -112,9 +112,8 @@ def reproduce(
     if resume:  # the run's own config, as `train --resume` does: --set may only lengthen it
         from grokscope.store import Run
 
-        if threads is not None:
-            raise BadInput("--threads: a resumed run keeps its config; drop --threads")
-        cfg = pipeline.load_run_config(Run(out), overrides)
+        extra = [f"train.threads={threads}"] if threads is not None else []
+        cfg = pipeline.load_run_config(Run(out), overrides + extra)
     info = pipeline.train_run(cfg, out, resume=resume, overwrite=overwrite, progress=not quiet)
     _print_train_summary(out, info)
     from grokscope.analysis.runner import analysis_supported, analyze_run

@@ -201,9 +201,9 @@ class TrainConfig(_Strict):
     steps: int | None = Field(None, ge=0, description="optimiser steps (overrides epochs)")
     batch_size: int | None = Field(None, ge=1, description="null = full batch")
     grad_accum: int = Field(1, ge=1, description=(
-        "micro-batches per optimiser step: the same update in less memory. Modular tasks split the "
-        "step's batch (batch_size rows, or the full batch) into this many; the copy LM takes "
-        "batch_size windows per micro-batch"))
+        "micro-batches per optimiser step. Modular tasks split the step's batch (batch_size rows, or "
+        "the full batch) into this many: the same update in less memory. The copy LM takes "
+        "batch_size windows per micro-batch: a step of batch_size * grad_accum windows"))
     checkpoint_every: int = Field(100, ge=1, description="in steps")
     eval_every: int = Field(10, ge=1, description="in steps; cheap metrics")
     eval_schedule: Literal["linear", "log"] = "linear"

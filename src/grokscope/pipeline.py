@@ -58,14 +58,34 @@ def train_run(cfg: C.RunConfig, out: Path, resume: bool = False, overwrite: bool
     prepare_run_dir(out, resume, overwrite)
     if not resume:
         run.write_config(C.to_yaml(cfg))
-    elif cfg != load_run_config(run):  # lengthened (load_run_config allows nothing else): record it
-        run.write_config(C.to_yaml(cfg))
-        run.update_info(total_steps=trainer.total)
+    else:
+        record_length(run, cfg, trainer.total, trainer.model)
     return trainer.fit(resume=resume)
 
 
+def record_length(run: Run, cfg: C.RunConfig, total: int, model, **info: Any) -> None:
+    """On resume: refuse a length below the steps already trained; record a longer one in
+    config.yaml and run.json (`info`: more run.json fields), but only once the checkpoint has
+    been seen to load and only if training will go on, so that a resume that fails changes nothing."""
+    reached = max(run.checkpoint_steps(), default=0)
+    if total < reached:
+        raise C.ConfigError(f"a resumed run can only be lengthened: it has reached step {reached}, and the new "
+                            f"length is {total} steps")
+    saved = load_run_config(run)
+    if (cfg.train.epochs, cfg.train.steps) == (saved.train.epochs, saved.train.steps):
+        return
+    if run.read_info().get("status") == "stopped_early":
+        return  # it will not train on: its config stays as it ran
+    run.load_into(model)  # a checkpoint that cannot resume fails here, before anything is written
+    longer = saved.model_copy(update={"train": saved.train.model_copy(update={"epochs": cfg.train.epochs,
+                                                                                 "steps": cfg.train.steps})})
+    run.write_config(C.to_yaml(longer))
+    run.update_info(total_steps=total, **info)
+
+
 def load_run_config(run: Run, extend: list[str] | None = None) -> C.RunConfig:
-    """A run's own config; `extend` may only lengthen it (train.epochs / train.steps)."""
+    """A run's own config; `extend` may only lengthen it (train.epochs / train.steps), or restate
+    a value it already has."""
     import yaml
 
     run.require()
@@ -77,11 +97,13 @@ def load_run_config(run: Run, extend: list[str] | None = None) -> C.RunConfig:
     if not isinstance(raw, dict):
         raise StoreError(f"{run.config_path} is not a config (empty or not a mapping); restore it or start the "
                          f"run again with --overwrite")
+    before = C.resolve(raw)
     for item in extend or []:
         key = item.split("=", 1)[0].strip()
-        if key not in ("train.epochs", "train.steps"):
+        # the command that started the run, repeated with --resume, may restate its own settings
+        if key not in ("train.epochs", "train.steps") and C.resolve(raw, [item]) != before:
             raise C.ConfigError(f"--set {key}: a resumed run keeps its config; only train.epochs or train.steps may change")
-    before, after = C.resolve(raw), C.resolve(raw, extend)
+    after = C.resolve(raw, extend)
     for key in ("epochs", "steps"):
         old, new = getattr(before.train, key), getattr(after.train, key)
         if old is not None and new is not None and new < old:

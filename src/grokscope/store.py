@@ -83,6 +83,17 @@ def _safe_column(name: str) -> str:
     return name
 
 
+def db_error(path: Path, err: Exception) -> StoreError:
+    """One line for a database that cannot be used: corrupt (restore it or start again), or
+    locked, read-only, unreachable (nothing is wrong with the run itself)."""
+    code = getattr(err, "sqlite_errorcode", None)
+    corrupt = code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB) or not isinstance(err, sqlite3.Error)
+    if corrupt:
+        return StoreError(f"{path} is corrupt ({err}); restore it, or start the run again with --overwrite")
+    return StoreError(f"{path} cannot be used ({err}); check that its folder is writable and that no other "
+                      f"process holds it, then retry")
+
+
 def _insert(con: sqlite3.Connection, table: str, rows: list[Mapping[str, Any]]) -> None:
     """Insert rows into table (created, and columns added, as needed) within con's transaction."""
     cols: list[str] = []
@@ -202,8 +213,8 @@ class Run:
         try:
             return step, load_file(path)
         except (SafetensorError, OSError, ValueError) as err:
-            raise StoreError(f"checkpoint {path} is corrupt ({err}); delete it to fall back to the one before "
-                             f"(the last two checkpoints can resume training)") from None
+            raise StoreError(f"checkpoint {path} is corrupt ({err}); delete it to fall back to the one before, "
+                             f"which also keeps the optimiser state") from None
 
     def load_into(self, model: torch.nn.Module, step: int | None = None,
                   tensors: dict[str, torch.Tensor] | None = None) -> tuple[int, dict[str, torch.Tensor]]:
@@ -266,8 +277,7 @@ class Run:
             con.execute("SELECT count(*) FROM sqlite_master").fetchone()  # reads the header: a bad file fails here
         except sqlite3.DatabaseError as err:
             con.close()
-            raise StoreError(f"{self.db_path} is corrupt ({err}); restore it, or start the run again with "
-                             f"--overwrite") from None
+            raise db_error(self.db_path, err) from None
         return con
 
     def append(self, table: str, rows: Iterable[Mapping[str, float | int | str | None]]) -> None:
@@ -276,7 +286,7 @@ class Run:
         if not rows:
             return
         with self._db() as con:
-            con.execute("BEGIN")  # new columns and rows together
+            con.execute("BEGIN IMMEDIATE")  # new columns and rows together; see replace_table
             _insert(con, _safe_column(table), rows)
 
     def replace_table(self, table: str, rows: Iterable[Mapping[str, Any]]) -> None:
@@ -284,7 +294,9 @@ class Run:
         midway leaves the old table."""
         table, rows = _safe_column(table), list(rows)
         with self._db() as con:
-            con.execute("BEGIN")  # sqlite3 would run the DROP in autocommit: it opens transactions for DML only
+            # IMMEDIATE: take the write lock now (sqlite3 would run the DROP in autocommit, and a
+            # deferred BEGIN that reads first fails at once against a concurrent writer in WAL mode)
+            con.execute("BEGIN IMMEDIATE")
             con.execute(f'DROP TABLE IF EXISTS "{table}"')
             if rows:
                 _insert(con, table, rows)
@@ -311,7 +323,10 @@ class Run:
         if table not in self.tables():
             return pd.DataFrame({"step": pd.Series(dtype="int64")})
         with self._db() as con:
-            return pd.read_sql_query(f'SELECT * FROM "{_safe_column(table)}" ORDER BY step', con)
+            try:
+                return pd.read_sql_query(f'SELECT * FROM "{_safe_column(table)}" ORDER BY step', con)
+            except (sqlite3.DatabaseError, pd.errors.DatabaseError) as err:  # damage past the header
+                raise db_error(self.db_path, err) from None
 
     # ------------------------------------------------------------------------------ analysis
     def write_summary(self, summary: dict[str, Any]) -> Path:

@@ -17,7 +17,7 @@ from typing import Any
 
 from grokscope.store import Run, StoreError
 
-INDUCTION_FORMED = 0.3  # a head attends ~0.3+ to the induction target and copies: clearly formed
+INDUCTION_FORMED = 0.3  # a head's mean attention to the induction target (A) is 0.3+: clearly formed (chance ~0.02)
 LOSS_FLAT = 0.9  # share of the run's training-loss drop after which the loss counts as flattened
 
 

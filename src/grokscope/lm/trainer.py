@@ -9,8 +9,9 @@ constant or cosine (`grokscope.train.trainer.lr_at`), gradient clipping, gradien
 At each evaluation step (`train.eval_schedule: log` spaces them logarithmically) it records, in
 the run store's `metrics` table: train and validation loss on fixed windows, the in-context
 learning score, the hex copy test (`copy_*`) and its random-token-id variant (`rcopy_*`), and per
-layer the largest induction, prefix-matching and previous-token scores; per-head scores go to
-the `heads` table (step, layer, head, induction, prefix_matching, copying, previous_token).
+layer the largest induction score A, A * EP, prefix-matching and previous-token scores; per-head
+scores go to the `heads` table (step, layer, head, induction, prefix_matching, copying,
+induction_copying, previous_token).
 Wall-clock time goes to a separate `timing` table, so `metrics` is the same after a resume.
 
 Windows, span repetition and dropout masks are drawn from generators seeded by (seed, step),
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import math
 import platform
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -247,6 +249,13 @@ class LMTrainer:
         if self.rank == 0:
             self.run.truncate_after(step, TABLES)
             self.run.update_info(status="running", resumed_at=now(), ended=None)
+            m = self.run.metrics()
+            if len(m) and "induction_copying_max" not in m:
+                # logged before the induction score became A and per-token copy accuracy greedy:
+                # rows up to here keep the old meanings; say where they change
+                self.run.update_info(definitions_changed_at_step=step)
+                print(f"note: {self.run.path}'s metrics up to step {step} use the earlier definitions (induction = "
+                      "A * EP, teacher-forced per-token copy accuracy); later rows use SPEC's", file=sys.stderr)
         self.step = step
         ddp.barrier()
 
@@ -256,8 +265,6 @@ class LMTrainer:
             if info.get("status") == "completed" and info.get("last_step", 0) >= self.total:
                 return info
             self.resume()
-        else:
-            self.start()
         cfg = self.cfg
         evals = eval_steps(self.total, cfg.train.eval_every, cfg.train.eval_schedule, cfg.train.checkpoint_every)
         bar = None
@@ -272,6 +279,8 @@ class LMTrainer:
         t0, s0 = time.perf_counter(), self.step
         train_time = 0.0
         try:
+            if not resume:  # inside the try: a start that fails leaves status "failed", not "running"
+                self.start()
             self.net.train()
             while self.step < self.total:
                 t_step = time.perf_counter()
@@ -331,7 +340,7 @@ def train_text_run(cfg: C.RunConfig, out, resume: bool = False, overwrite: bool 
     config can be bad), before anything in it is touched: a bad config leaves an old run whole,
     even with --overwrite, and leaves no half-made folder behind.
     """
-    from grokscope.pipeline import check_run_dir, load_run_config, prepare_run_dir
+    from grokscope.pipeline import check_run_dir, prepare_run_dir, record_length
 
     out = Path(out)
     check_config(cfg)
@@ -343,9 +352,9 @@ def train_text_run(cfg: C.RunConfig, out, resume: bool = False, overwrite: bool 
             trainer.run = prepare_run_dir(out, resume, overwrite)  # the checks passed: replace an old run only now
             if not resume:
                 trainer.run.write_config(C.to_yaml(cfg))
-            elif cfg != load_run_config(trainer.run):  # lengthened (nothing else may change): record it
-                trainer.run.write_config(C.to_yaml(cfg))
-                trainer.run.update_info(total_steps=trainer.total, total_tokens=trainer.total * trainer.tokens_per_step)
+            else:
+                record_length(trainer.run, cfg, trainer.total, trainer.model,
+                              total_tokens=trainer.total * trainer.tokens_per_step)
         ddp.barrier()
         return trainer.fit(resume=resume)
     finally:

@@ -238,7 +238,7 @@ def _metrics_or_empty(path: Path) -> pd.DataFrame:
     so): one bad trial must not cost the page of all the others."""
     try:
         return read_metrics(path)
-    except StoreError:
+    except (StoreError, OSError):
         return pd.DataFrame({"step": pd.Series(dtype="int64")})
 
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import pandas as pd
 
-from grokscope.store import Run, StoreError, atomic_write_text
+from grokscope.store import Run, StoreError, atomic_write_text, db_error
 
 # the last evaluation of a copy-LM run (and, from its summary, when copy accuracy passed 50%)
 LM_COLUMNS = ["tokens", "train_loss", "val_loss", "copy_acc", "copy_token_acc", "rcopy_acc", "rcopy_token_acc",
@@ -77,8 +77,8 @@ def read_metrics(path: Path, table: str = "metrics") -> pd.DataFrame:
             return pd.read_sql_query(f'SELECT * FROM "{table}" ORDER BY step', con)
         finally:
             con.close()
-    except sqlite3.DatabaseError as err:  # a damaged file: one line for the user, not a traceback
-        raise StoreError(f"{db} is corrupt ({err}); restore it, or train the run again with --overwrite") from None
+    except (sqlite3.DatabaseError, pd.errors.DatabaseError) as err:  # one line for the user, not a traceback
+        raise db_error(db, err) from None
 
 
 def _read_or_note(read: Callable[[], Any], empty: Any, path: Path, name: str, damaged: dict[str, str]) -> Any:
@@ -102,6 +102,9 @@ def run_row(path: Path, settings: dict[str, Any] | None = None) -> dict[str, Any
     run = Run(path)
     damaged: dict[str, str] = {}
     info = _read_or_note(run.read_info, {}, path, "run.json", damaged)
+    if info is None:  # `null` is valid JSON, but not a run's state
+        damaged["run.json"] = f"{path / 'run.json'} is damaged (holds null); restore it or delete it"
+        info = {}
     m = _read_or_note(lambda: read_metrics(path), pd.DataFrame(), path, "metrics.sqlite", damaged)
     summary = _read_or_note(run.read_summary, {}, path, "analysis/summary.json", damaged) or {}
     row: dict[str, Any] = {"run": path.name}

@@ -124,7 +124,8 @@ def load_optimizer_state(opt: torch.optim.Optimizer, params: list[Tensor], tenso
     if not keys and step == 0:
         return
     if not keys:
-        raise StoreError(f"the latest checkpoint of {str(run.path)!r} has no optimiser state; it cannot be resumed exactly")
+        raise StoreError(f"the latest checkpoint of {str(run.path)!r} has no optimiser state, so it cannot be resumed "
+                         f"exactly; restore the newer checkpoint, or start the run again with --overwrite")
     for k in keys:
         _, i, name = k.split("/")
         v = tensors[k].clone()
