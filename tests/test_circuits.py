@@ -151,7 +151,7 @@ def test_memorising_model_has_no_key_frequency(memorising_run):
     cfg = runner.read_config(run)
     data = runner.modular_data(cfg)
     model = build(cfg.model, data.p + 1, data.p, 3, cfg.seed)
-    runner.load_params(run, model, run.checkpoint_steps()[-1])
+    run.load_into(model, run.checkpoint_steps()[-1])
     out, _ = ci.reverse_engineer(model, data)
     assert out["train_acc"] == 1.0 and out["test_acc"] < 0.2  # memorised, not learned
     assert out["key_frequencies"] == []

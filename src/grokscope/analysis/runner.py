@@ -9,8 +9,6 @@ presence means the analysis is complete.
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,8 +21,8 @@ from grokscope import config as C
 from grokscope.analysis import circuits as ci
 from grokscope.analysis import phases as ph
 from grokscope.analysis import progress as pg
-from grokscope.models.transformer import Transformer, build
-from grokscope.store import Run, StoreError
+from grokscope.models.transformer import build
+from grokscope.store import Run, StoreError, atomic_write
 
 FIGURES = "figures.safetensors"
 
@@ -37,11 +35,6 @@ def modular_data(cfg: C.RunConfig) -> ci.ModularData:
     m = task.meta
     return ci.ModularData(cfg.task.p, ci.direction_sign(cfg.task.op), m["all_x"], m["all_y"],
                           m["train_mask"], m["valid_mask"])
-
-
-def load_params(run: Run, model: Transformer, step: int) -> None:
-    """Load checkpoint `step` into `model`; a checkpoint that does not fit is a StoreError."""
-    run.load_into(model, step)
 
 
 def analysis_supported(cfg: C.RunConfig) -> bool:
@@ -117,7 +110,7 @@ def analyze_run(run_dir: str | Path, step: int | None = None, per_checkpoint_key
 
     # 1. reverse-engineer the chosen checkpoint; its key frequencies serve every checkpoint
     t0 = time.perf_counter()
-    load_params(run, model, step)
+    run.load_into(model, step)
     final, figs = ci.reverse_engineer(model, data, ks=keys)
     ks = final["key_frequencies"]
     t_circuits = time.perf_counter() - t0
@@ -130,7 +123,7 @@ def analyze_run(run_dir: str | Path, step: int | None = None, per_checkpoint_key
     ctx = pg.make_context(data, ks)
     rows = []
     for s in steps:
-        load_params(run, model, s)
+        run.load_into(model, s)
         if per_checkpoint_keys:
             c = pg.make_context(data, ci.find_key_frequencies(model, data))
             row = pg.progress_row(model, c)
@@ -199,15 +192,7 @@ def analyze_run(run_dir: str | Path, step: int | None = None, per_checkpoint_key
 def write_figures(run: Run, figs: dict[str, torch.Tensor]) -> Path:
     """Save the figure arrays as safetensors, atomically (temp file, then rename)."""
     path = run.analysis_dir / FIGURES
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to(torch.float32 if v.is_floating_point() else torch.int64).contiguous()
                for k, v in figs.items()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: save_file(tensors, tmp))
     return path
