@@ -23,6 +23,16 @@ def tiny_overrides() -> list[str]:
     return list(TINY)
 
 
+def need_extra(module: str, extra: str) -> None:
+    """Skip without an optional extra, except on CI, which installs them all (missing there is a failure)."""
+    try:
+        __import__(module)
+    except ImportError:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"{module} is not installed (pip install 'grokscope[{extra}]'); CI installs it")
+
+
 def run_cli(*args: str, cwd: str | None = None) -> subprocess.CompletedProcess:
     """Run the `grokscope` CLI in a subprocess, as a user would."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

@@ -23,6 +23,7 @@ from grokscope.sweep import plan, run_sweep
 from grokscope.sweep.grid import expand, parse_grid, trial_name
 from grokscope.sweep.table import find_runs, runs_table
 from grokscope.sweep.trial import run_trial
+from tests.conftest import need_extra
 
 TINY = {
     "seed": 0,
@@ -238,13 +239,7 @@ def test_ray_backend_without_ray_exits_2(tmp_path, monkeypatch):
 
 
 def need_ray() -> None:
-    """Skip without Ray, except on CI, which installs it (a missing Ray there is a failure)."""
-    try:
-        import ray  # noqa: F401
-    except ImportError:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip("ray is not installed (pip install 'grokscope[ray]'); CI installs it")
+    need_extra("ray", "ray")
 
 
 def test_ray_backend_local_cluster(tmp_path):

@@ -29,12 +29,12 @@ from grokscope.config import ModelConfig
 from grokscope.models.transformer import Cache, Embed, RMSNorm, Unembed, _record
 
 
-def rope_tables(n_pos: int, d_head: int, base: float) -> tuple[Tensor, Tensor]:
+def rope_tables(n_pos: int, d_head: int, base: float, dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
     """cos, sin [n_pos, d_head] for rotary embeddings; frequency base^(-2i/d_head) for pair i."""
     inv_freq = base ** (-torch.arange(0, d_head // 2, dtype=torch.float64) * 2 / d_head)
     angles = torch.arange(n_pos, dtype=torch.float64)[:, None] * inv_freq[None]  # [pos, d_head/2]
     angles = torch.cat([angles, angles], dim=-1)
-    return angles.cos().float(), angles.sin().float()
+    return angles.cos().to(dtype), angles.sin().to(dtype)
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
@@ -158,7 +158,7 @@ class Llama(nn.Module):
             mlp_out = block.mlp(block.ln2(x), cache, f"{name}.mlp")
             x = x + _record(cache, f"{name}.hook_mlp_out", F.dropout(mlp_out, p_resid) if p_resid else mlp_out)
             x = _record(cache, f"{name}.hook_resid_post", x)
-        x = _record(cache, "ln_final.hook_normalized", self.ln_final(x))
+        x = self.ln_final(x, cache, "ln_final")
         return x @ self.W_U
 
     def run_with_cache(self, tokens: Tensor) -> tuple[Tensor, Cache]:

@@ -53,8 +53,11 @@ class LayerNorm(nn.Module):
         self.w = nn.Parameter(torch.ones(d))
         self.b = nn.Parameter(torch.zeros(d))
 
-    def forward(self, x: Tensor) -> Tensor:
-        return F.layer_norm(x, x.shape[-1:], self.w, self.b, eps=1e-5)
+    def forward(self, x: Tensor, cache: Cache | None = None, name: str = "") -> Tensor:
+        """With a cache, records `{name}.hook_normalized`: as in TransformerLens, before the gain."""
+        if cache is None:
+            return F.layer_norm(x, x.shape[-1:], self.w, self.b, eps=1e-5)
+        return _record(cache, f"{name}.hook_normalized", F.layer_norm(x, x.shape[-1:], eps=1e-5)) * self.w + self.b
 
 
 class RMSNorm(nn.Module):
@@ -63,8 +66,9 @@ class RMSNorm(nn.Module):
         self.w = nn.Parameter(torch.ones(d))
         self.eps = eps
 
-    def forward(self, x: Tensor) -> Tensor:
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.w
+    def forward(self, x: Tensor, cache: Cache | None = None, name: str = "") -> Tensor:
+        """With a cache, records `{name}.hook_normalized`: as in TransformerLens, before the gain."""
+        return _record(cache, f"{name}.hook_normalized", x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)) * self.w
 
 
 def make_norm(kind: str, d: int) -> nn.Module | None:
@@ -210,7 +214,7 @@ class Transformer(nn.Module):
                 x = x + _record(cache, f"{name}.hook_mlp_out", post @ block.mlp.W_out + block.mlp.b_out)
             x = _record(cache, f"{name}.hook_resid_post", x)
         if self.ln_final is not None:
-            x = _record(cache, "ln_final.hook_normalized", self.ln_final(x))
+            x = self.ln_final(x, cache, "ln_final")
         return x @ self.unembed.W_U
 
     # --------------------------------------------------------------------------- last position
