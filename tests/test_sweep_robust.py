@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import gc
 import json
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -234,3 +236,37 @@ def test_runs_command_prints_the_table_despite_damaged_trials(tmp_path):
     assert all(n in r.stdout for n in names) and "damaged" in r.stdout
     assert (tmp_path / "runs.csv").read_text().count("\n") == 6 and (tmp_path / "sweep.html").exists()
     assert before == {n: sorted(p.name for p in (tmp_path / n).rglob("*")) for n in names}  # nothing repaired or lost
+
+
+# ------------------------------------------------------------------------------ --ray-address
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ray_address_where_nothing_listens_is_refused_at_once(tmp_path):
+    """Ray's own retries took over 200 s to give up on such an address; the check takes a moment."""
+    need_ray()
+    cfg = write_yaml(tmp_path / "tiny.yaml", TINY)
+    out = tmp_path / "s"
+    port = _closed_port()
+    t0 = time.monotonic()
+    r = cli("sweep", str(cfg), "--grid", "optim.lr=0.001", "--backend", "ray", "--ray-address",
+            f"127.0.0.1:{port}", "--out", str(out), "-q")
+    assert r.returncode == 2 and time.monotonic() - t0 < 60
+    assert f"--ray-address 127.0.0.1:{port}: nothing answers at 127.0.0.1:{port}" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_ray_address_check_passes_a_listening_port_and_leaves_other_forms_to_ray():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        R.check_address(f"127.0.0.1:{port}")
+        R.check_address(f"ray://127.0.0.1:{port}")
+    for form in ("auto", "localhost:notaport"):
+        R.check_address(form)  # Ray's own forms and errors
+    with pytest.raises(C.ConfigError, match="nothing answers at 127.0.0.1:"):
+        R.check_address(f"ray://127.0.0.1:{_closed_port()}")

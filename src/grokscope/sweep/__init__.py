@@ -156,9 +156,11 @@ def run_sweep(config: str, grid_items: list[str] | None, seeds: int | None, out:
         raise C.ConfigError("--ray-address needs --backend ray")
     p = plan(config, grid_items, seeds, out, overrides)
     if backend == "ray":
-        from grokscope.sweep.ray_backend import require_ray
+        from grokscope.sweep.ray_backend import check_address, require_ray
 
         require_ray()
+        if ray_address:
+            check_address(ray_address)
     check_existing(p, overwrite)
     threads = threads or threads_per_trial(min(workers, max(1, len(p.trials))))
     jobs = write_plan(p, overwrite, threads)

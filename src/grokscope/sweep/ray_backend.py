@@ -13,6 +13,7 @@ installed on every node. Ray is optional: `pip install 'grokscope[ray]'`.
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -30,6 +31,26 @@ def require_ray():
     except ImportError:
         raise C.ConfigError(INSTALL_HINT) from None
     return ray
+
+
+def check_address(address: str) -> None:
+    """Refuse a host:port (or ray://host:port) address where nothing listens, in seconds.
+
+    Ray's own connection retries wait minutes before they give up on such an address. `auto` and
+    other forms are left to `ray.init`.
+    """
+    target, default_port = (address[len("ray://"):], 10001) if address.startswith("ray://") else (address, 6379)
+    host, sep, port = target.rpartition(":")
+    if not sep:
+        host, port = target, str(default_port)
+    if address == "auto" or not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as err:
+        raise C.ConfigError(f"--ray-address {address}: nothing answers at {host}:{port} "
+                            f"({err.strerror or type(err).__name__}); start a cluster there "
+                            "(`ray start --head`) or check the address") from None
 
 
 def run_ray(jobs: list[TrialJob], workers: int, address: str | None = None,
