@@ -317,3 +317,38 @@ def test_reproduce_passes_workers_and_threads_to_a_sweep_experiment(tmp_path, mo
         cli.main()
     assert e.value.code == 2 and "--workers applies to sweep experiments" in capsys.readouterr().err
     assert not (tmp_path / "m").exists()
+
+
+def test_differing_settings_names_what_sets_runs_apart(tmp_path):
+    from grokscope.sweep.table import differing_settings
+
+    base = {"seed": 0, "task": {"name": "modular", "p": 23, "cache_dir": "/a"}, "optim": {"weight_decay": 1.0}}
+    other = {"seed": 1, "task": {"name": "modular", "p": 23, "cache_dir": "/b"}, "optim": {"weight_decay": 0.3},
+             "train": {"stop": {"metric": "test_acc"}}}
+    for name, raw in (("a", base), ("b", other)):
+        Run(tmp_path / name).write_config(yaml.safe_dump(raw))
+    Run(tmp_path / "broken").write_config("seed: [unclosed\n")
+    got = differing_settings(find_runs(tmp_path))
+    assert got == {"a": {"optim.weight_decay": 1.0, "seed": 0, "train.stop.metric": None},
+                   "b": {"optim.weight_decay": 0.3, "seed": 1, "train.stop.metric": "test_acc"}}
+    assert differing_settings([tmp_path / "a"]) == {}  # one run: nothing to compare
+
+
+def test_runs_compares_runs_trained_one_by_one(tmp_path):
+    from grokscope.pipeline import train_run
+
+    folder = tmp_path / "mine"
+    for name, wd in (("low", 0.3), ("high", 3.0)):
+        cfg = C.resolve(TINY, [f"optim.weight_decay={wd}", "train.epochs=40", "train.threads=1"])
+        train_run(cfg, folder / name, progress=False)
+    r = cli("runs", str(folder))
+    assert r.returncode == 0, r.stderr
+    table = runs_table(folder)
+    assert table.attrs["settings"] == ["optim.weight_decay"]
+    assert dict(zip(table["run"], table["optim.weight_decay"], strict=True)) == {"high": 3.0, "low": 0.3}
+    assert "optim.weight_decay" in r.stdout and f"page: {folder / 'runs.html'}" in r.stdout
+    page = (folder / "runs.html").read_text()
+    assert "Runs in mine" in page and "<code>optim.weight_decay</code>" in page
+    assert (folder / "runs_test_loss.png").stat().st_size > 1000
+    assert (folder / "runs_grok_optim_weight_decay.png").stat().st_size > 1000
+    assert not (folder / "sweep.html").exists()

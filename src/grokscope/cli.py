@@ -231,21 +231,22 @@ def runs(
     folder: Annotated[Path, typer.Argument(help="A folder of run folders (e.g. a sweep's --out).")],
     csv: Annotated[Path | None, typer.Option("--csv", help="Where to write the table (default: FOLDER/runs.csv).")] = None,
 ) -> None:
-    """Print the comparison table of all runs in a folder (Table 5 columns) and write it as CSV."""
+    """Print the comparison table of all runs in a folder (Table 5 columns), write it as CSV, and draw their curves side by side (sweep.html, or runs.html for runs trained one by one)."""
     import pandas as pd
 
     from grokscope.sweep.table import runs_table, sweep_info, write_csv
 
     table = runs_table(folder)
     path = write_csv(table, csv or folder / "runs.csv")
-    if sweep_info(folder):
+    page = None
+    if sweep_info(folder) or len(table) > 1:  # a sweep, or runs trained one by one: their curves side by side
         from grokscope.report.sweep import write_sweep_report
 
-        write_sweep_report(folder, table)
+        page = write_sweep_report(folder, table, table.attrs.get("settings"))
     with pd.option_context("display.max_columns", None, "display.width", 200, "display.max_colwidth", 40):
         shown = table.drop(columns=[c for c in ("error",) if c in table]).astype(object)
         typer.echo(shown.where(shown.notna(), "-").to_string(index=False))
-    typer.echo(f"table: {path}")
+    typer.echo(f"table: {path}" + (f"  page: {page}" if page else ""))
 
 
 # ------------------------------------------------------------------------------------- config

@@ -12,7 +12,9 @@ number of steps, not tokens, so the batch-size trials line up on the left and no
 validation loss, copy accuracy (exact and per token), its random-token-id variant, the largest
 induction score and the ICL score.
 `write_sweep_report` puts them, with the comparison table and what the paper reports, into
-DIR/sweep.html (images inlined, so the page is one self-contained file) and DIR/sweep_*.png.
+DIR/sweep.html (images inlined, so the page is one self-contained file) and DIR/sweep_*.png; a
+folder of runs trained one by one gets the same page as DIR/runs.html, its runs compared by the
+config fields that differ between them.
 Computes no measure.
 """
 
@@ -35,6 +37,7 @@ from grokscope.sweep.grid import format_value  # noqa: E402
 from grokscope.sweep.table import read_metrics, sweep_info  # noqa: E402
 
 MAX_LEGEND = 14  # more trials than this: no legend, the table names them
+MAX_SETTINGS = 4  # runs compared outside a sweep: plots against at most this many differing fields
 
 
 def _save(fig, path: Path) -> Path:
@@ -242,13 +245,21 @@ def _metrics_or_empty(path: Path) -> pd.DataFrame:
         return pd.DataFrame({"step": pd.Series(dtype="int64")})
 
 
-def write_sweep_report(out: Path, table: pd.DataFrame) -> Path:
-    """DIR/sweep.html and DIR/sweep_*.png for the runs in `table` (from `sweep.table.runs_table`)."""
+def write_sweep_report(out: Path, table: pd.DataFrame, settings: list[str] | None = None) -> Path:
+    """DIR/sweep.html and DIR/sweep_*.png for the runs in `table` (from `sweep.table.runs_table`).
+
+    A folder that is not a sweep (no sweep.json: runs trained one by one) gets the same page as
+    DIR/runs.html and DIR/runs_*.png, its runs compared by `settings`, the config fields that
+    differ between them (the table's columns from `sweep.table.differing_settings`).
+    """
     out = Path(out)
     info = sweep_info(out)
     exp = info.get("experiment") or {}
-    # a zipped key ("task.p,optim.weight_decay") is plotted against its first component
-    keys = [k.split(",")[0].strip() for k in (info.get("grid") or {}) if k != "seed"]
+    stem_prefix = "sweep" if info else "runs"
+    if info:  # a zipped key ("task.p,optim.weight_decay") is plotted against its first component
+        keys = [k.split(",")[0].strip() for k in (info.get("grid") or {}) if k != "seed"]
+    else:
+        keys = [k for k in settings or [] if k != "seed"][:MAX_SETTINGS]
     keys = [k for k in keys if k in table]
     curves = {name: _metrics_or_empty(out / name) for name in table["run"]}
     lm = is_lm_sweep(curves)
@@ -256,15 +267,15 @@ def write_sweep_report(out: Path, table: pd.DataFrame) -> Path:
     figs = []
     if lm:
         for stem, title, columns, y_label in LM_FIGURES:
-            fig = lm_figure(curves, columns, out / f"sweep_{stem}.png", title, y_label)
+            fig = lm_figure(curves, columns, out / f"{stem_prefix}_{stem}.png", title, y_label)
             if fig is not None:
                 figs.append(fig)
     else:
-        figs.append(test_loss_figure(curves, out / "sweep_test_loss.png", exp.get("title", "")))
+        figs.append(test_loss_figure(curves, out / f"{stem_prefix}_test_loss.png", exp.get("title", "")))
         for key in keys:
-            figs.append(grok_figure(table, key, out / f"sweep_grok_{key.replace('.', '_')}.png", unit=unit))
+            figs.append(grok_figure(table, key, out / f"{stem_prefix}_grok_{key.replace('.', '_')}.png", unit=unit))
         for name, m in list(curves.items())[:8]:
-            fig = per_position_figure(m, out / f"sweep_positions_{name}.png", f"{name}: test loss per position", unit)
+            fig = per_position_figure(m, out / f"{stem_prefix}_positions_{name}.png", f"{name}: test loss per position", unit)
             if fig is not None:
                 figs.append(fig)
     links = []
@@ -285,16 +296,21 @@ def write_sweep_report(out: Path, table: pd.DataFrame) -> Path:
             "copy_50: the first evaluation with exact copy accuracy above 50%.</p>" if lm else
             "Grokking epoch = first epoch with test accuracy above 99%.</p>"),
     ])
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>sweep {html.escape(out.name)}</title>
+    if info:
+        header = (f"{len(table)} runs; source <code>{html.escape(str(info.get('source', '')))}</code>; grid "
+                  f"<code>{html.escape(str(info.get('grid', {})))}</code>; seeds {html.escape(str(info.get('seeds')))}.")
+    else:
+        differ = ", ".join(f"<code>{html.escape(k)}</code>" for k in settings or []) or "none"
+        header = f"{len(table)} runs, not one sweep; the config fields that differ between them: {differ}."
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{stem_prefix} {html.escape(out.name)}</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}}
 table{{border-collapse:collapse;font-size:13px}}td,th{{border:1px solid #ccc;padding:3px 6px}}
 img{{max-width:100%}}figure{{margin:1em 0}}figcaption{{color:#666;font-size:12px}}</style></head>
-<body><h1>Sweep {html.escape(out.name)}</h1>
-<p>{len(table)} runs; source <code>{html.escape(str(info.get('source', '')))}</code>; grid
-<code>{html.escape(str(info.get('grid', {})))}</code>; seeds {html.escape(str(info.get('seeds')))}.</p>
+<body><h1>{"Sweep" if info else "Runs in"} {html.escape(out.name)}</h1>
+<p>{header}</p>
 {body}
 </body></html>
 """
-    path = out / "sweep.html"
+    path = out / f"{stem_prefix}.html"
     atomic_write_text(path, page)
     return path

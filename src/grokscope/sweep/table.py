@@ -1,7 +1,7 @@
 """The comparison table of all runs in a folder (the paper's Table 5 columns, SPEC section 5).
 
 One row per run folder directly inside DIR: its swept settings (from DIR/sweep.json when the
-folder is a sweep), status, epochs trained, test loss and accuracy, Gini(W_E), Gini(W_L), key
+folder is a sweep; otherwise the config fields whose values differ between its runs), status, epochs trained, test loss and accuracy, Gini(W_E), Gini(W_L), key
 frequencies, logit FVE and neuron FVE (from `analysis/summary.json` when the run was analysed;
 empty otherwise), and the epoch of grokking (first epoch with test accuracy above 99%, from
 run.json) and the same as an optimiser step (which compares minibatch runs across data sizes).
@@ -15,6 +15,7 @@ table still shows every other run. Reads the store only; computes no measure.
 from __future__ import annotations
 
 import json
+import math
 import re
 import sqlite3
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import yaml
 
 from grokscope.store import Run, StoreError, atomic_write_text, db_error
 
@@ -137,18 +139,58 @@ def run_row(path: Path, settings: dict[str, Any] | None = None) -> dict[str, Any
     return row
 
 
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        out.update(_flat(v, f"{prefix}{k}."))
+    return {k.rstrip("."): v for k, v in out.items()}
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    return a == b
+
+
+def differing_settings(paths: list[Path]) -> dict[str, dict[str, Any]]:
+    """Each run's values of the config fields that differ between the runs (dotted names, as
+    `--set` takes them): what sets apart runs that were not made by one sweep. Paths to data and
+    caches are left out; a config that cannot be read contributes nothing."""
+    configs: dict[str, dict[str, Any]] = {}
+    for p in paths:
+        try:
+            raw = yaml.safe_load(Run(p).config_path.read_text())
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            raw = None
+        configs[p.name] = _flat(raw) if isinstance(raw, dict) else {}
+    readable = [c for c in configs.values() if c]
+    if len(readable) < 2:
+        return {}
+    keys = sorted({k for c in readable for k in c})
+    missing = object()
+    differ = [k for k in keys if not k.endswith(("cache_dir", "corpus"))
+              and any(not _same(c.get(k, missing), readable[0].get(k, missing)) for c in readable[1:])]
+    return {name: {k: c.get(k) for k in differ} for name, c in configs.items() if c}
+
+
 def runs_table(folder: Path) -> pd.DataFrame:
     """The table of every run in `folder`; raises StoreError when it holds none."""
     folder = Path(folder)
     paths = find_runs(folder)
     if not paths:
         raise StoreError(f"{str(folder)!r} holds no run folders; pass the --out of a sweep or of `grokscope train`")
-    settings = {t["name"]: t["settings"] for t in sweep_info(folder).get("trials", [])}
+    info = sweep_info(folder)
+    settings = ({t["name"]: t["settings"] for t in info.get("trials", [])} if info
+                else differing_settings(paths))
     rows = [run_row(p, settings.get(p.name)) for p in paths]
     table = pd.DataFrame(rows)
     # swept values keep their type: [700, None] stays 700 and null (pandas would make 700.0, NaN)
-    for key in {k for s in settings.values() for k in s} & set(table.columns):
+    keys = [k for k in dict.fromkeys(k for s in settings.values() for k in s) if k in table.columns]
+    for key in keys:
         table[key] = pd.Series([r.get(key) for r in rows], dtype=object)
+    table.attrs["settings"] = keys  # what the runs are compared by (the sweep's grid, or what differs)
     return table
 
 
