@@ -26,14 +26,11 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from grokscope.models.transformer import LayerNorm, RMSNorm
 from grokscope.store import Run, StoreError
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer, HookedTransformerConfig
-
-# The norms' epsilons, which HookedTransformerConfig holds as one `eps`.
-_EPS = {"LN": 1e-5, "RMS": 1e-6, "none": 1e-5}
-_LLAMA_EPS = 1e-5
 
 
 def _tl():
@@ -55,17 +52,19 @@ def hooked_config(model: nn.Module) -> HookedTransformerConfig:
 
     _, Config = _tl()
     cfg = model.cfg
+    # HookedTransformerConfig holds one epsilon for all norms; a grokscope model uses one kind
+    eps = next((m.eps for m in model.modules() if isinstance(m, LayerNorm | RMSNorm)), 1e-5)
     common = dict(n_layers=cfg.n_layers, d_model=cfg.d_model, n_heads=cfg.n_heads, d_head=cfg.d_head,
                   d_mlp=cfg.d_mlp, d_vocab=model.d_vocab, n_ctx=model.n_ctx, device="cpu",
-                  dtype=model.embed.W_E.dtype, init_weights=False, default_prepend_bos=False)
+                  dtype=model.embed.W_E.dtype, init_weights=False, default_prepend_bos=False, eps=eps)
     if isinstance(model, Llama):
         return Config(**common, d_vocab_out=model.d_vocab, act_fn="silu", gated_mlp=True,
-                      normalization_type="RMS", final_rms=True, eps=_LLAMA_EPS,
+                      normalization_type="RMS", final_rms=True,
                       positional_embedding_type="rotary", rotary_dim=cfg.d_head, rotary_base=cfg.rope_base,
                       rotary_adjacent_pairs=False, original_architecture="LlamaForCausalLM")
     norm = None if cfg.normalization == "none" else cfg.normalization
     return Config(**common, d_vocab_out=model.d_vocab_out, act_fn=cfg.act_fn, attn_only=cfg.attn_only,
-                  normalization_type=norm, eps=_EPS[cfg.normalization], positional_embedding_type="standard")
+                  normalization_type=norm, positional_embedding_type="standard")
 
 
 def to_hooked(model: nn.Module) -> HookedTransformer:

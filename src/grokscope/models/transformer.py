@@ -52,12 +52,14 @@ class LayerNorm(nn.Module):
         super().__init__()
         self.w = nn.Parameter(torch.ones(d))
         self.b = nn.Parameter(torch.zeros(d))
+        self.eps = 1e-5
 
     def forward(self, x: Tensor, cache: Cache | None = None, name: str = "") -> Tensor:
         """With a cache, records `{name}.hook_normalized`: as in TransformerLens, before the gain."""
         if cache is None:
-            return F.layer_norm(x, x.shape[-1:], self.w, self.b, eps=1e-5)
-        return _record(cache, f"{name}.hook_normalized", F.layer_norm(x, x.shape[-1:], eps=1e-5)) * self.w + self.b
+            return F.layer_norm(x, x.shape[-1:], self.w, self.b, eps=self.eps)
+        normalized = F.layer_norm(x, x.shape[-1:], eps=self.eps)
+        return _record(cache, f"{name}.hook_normalized", normalized) * self.w + self.b
 
 
 class RMSNorm(nn.Module):
