@@ -112,7 +112,8 @@ def test_load_hooked_errors_name_the_problem(tmp_path, monkeypatch):
 
 def test_load_hooked_opens_a_copy_lm_run(tmp_path):
     from grokscope.lm.trainer import LMTrainer
-    from grokscope.models.tl import load_hooked, model_from_run
+    from grokscope.models.loading import model_from_run
+    from grokscope.models.tl import load_hooked
     from tests.test_lm_trainer import tiny_cfg
 
     cfg = tiny_cfg(tmp_path, **{"model.tie_embeddings": "true"})
@@ -120,7 +121,7 @@ def test_load_hooked_opens_a_copy_lm_run(tmp_path):
     run.write_config(C.to_yaml(cfg))
     trainer = LMTrainer(cfg, run, progress=False)
     trainer.fit()
-    step, ours = model_from_run(run.path)
+    ours, _, step = model_from_run(run.path)
     assert step == 8 and ours.unembed is None
     hooked = load_hooked(run.path)
     tokens = torch.randint(0, ours.d_vocab, (2, cfg.task.context), generator=torch.Generator().manual_seed(0))

@@ -372,18 +372,10 @@ class _null:
 def model_from_run(run_dir: str, step: int | None = None) -> tuple[Llama, C.RunConfig, int]:
     """(model with a checkpoint's weights, config, step) of an LM run folder."""
     from grokscope.analysis.runner import read_config  # an unreadable config.yaml is a StoreError
+    from grokscope.models import loading
 
-    run = Run(run_dir).require()
-    cfg = read_config(run)
+    cfg = read_config(Run(run_dir).require())
     if cfg.task.name != "text" or cfg.model.arch != "llama":
-        raise StoreError(f"{str(run.path)!r} is not a language-model run (task {cfg.task.name!r}, "
+        raise StoreError(f"{str(run_dir)!r} is not a language-model run (task {cfg.task.name!r}, "
                          f"model {cfg.model.arch!r}); pass a run of a text config such as copy-lm")
-    step, tensors = run.load_checkpoint(step)
-    params = Run.params_only(tensors)
-    if "embed.W_E" not in params:
-        raise StoreError(f"checkpoint {run.checkpoint_path(step)} does not match the run's config.yaml "
-                         "(it has no embed.W_E); restore the checkpoint or the config")
-    model = Llama(cfg.model, params["embed.W_E"].shape[0], cfg.task.context)
-    run.load_into(model, step, tensors)
-    model.eval()
-    return model, cfg, step
+    return loading.model_from_run(run_dir, step)  # type: ignore[return-value]

@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from grokscope.models.loading import model_from_run
 from grokscope.models.transformer import LayerNorm, RMSNorm
-from grokscope.store import Run, StoreError
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer, HookedTransformerConfig
@@ -100,39 +100,10 @@ def _is_bias(name: str) -> bool:
     return name.rsplit(".", 1)[-1] in ("b_Q", "b_K", "b_V", "b_O", "b_U", "b_in", "b_out", "_b_K", "_b_V")
 
 
-def model_from_run(run_dir: str | Path, step: int | None = None) -> tuple[int, nn.Module]:
-    """(step, grokscope model) of a run's checkpoint (the latest when step is None).
-
-    The vocabulary and context come from the checkpoint's own tensors, so this needs no task data
-    (the copy LM's character vocabulary is built from its corpus).
-    """
-    from grokscope.analysis.runner import read_config
-
-    run = Run(run_dir).require()
-    cfg = read_config(run)
-    step, tensors = run.load_checkpoint(step)
-    if "embed.W_E" not in tensors:
-        raise StoreError(f"checkpoint {run.checkpoint_path(step)} has no embed.W_E; it is not a grokscope model")
-    d_vocab = tensors["embed.W_E"].shape[0]
-    if cfg.model.arch == "llama":
-        from grokscope.lm.llama import Llama
-
-        model: nn.Module = Llama(cfg.model, d_vocab, cfg.task.context)
-    else:
-        from grokscope.models.transformer import Transformer
-
-        missing = [k for k in ("pos_embed.W_pos", "unembed.W_U") if k not in tensors]
-        if missing:
-            raise StoreError(f"checkpoint {run.checkpoint_path(step)} has no {missing[0]}; restore it from a copy")
-        model = Transformer(cfg.model, d_vocab, tensors["unembed.W_U"].shape[1], tensors["pos_embed.W_pos"].shape[0])
-    run.load_into(model, step, tensors)
-    return step, model.eval()
-
-
 def load_hooked(run_dir: str | Path, step: int | None = None) -> HookedTransformer:
     """A run's checkpoint (the latest when step is None) as a HookedTransformer."""
     _tl()  # fail before reading the run if TransformerLens is missing
-    return to_hooked(model_from_run(run_dir, step)[1])
+    return to_hooked(model_from_run(run_dir, step)[0])
 
 
 __all__ = ["hooked_config", "to_hooked", "model_from_run", "load_hooked"]
