@@ -15,7 +15,6 @@ table still shows every other run. Reads the store only; computes no measure.
 from __future__ import annotations
 
 import json
-import math
 import re
 import sqlite3
 from collections.abc import Callable
@@ -139,19 +138,12 @@ def run_row(path: Path, settings: dict[str, Any] | None = None) -> dict[str, Any
     return row
 
 
-def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(tree, dict):
-        return {prefix: tree}
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config as {dotted name: value}, the names `--set` takes."""
     out: dict[str, Any] = {}
     for k, v in tree.items():
-        out.update(_flat(v, f"{prefix}{k}."))
-    return {k.rstrip("."): v for k, v in out.items()}
-
-
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
-        return True
-    return a == b
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
 
 
 def differing_settings(paths: list[Path]) -> dict[str, dict[str, Any]]:
@@ -171,7 +163,7 @@ def differing_settings(paths: list[Path]) -> dict[str, dict[str, Any]]:
     keys = sorted({k for c in readable for k in c})
     missing = object()
     differ = [k for k in keys if not k.endswith(("cache_dir", "corpus"))
-              and any(not _same(c.get(k, missing), readable[0].get(k, missing)) for c in readable[1:])]
+              and any(c.get(k, missing) != readable[0].get(k, missing) for c in readable[1:])]
     return {name: {k: c.get(k) for k in differ} for name, c in configs.items() if c}
 
 
