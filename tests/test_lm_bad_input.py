@@ -122,3 +122,12 @@ def test_analyze_a_step_past_the_run_is_an_error_naming_its_steps(lm_run):
     res = run_cli("analyze", str(lm_run), "--step", "99")
     assert res.returncode == 2 and "has no step 99" in res.stderr and "Traceback" not in res.stderr, res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_model_from_run_keeps_the_stores_own_message(lm_run, tmp_path):
+    # read_config wrapped every ValueError, StoreError included, as "config.yaml is corrupt (StoreError)"
+    out = copy_of(lm_run, tmp_path)
+    (out / "config.yaml").write_text("- a list\n")
+    with pytest.raises(StoreError, match="is not a config") as err:
+        model_from_run(str(out))
+    assert "StoreError" not in str(err.value)

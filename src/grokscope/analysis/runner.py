@@ -58,7 +58,7 @@ def read_config(run: Run) -> C.RunConfig:
 
     try:
         return load_run_config(run)
-    except C.ConfigError:
+    except (C.ConfigError, StoreError):  # already one line naming the problem
         raise
     except (yaml.YAMLError, AttributeError, TypeError, ValueError) as err:
         raise StoreError(f"{run.config_path} is corrupt ({type(err).__name__}); restore it from the "
