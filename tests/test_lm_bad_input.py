@@ -128,6 +128,6 @@ def test_model_from_run_keeps_the_stores_own_message(lm_run, tmp_path):
     # read_config wrapped every ValueError, StoreError included, as "config.yaml is corrupt (StoreError)"
     out = copy_of(lm_run, tmp_path)
     (out / "config.yaml").write_text("- a list\n")
-    with pytest.raises(StoreError, match="is not a config") as err:
+    with pytest.raises(StoreError, match="not a config: a YAML list") as err:
         model_from_run(str(out))
     assert "StoreError" not in str(err.value)

@@ -1,4 +1,4 @@
-"""The run store's metrics database under concurrent writers and damage."""
+"""The run store: its metrics database under concurrent writers and damage, and its config reader."""
 
 from __future__ import annotations
 
@@ -66,3 +66,31 @@ def test_a_locked_database_is_not_called_corrupt(tmp_path):
     finally:
         holder.rollback()
         holder.close()
+
+
+@pytest.mark.parametrize("content, problem", [
+    (b"", "empty"),
+    (b"seed: [0\n  bad: :", "not YAML: "),
+    (b"- a list\n", "not a config: a YAML list"),
+    (b"3\n", "not a config: a YAML int"),
+    (b"\xff\xfe\x00binary", "not text"),
+])
+def test_a_damaged_config_is_one_line_naming_the_problem_and_the_remedy(tmp_path, content, problem):
+    run = Run(tmp_path / "r")
+    run.path.mkdir()
+    run.config_path.write_bytes(content)
+    with pytest.raises(StoreError) as err:
+        run.read_config(remedy="do this")
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith(f"{run.config_path} is damaged ({problem}") and msg.endswith("; do this")
+    assert run.config_path.read_bytes() == content  # reading never rewrites it
+
+
+def test_config_reader_returns_the_mapping_and_names_a_missing_file(tmp_path):
+    run = Run(tmp_path / "r")
+    run.path.mkdir()
+    run.write_config("seed: 3\ntask: {p: 7}\n")
+    assert run.read_config() == {"seed": 3, "task": {"p": 7}}
+    run.config_path.unlink()
+    with pytest.raises(StoreError, match=r"is damaged \(unreadable: No such file or directory\); restore it"):
+        run.read_config()

@@ -56,11 +56,16 @@ def train_run(cfg: C.RunConfig, out: Path, resume: bool = False, overwrite: bool
     run = check_run_dir(out, resume, overwrite)
     trainer = Trainer(cfg, run, progress=progress)  # builds the task and model: a bad config fails here
     prepare_run_dir(out, resume, overwrite)
+    record_config(run, cfg, resume, trainer.total, trainer.model)
+    return trainer.fit(resume=resume)
+
+
+def record_config(run: Run, cfg: C.RunConfig, resume: bool, total: int, model, **info: Any) -> None:
+    """Once every check has passed: write a new run's config.yaml, or on resume record_length."""
     if not resume:
         run.write_config(C.to_yaml(cfg))
     else:
-        record_length(run, cfg, trainer.total, trainer.model)
-    return trainer.fit(resume=resume)
+        record_length(run, cfg, total, model, **info)
 
 
 def record_length(run: Run, cfg: C.RunConfig, total: int, model, **info: Any) -> None:
@@ -86,17 +91,7 @@ def record_length(run: Run, cfg: C.RunConfig, total: int, model, **info: Any) ->
 def load_run_config(run: Run, extend: list[str] | None = None) -> C.RunConfig:
     """A run's own config; `extend` may only lengthen it (train.epochs / train.steps), or restate
     a value it already has."""
-    import yaml
-
-    run.require()
-    try:
-        raw = yaml.safe_load(run.config_path.read_text())
-    except (yaml.YAMLError, OSError, UnicodeDecodeError) as err:
-        raise StoreError(f"{run.config_path} cannot be read ({type(err).__name__}); restore it or start the "
-                         f"run again with --overwrite") from None
-    if not isinstance(raw, dict):
-        raise StoreError(f"{run.config_path} is not a config (empty or not a mapping); restore it or start the "
-                         f"run again with --overwrite")
+    raw = run.require().read_config()
     before = C.resolve(raw)
     for item in extend or []:
         key = item.split("=", 1)[0].strip()

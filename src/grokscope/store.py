@@ -115,6 +115,9 @@ def _insert(con: sqlite3.Connection, table: str, rows: list[Mapping[str, Any]]) 
     con.executemany(f'INSERT INTO "{table}" ({names}) VALUES ({marks})', [[r.get(c) for c in cols] for r in rows])
 
 
+RESTORE = "restore it or start the run again with --overwrite"
+
+
 class Run:
     """A handle on one run folder. Cheap to create; opens files only when asked."""
 
@@ -160,6 +163,29 @@ class Run:
     # ------------------------------------------------------------------------------ config/info
     def write_config(self, yaml_text: str) -> None:
         atomic_write_text(self.config_path, yaml_text)
+
+    def read_config(self, remedy: str = RESTORE) -> dict[str, Any]:
+        """config.yaml as a mapping (not yet validated: config.resolve does that). A file that is
+        not YAML, not text, unreadable, empty or not a mapping is a one-line StoreError naming the
+        problem, then `remedy`."""
+        import yaml  # (only runs read their config: keep `import grokscope.store` light)
+
+        try:
+            raw = yaml.safe_load(self.config_path.read_text())
+        except yaml.MarkedYAMLError as err:  # its str() spans lines: keep the message one line
+            mark = err.problem_mark
+            problem = f"not YAML: {err.problem}" + (f" at line {mark.line + 1}" if mark is not None else "")
+        except yaml.YAMLError as err:
+            problem = f"not YAML: {type(err).__name__}"
+        except UnicodeDecodeError:
+            problem = "not text"
+        except OSError as err:
+            problem = f"unreadable: {err.strerror}"
+        else:
+            if isinstance(raw, dict):
+                return raw
+            problem = "empty" if raw is None else f"not a config: a YAML {type(raw).__name__}, not a mapping"
+        raise StoreError(f"{self.config_path} is damaged ({problem}); {remedy}")
 
     def read_info(self) -> dict[str, Any]:
         if not self.info_path.exists():

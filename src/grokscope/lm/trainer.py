@@ -340,7 +340,7 @@ def train_text_run(cfg: C.RunConfig, out, resume: bool = False, overwrite: bool 
     config can be bad), before anything in it is touched: a bad config leaves an old run whole,
     even with --overwrite, and leaves no half-made folder behind.
     """
-    from grokscope.pipeline import check_run_dir, prepare_run_dir, record_length
+    from grokscope.pipeline import check_run_dir, prepare_run_dir, record_config
 
     out = Path(out)
     check_config(cfg)
@@ -350,11 +350,8 @@ def train_text_run(cfg: C.RunConfig, out, resume: bool = False, overwrite: bool 
         trainer = LMTrainer(cfg, Run(out), progress=progress)  # writes only the token cache
         if rank == 0:
             trainer.run = prepare_run_dir(out, resume, overwrite)  # the checks passed: replace an old run only now
-            if not resume:
-                trainer.run.write_config(C.to_yaml(cfg))
-            else:
-                record_length(trainer.run, cfg, trainer.total, trainer.model,
-                              total_tokens=trainer.total * trainer.tokens_per_step)
+            record_config(trainer.run, cfg, resume, trainer.total, trainer.model,
+                          total_tokens=trainer.total * trainer.tokens_per_step)
         ddp.barrier()
         return trainer.fit(resume=resume)
     finally:

@@ -132,14 +132,12 @@ def load_run(path: str | Path, experiment: str | Mapping[str, Any] | None = None
     """Read everything the report can show from a run folder (StoreError if it is not one)."""
     run = Run(path).require()
     warnings: list[str] = []
-    config_text = run.config_path.read_text()
+    config_text = run.config_path.read_text(errors="replace")
     try:
-        config = yaml.safe_load(config_text) or {}
-        if not isinstance(config, dict):
-            raise yaml.YAMLError("not a mapping")
-    except yaml.YAMLError:
+        config = run.read_config()
+    except StoreError as err:
         config = {}
-        warnings.append("config.yaml is not a valid YAML mapping; the task-specific figures are skipped")
+        warnings.append(f"{err}; the task-specific figures are skipped")
     try:
         info = run.read_info()
     except StoreError as err:
@@ -195,8 +193,7 @@ def index_row(path: Path) -> dict[str, Any]:
                            "grok_epoch_50": None, "grok_epoch_99": None, "key_frequencies": None,
                            "report": (run.report_dir / "index.html").is_file(), "error": "", "info_keys": set()}
     try:
-        cfg = yaml.safe_load(run.config_path.read_text()) or {}
-        cfg = cfg if isinstance(cfg, dict) else {}
+        cfg = run.read_config()
         info = run.read_info()
         m = run.metrics("metrics")
         summary = run.read_summary() or {}

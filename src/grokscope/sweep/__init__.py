@@ -28,7 +28,7 @@ import yaml
 
 from grokscope import config as C
 from grokscope import experiments
-from grokscope.store import Run, StoreError, atomic_write_json, atomic_write_text
+from grokscope.store import Run, atomic_write_json, atomic_write_text
 from grokscope.sweep.grid import Trial, expand, parse_grid
 from grokscope.sweep.local import TrialJob, threads_per_trial
 from grokscope.sweep.trial import needs_analysis, training_done
@@ -83,23 +83,8 @@ def _first_difference(a: Any, b: Any, prefix: str = "") -> str:
 
 def _trial_config(run: Run) -> dict[str, Any]:
     """A trial folder's saved config.yaml as a mapping; StoreError (exit 2, one line) when it is damaged."""
-    try:
-        raw = yaml.safe_load(run.config_path.read_text())
-    except yaml.MarkedYAMLError as err:  # its str() spans lines: keep the message one line
-        mark = err.problem_mark
-        problem = f"not YAML: {err.problem}" + (f" at line {mark.line + 1}" if mark is not None else "")
-    except yaml.YAMLError as err:
-        problem = f"not YAML: {type(err).__name__}"
-    except UnicodeDecodeError:
-        problem = "not text"
-    except OSError as err:
-        problem = f"unreadable: {err.strerror}"
-    else:
-        if isinstance(raw, dict) or raw is None:
-            return raw or {}
-        problem = f"a YAML {type(raw).__name__}, not a mapping"
-    raise StoreError(f"{run.config_path} is damaged ({problem}); delete the trial folder {run.path} "
-                     "to train it afresh, or rerun with --overwrite to replace every trial folder")
+    return run.read_config(f"delete the trial folder {run.path} to train it afresh, or rerun with --overwrite "
+                           "to replace every trial folder")
 
 
 def check_existing(p: SweepPlan, overwrite: bool) -> None:
@@ -218,7 +203,7 @@ def trial_reports(paths: list[Path], experiment: dict[str, Any], echo: Callable[
 
     for path in paths:
         try:
-            raw = yaml.safe_load((path / "config.yaml").read_text()) or {}
+            raw = Run(path).read_config()
             if (raw.get("task") or {}).get("name") != "text":
                 continue
             write_report(path, experiment=experiment or None)

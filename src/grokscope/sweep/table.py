@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
 from grokscope.store import Run, StoreError, atomic_write_text, db_error
 
@@ -153,10 +152,9 @@ def differing_settings(paths: list[Path]) -> dict[str, dict[str, Any]]:
     configs: dict[str, dict[str, Any]] = {}
     for p in paths:
         try:
-            raw = yaml.safe_load(Run(p).config_path.read_text())
-        except (OSError, UnicodeDecodeError, yaml.YAMLError):
-            raw = None
-        configs[p.name] = _flat(raw) if isinstance(raw, dict) else {}
+            configs[p.name] = _flat(Run(p).read_config())
+        except StoreError:
+            configs[p.name] = {}
     readable = [c for c in configs.values() if c]
     if len(readable) < 2:
         return {}
