@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
@@ -168,8 +169,6 @@ class Run:
         """config.yaml as a mapping (not yet validated: config.resolve does that). A file that is
         not YAML, not text, unreadable, empty or not a mapping is a one-line StoreError naming the
         problem, then `remedy`."""
-        import yaml  # (only runs read their config: keep `import grokscope.store` light)
-
         try:
             raw = yaml.safe_load(self.config_path.read_text())
         except yaml.MarkedYAMLError as err:  # its str() spans lines: keep the message one line

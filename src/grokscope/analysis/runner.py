@@ -51,16 +51,14 @@ def analysis_supported(cfg: C.RunConfig) -> bool:
 
 
 def read_config(run: Run) -> C.RunConfig:
-    """The run's config.yaml; unreadable YAML is a StoreError (the folder is damaged)."""
-    import yaml
-
+    """The run's config.yaml; a damaged file or a mapping that is no config is a StoreError."""
     from grokscope.pipeline import load_run_config
 
     try:
         return load_run_config(run)
     except (C.ConfigError, StoreError):  # already one line naming the problem
         raise
-    except (yaml.YAMLError, AttributeError, TypeError, ValueError) as err:
+    except (AttributeError, TypeError, ValueError) as err:  # a mapping the config model cannot take
         raise StoreError(f"{run.config_path} is corrupt ({type(err).__name__}); restore it from the "
                          "experiment with `grokscope config NAME`") from None
 

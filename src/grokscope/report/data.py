@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from grokscope.store import Run, StoreError
 
@@ -197,7 +196,7 @@ def index_row(path: Path) -> dict[str, Any]:
         info = run.read_info()
         m = run.metrics("metrics")
         summary = run.read_summary() or {}
-    except (StoreError, yaml.YAMLError, sqlite3.DatabaseError, OSError) as err:
+    except (StoreError, sqlite3.DatabaseError, OSError) as err:
         row["error"] = str(err).splitlines()[0] if str(err) else type(err).__name__
         return row
     task, model, optim = cfg.get("task") or {}, cfg.get("model") or {}, cfg.get("optim") or {}
