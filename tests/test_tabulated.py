@@ -187,3 +187,42 @@ def test_a_nan_logit_gives_a_nan_loss_as_torch_does():
     assert torch.isnan(torch.tensor(plain_loss)) and torch.isnan(torch.tensor(loss))
     assert acc == plain_acc  # torch.argmax picks the NaN: right only where the label is 7
     assert torch.isnan(model.loss_last(x, y))
+
+
+def test_the_float32_loss_kernel_matches_torch_in_float64():
+    # kernels.cross_entropy_rows (its own vectorised expf) against torch's float64 log-softmax of
+    # the same float32 logits: loss, gradient, first-maximum accuracy; with planted ties, a NaN
+    # row, an infinite row, terms far below exp's float32 range, and a batch mean over more
+    # examples than the block holds.
+    g_ = torch.Generator().manual_seed(3)
+    n, c, n_batch = 300, 113, 1000
+    logits = torch.randn(n, c, generator=g_) * torch.logspace(-2, 2, n)[:, None]  # spreads up to ~400
+    direct = torch.randn(n, c, generator=g_)
+    labels = torch.randint(0, c, (n,), generator=g_)
+    direct[:20, 5] = direct[:20, 9] = 0.0
+    logits[:20, 5] = logits[:20, 9] = (logits + direct)[:20].max(1).values + 1  # ties: 5, the first, is the argmax
+    labels[:10], labels[10:20] = 9, 5
+    logits[20, 4], logits[21, 6] = float("nan"), float("inf")
+    total = logits + direct
+    g, losses = torch.empty(n, c), torch.empty(n, dtype=torch.float64)
+    correct = torch.empty(n, dtype=torch.bool)
+    kernels.cross_entropy_rows(logits.clone().numpy(), direct.numpy(), labels.numpy(), torch.finfo(torch.float32).tiny,
+                               n_batch, g.numpy(), losses.numpy(), correct.numpy())
+    ok = torch.ones(n, dtype=torch.bool)
+    ok[20:22] = False
+    # the reference rounds logits - max to float32 as the kernel does (and torch's float32 path
+    # would), then computes in float64
+    t = total[ok].double()
+    top = t.max(1, keepdim=True).values
+    e = (t - top).float().double().exp()
+    want_loss = (top[:, 0] + e.sum(1).log() - t.gather(1, labels[ok, None])[:, 0])
+    assert torch.allclose(losses[ok], want_loss, rtol=1e-6, atol=1e-12)
+    want_g = (e / e.sum(1, keepdim=True) - torch.nn.functional.one_hot(labels[ok], c)) / n_batch
+    tiny, got = torch.finfo(torch.float32).tiny, g[ok].double()
+    normal = want_g.abs() > 1.01 * tiny
+    assert ((got - want_g).abs()[normal] <= 4e-7 * want_g.abs()[normal]).all()  # a few float32 ulps
+    assert (got[want_g.abs() < 0.99 * tiny] == 0).all() and (want_g.abs() < 0.99 * tiny).any()  # no subnormals
+    assert torch.equal(correct[ok], total[ok].argmax(-1) == labels[ok])
+    assert not correct[:10].any() and correct[10:20].all()
+    assert torch.isnan(losses[20:22]).all() and torch.isnan(g[20:22]).all()
+    assert bool(correct[20]) == (labels[20] == 4)  # torch.argmax picks the NaN
