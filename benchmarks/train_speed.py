@@ -1,6 +1,6 @@
 """Mainline training throughput: grokscope's step against a straightforward PyTorch loop.
 
-    python benchmarks/train_speed.py [--threads 2] [--rounds 7] [--steps 20] [--from-run RUN --step N]
+    python benchmarks/train_speed.py [--threads 2] [--rounds 7] [--steps 20] [--from-run RUN --step N] [--tl]
 
 Both implementations train the same mainline model (p=113, 3830 examples, full batch) from the
 same weights, in the same process, alternating in rounds so that machine noise hits both alike.
@@ -10,6 +10,10 @@ standard torch.optim.AdamW, a float64 log-softmax loss. grokscope's step is the 
 (counted by torch's FlopCounterMode), the GFLOP/s achieved, and the machine's measured float32
 matmul peak, so the distance to the physical limit is visible, and a tighter bound: the step's own
 matrix products, each timed alone at its shape (thin products never reach the 2048^2 peak).
+
+`--tl` also times TransformerLens's own HookedTransformer (grokscope.models.tl.to_hooked, its zero
+attention and unembedding biases frozen, as Nanda's notebook keeps them) in the same loop: the
+other straightforward implementation a researcher would write (needs the `[tl]` extra).
 
 `--from-run RUN --step N` starts both from a checkpoint of a real run (for example a grokked one,
 where float32 subnormals used to slow training).
@@ -68,6 +72,21 @@ class Baseline:
         loss = reference_loss(self.model(self.x)[:, -1], self.y)
         loss.backward()
         self.opt.step()
+
+
+class HookedBaseline(Baseline):
+    """The same loop over TransformerLens's HookedTransformer."""
+
+    def __init__(self, trainer: Trainer):
+        from grokscope.models.tl import to_hooked
+
+        super().__init__(trainer)
+        self.model = to_hooked(trainer.model)
+        for name, p in self.model.named_parameters():
+            p.requires_grad_(name.rsplit(".", 1)[-1] not in ("b_Q", "b_K", "b_V", "b_O", "b_U"))
+        o = trainer.cfg.optim
+        self.opt = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=o.lr, betas=o.betas,
+                                     eps=o.eps, weight_decay=o.weight_decay)
 
 
 def flops_per_step(step_fn) -> float:
@@ -176,6 +195,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20, help="steps per implementation per round")
     ap.add_argument("--from-run", default=None, help="start from a checkpoint of this run")
     ap.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    ap.add_argument("--tl", action="store_true", help="also time TransformerLens's HookedTransformer")
     ap.add_argument("--fidelity", type=int, default=None, metavar="EPOCHS",
                     help="compare loss curves over EPOCHS epochs instead of timing")
     args = ap.parse_args()
@@ -189,21 +209,23 @@ def main() -> None:
     if args.fidelity:
         fidelity(trainer, args.fidelity)
         return
-    baseline = Baseline(trainer)
-    ours = trainer.train_step
+    steps = {"baseline": Baseline(trainer).step}
+    if args.tl:
+        steps["TL hooked"] = HookedBaseline(trainer).step
+    steps["grokscope"] = trainer.train_step
     start = trainer.cfg.optim.warmup_steps + 1  # past warmup: constant lr, like most of a run
-    flops = {"baseline": flops_per_step(baseline.step), "grokscope": flops_per_step(ours)}
-    for fn in (baseline.step, ours):  # warm up allocators and caches
+    flops = {name: flops_per_step(fn) for name, fn in steps.items()}
+    for fn in steps.values():  # warm up allocators and caches
         timed(fn, start, 3)
 
-    rates: dict[str, list[float]] = {"baseline": [], "grokscope": []}
+    rates: dict[str, list[float]] = {name: [] for name in steps}
     ticks0 = cpu_ticks()
     for r in range(args.rounds):
-        rates["baseline"].append(timed(baseline.step, start + r * args.steps, args.steps))
-        rates["grokscope"].append(timed(ours, start + r * args.steps, args.steps))
+        for name, fn in steps.items():
+            rates[name].append(timed(fn, start + r * args.steps, args.steps))
     ticks1 = cpu_ticks()
     peak = matmul_peak(args.threads)
-    gemm_s = {"baseline": matmul_time(baseline.step), "grokscope": matmul_time(ours)}
+    gemm_s = {name: matmul_time(fn) for name, fn in steps.items()}
 
     print(f"threads: {torch.get_num_threads()}  rounds: {args.rounds} x {args.steps} steps each, alternating"
           f"{'  from ' + args.from_run if args.from_run else '  from initialisation'}")
@@ -221,6 +243,9 @@ def main() -> None:
     paired = statistics.median(o / b for o, b in zip(rates["grokscope"], rates["baseline"], strict=True))
     print(f"per-round ratios: median {paired:.2f}x (each round's grokscope rate over the baseline's just before it)")
     ratio = statistics.median(rates["grokscope"]) / statistics.median(rates["baseline"])
+    if args.tl:
+        tl = statistics.median(rates["grokscope"]) / statistics.median(rates["TL hooked"])
+        print(f"speed-up over TransformerLens's HookedTransformer: {tl:.2f}x")
     print(f"speed-up: {ratio:.2f}x")
 
 
