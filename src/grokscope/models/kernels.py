@@ -173,16 +173,11 @@ def logits_shift(logits, direct, shifted, mx):  # pragma: no cover - compiled
 def cross_entropy_finish(e, logits, mx, labels, tiny, n_batch, g, losses, correct):  # pragma: no cover - compiled
     """Per-example float64 cross-entropy into losses [n], the gradient of their mean into g, and
     into correct [n] whether the label is the first of the row's maxima (torch.argmax's choice;
-    a row with a NaN gets a NaN loss).
+    a row with a NaN gets a NaN loss). The float64 model's path, after logits_shift and torch's
+    exp (float32 takes cross_entropy_rows, which says why the sums are float64).
 
-    e [n, c] = exp(logits - mx) in the logits' dtype (torch's vectorised exp); mx [n] the row
-    maxima; the sums, the log and the loss are float64. A float32 exp is exact to float32 rounding
-    per term, as the float32 logits themselves are, and the float64 sum of those terms keeps the
-    loss's precision after grokking (a loss of 1e-9 is the sum of the wrong classes' terms, not 1
-    minus the right one's); its float64 form cost 0.5 ms of a 19 ms step.
-    g = (softmax - onehot) / n_batch (the whole batch: e may be one block of it) is stored in g's
-    dtype with entries below `tiny` (the smallest normal float32, or 0) set to zero: subnormals
-    carry no signal and slow every later product that touches them.
+    e [n, c] = exp(logits - mx); mx [n] the row maxima. g = (softmax - onehot) / n_batch (the whole
+    batch: e may be one block of it) is stored in g's dtype with entries below `tiny` set to zero.
     """
     n, c = e.shape
     inv_n = 1.0 / n_batch
