@@ -3,8 +3,8 @@
 tests/test_model.py checks loss and gradients against the plain model in float64 (1e-10) for
 ReLU (the numba kernels) and GELU (torch's sparse products); here: ReLU in float32, dropout,
 thread-count independence, a query token that varies, head counts other than the mainline's
-four (the kernels' general paths), the layout cache, and the evaluation path (loss and
-first-maximum accuracy, NaN included).
+four (the kernels' general paths), the layout cache, the evaluation path (loss and
+first-maximum accuracy, NaN included), and the float32 loss kernel against torch in float64.
 """
 
 from __future__ import annotations
