@@ -53,15 +53,18 @@ def matmul_peak(threads: int, n: int = 2048, reps: int = 10) -> float:
 
 
 class Baseline:
-    """The straightforward loop."""
+    """The straightforward loop, over our einsum reference model or (`model=`) any other nn.Module
+    computing logits [batch, pos, d_vocab_out] from the same weights."""
 
-    def __init__(self, trainer: Trainer):
+    def __init__(self, trainer: Trainer, model: torch.nn.Module | None = None):
         t = trainer.task
-        self.model = ReferenceTransformer(t.d_vocab, t.d_vocab_out, t.n_ctx)
-        self.model.load_tl_state(trainer.model.state_dict())
+        if model is None:
+            model = ReferenceTransformer(t.d_vocab, t.d_vocab_out, t.n_ctx)
+            model.load_tl_state(trainer.model.state_dict())
+        self.model = model
         o = trainer.cfg.optim
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=o.lr, betas=o.betas, eps=o.eps,
-                                     weight_decay=o.weight_decay)
+        self.opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=o.lr, betas=o.betas,
+                                     eps=o.eps, weight_decay=o.weight_decay)
         self.x, self.y = t.train_x, t.train_y[:, 0]
         self.lr = lambda step: lr_at(step, trainer.total, o)  # the same warmup as grokscope's
 
@@ -74,19 +77,14 @@ class Baseline:
         self.opt.step()
 
 
-class HookedBaseline(Baseline):
-    """The same loop over TransformerLens's HookedTransformer."""
+def hooked_baseline(trainer: Trainer) -> Baseline:
+    """The same loop over TransformerLens's HookedTransformer, its zero biases frozen."""
+    from grokscope.models.tl import to_hooked
 
-    def __init__(self, trainer: Trainer):
-        from grokscope.models.tl import to_hooked
-
-        super().__init__(trainer)
-        self.model = to_hooked(trainer.model)
-        for name, p in self.model.named_parameters():
-            p.requires_grad_(name.rsplit(".", 1)[-1] not in ("b_Q", "b_K", "b_V", "b_O", "b_U"))
-        o = trainer.cfg.optim
-        self.opt = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=o.lr, betas=o.betas,
-                                     eps=o.eps, weight_decay=o.weight_decay)
+    model = to_hooked(trainer.model)
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.rsplit(".", 1)[-1] not in ("b_Q", "b_K", "b_V", "b_O", "b_U"))
+    return Baseline(trainer, model)
 
 
 def flops_per_step(step_fn) -> float:
@@ -211,7 +209,7 @@ def main() -> None:
         return
     steps = {"baseline": Baseline(trainer).step}
     if args.tl:
-        steps["TL hooked"] = HookedBaseline(trainer).step
+        steps["TL hooked"] = hooked_baseline(trainer).step
     steps["grokscope"] = trainer.train_step
     start = trainer.cfg.optim.warmup_steps + 1  # past warmup: constant lr, like most of a run
     flops = {name: flops_per_step(fn) for name, fn in steps.items()}

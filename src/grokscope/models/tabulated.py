@@ -416,8 +416,7 @@ def _cross_entropy(lg: Tensor, direct: Tensor, labels: Tensor, n_batch: int, g: 
     e, mx = torch.empty_like(lg), torch.empty(len(lg), dtype=torch.float64)
     kernels.logits_shift(_np(lg), _np(direct), _np(e), _np(mx))  # lg += direct; e = lg - max
     e.exp_()
-    tiny = 0.0
-    kernels.cross_entropy_finish(_np(e), _np(lg), _np(mx), _np(labels), tiny, n_batch, _np(g), _np(losses),
+    kernels.cross_entropy_finish(_np(e), _np(lg), _np(mx), _np(labels), 0.0, n_batch, _np(g), _np(losses),
                                  _np(correct))
 
 
