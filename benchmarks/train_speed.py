@@ -16,7 +16,7 @@ attention and unembedding biases frozen, as Nanda's notebook keeps them) in the 
 other straightforward implementation a researcher would write (needs the `[tl]` extra).
 
 `--from-run RUN --step N` starts both from a checkpoint of a real run (for example a grokked one,
-where float32 subnormals used to slow training).
+where float32 subnormals would slow training if the loss did not zero them).
 
 `--fidelity N` instead trains both for N epochs from the same weights and prints how far
 grokscope's loss curve departs from the baseline's, beside how far the baseline departs from

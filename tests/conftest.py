@@ -40,6 +40,39 @@ def run_cli(*args: str, cwd: str | None = None) -> subprocess.CompletedProcess:
                           cwd=cwd, env=env, timeout=600)
 
 
+def run_cli_here(*args: str, cwd: str | Path | None = None) -> subprocess.CompletedProcess:
+    """The `grokscope` CLI in this process (no torch import to pay for): exit code, stdout and
+    stderr as run_cli gives them. For error paths; kills, locks and exit codes across a process
+    boundary use run_cli."""
+    import contextlib
+    import io
+
+    from grokscope import cli
+
+    out, err = io.StringIO(), io.StringIO()
+    argv, here, threads = sys.argv, os.getcwd(), torch.get_num_threads()
+    code = 0
+    try:
+        sys.argv = ["grokscope", *args]
+        if cwd is not None:
+            os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                cli.main()
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+            except Exception:  # an internal error: the traceback a user would see
+                import traceback
+
+                traceback.print_exc(file=err)
+                code = 1
+    finally:
+        sys.argv = argv
+        os.chdir(here)
+        torch.set_num_threads(threads)
+    return subprocess.CompletedProcess(["grokscope", *args], code, out.getvalue(), err.getvalue())
+
+
 from grokscope import config as C  # noqa: E402
 from grokscope import experiments  # noqa: E402
 

@@ -23,7 +23,7 @@ KEYS = [3, 7, 9]
 
 
 def fourier_basis(p: int) -> np.ndarray:
-    """[p, p] orthonormal rows: const, cos 1, sin 1, ... (SPEC section 2), for building test data."""
+    """[p, p] orthonormal rows: const, cos 1, sin 1, ... (docs/measures.md, "Fourier basis"), for building test data."""
     x = np.arange(p)
     rows = [np.ones(p)]
     for k in range(1, (p - 1) // 2 + 1):

@@ -1,4 +1,4 @@
-"""Reverse-engineering one checkpoint (SPEC section 3) against models with known answers."""
+"""Reverse-engineering one checkpoint (Nanda et al. 2023, Section 4; docs/measures.md) against models with known answers."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Fourier tools against analytic answers (SPEC section 2)."""
+"""Fourier tools against analytic answers (docs/measures.md, "Fourier basis")."""
 
 from __future__ import annotations
 

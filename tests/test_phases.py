@@ -1,4 +1,4 @@
-"""Phase location (SPEC section 4) on curves with known phases, and on a tiny run that groks."""
+"""Phase location (Nanda et al. 2023, Section 5.2; docs/measures.md, "Phases") on curves with known phases, and on a tiny run that groks."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Progress measures (SPEC section 4) against known answers, and the run-store round trip."""
+"""Progress measures (docs/measures.md; Nanda et al. 2023, Section 5.1) against known answers, and the run-store round trip."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The copy-LM report (SPEC section 7): a tiny LM run end to end -> its page, its sweep page.
+"""The copy-LM report (docs/measures.md, part 2): a tiny LM run end to end -> its page, its sweep page.
 
 Every figure's numbers are the store's (`metrics` and `heads` tables), against steps and tokens;
 the experiment's data change and paper numbers are on the page; `analyze --json` prints the

@@ -1,4 +1,4 @@
-"""The grokking paper's other tasks (SPEC section 6): data checked by hand, and a tiny model learns each."""
+"""The grokking paper's other tasks (Nanda et al. 2023, Appendix D.3): data checked by hand, and a tiny model learns each."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """The `grokscope` command: train, analyze, report, reproduce, sweep, runs.
 
-Exit codes (DESIGN.md): 0 success, 2 bad input with a one-line message, 1 an internal error.
+Exit codes: 0 success, 2 bad input with a one-line message, 3 a run that diverged (its loss
+became non-finite; run.json says `diverged`), 130 interrupted, 1 an internal error.
 Bad input never touches what is already saved: every check runs before the first write.
 """
 
@@ -50,6 +51,12 @@ def train(
     if resume is not None:
         if config is not None:
             raise BadInput("--resume takes its config from the run folder; drop the CONFIG argument")
+        if overwrite:
+            raise BadInput("--resume continues the run and --overwrite replaces it; pick one")
+        if out is not None:
+            raise BadInput("--resume names the run folder itself; drop --out")
+        if resume.exists() and not resume.is_dir():
+            raise BadInput(f"--resume {str(resume)!r} is a file, not a run folder; pass the folder made by `grokscope train`")
         cfg = pipeline.load_run_config(Run(resume), set_)
         info = pipeline.train_run(cfg, resume, resume=True, progress=not quiet)
         _print_train_summary(resume, info)
@@ -57,13 +64,25 @@ def train(
     if config is None:
         raise BadInput("give a CONFIG (YAML file or experiment name) or --resume RUN_DIR")
     cfg, _ = experiments.load(config, set_)
-    out = out or Path("runs") / (cfg.name or Path(config).stem)
+    out = out or default_out(cfg.name or Path(config).stem)
     info = pipeline.train_run(cfg, out, overwrite=overwrite, progress=not quiet)
     _print_train_summary(out, info)
 
 
+def default_out(name: str) -> Path:
+    """runs/NAME for a plain name; a name that could leave runs/ needs an explicit --out."""
+    return Path("runs") / C.check_name(name, "the run's name")
+
+
+class Diverged(Exception):
+    """Training stopped because the loss or the weights became non-finite."""
+
+
 def _print_train_summary(out: Path, info: dict) -> None:
     typer.echo(f"run: {out}  status: {info.get('status')}  steps: {info.get('last_step')}")
+    if info.get("status") == "diverged":
+        raise Diverged(f"the run in {out} diverged at step {info.get('diverged_at_step')} (a non-finite loss or "
+                       f"weight norm) and was stopped; lower optim.lr or add optim.grad_clip, then train it afresh")
     if "grok_epoch_50" in info:
         typer.echo(f"test accuracy first above 50% at epoch {_fmt(info.get('grok_epoch_50'))}, "
                    f"above 99% at epoch {_fmt(info.get('grok_epoch_99'))}")
@@ -99,7 +118,7 @@ def reproduce(
 
     overrides = list(set_ or []) + ([f"train.epochs={epochs}"] if epochs is not None else [])
     cfg, exp = experiments.load(name, overrides)
-    out = out or Path("runs") / name
+    out = out or default_out(Path(name).stem if experiments.looks_like_path(name) else name)
     if exp.get("sweep"):  # a sweep experiment: many runs (a rerun resumes, so --resume is implied)
         _run_sweep(name, None, None, out, "local", workers, None, overrides, overwrite, quiet, threads)
         return
@@ -162,6 +181,8 @@ def analyze(
     measures computed; a copy-LM run gets its copy, ICL and induction summary."""
     from grokscope.analysis.runner import analyze_run
 
+    if threads is not None and threads < 1:
+        raise BadInput(f"--threads must be at least 1 (got {threads})")
     ks = None
     if keys is not None:
         try:
@@ -206,7 +227,7 @@ def sweep(
     quiet: QuietOpt = False,
 ) -> None:
     """Run a grid of trials (x seeds), each an ordinary run folder under --out; rerun to resume."""
-    out = out or Path("runs") / f"sweep-{Path(config).stem}"
+    out = out or default_out(f"sweep-{Path(config).stem}")
     _run_sweep(config, grid, seeds, out, backend, workers, ray_address, list(set_ or []), overwrite, quiet, threads)
 
 
@@ -266,6 +287,16 @@ def main() -> None:
         app(standalone_mode=False)
     except (C.ConfigError, StoreError, BadInput) as err:
         echo_err(f"grokscope: {err}")
+        sys.exit(2)
+    except Diverged as err:
+        echo_err(f"grokscope: {err}")
+        sys.exit(3)
+    except MemoryError:
+        echo_err("grokscope: out of memory; shrink the task (task.p, n_train) or the model, or use fewer --workers")
+        sys.exit(2)
+    except OSError as err:  # the file system refused a path the user gave (ENAMETOOLONG, EROFS, ENOTDIR...)
+        where = f": {err.filename}" if err.filename else ""
+        echo_err(f"grokscope: {err.strerror or err}{where}; check the path and its permissions")
         sys.exit(2)
     except typer.Abort:
         echo_err("grokscope: interrupted; continue with `grokscope train --resume RUN_DIR`")

@@ -6,7 +6,7 @@ sweeps and tests call the same code.
 
 from __future__ import annotations
 
-import shutil
+import os
 from pathlib import Path
 from typing import Any
 
@@ -14,50 +14,105 @@ from grokscope import config as C
 from grokscope.store import Run, StoreError
 
 
+def check_out_path(out: Path) -> None:
+    """A folder path that the file system can hold: every existing part of it a folder, every
+    name within the system's limit. Checked before anything is created."""
+    for part in out.parts:
+        if len(part.encode()) > 255:
+            raise StoreError(f"--out: the name {part[:40]!r}... is {len(part.encode())} bytes long; the file system "
+                             "allows 255; choose a shorter folder name")
+    for parent in [out, *out.parents]:
+        if parent.exists():
+            if not parent.is_dir():
+                raise StoreError(f"--out {str(out)!r}: {str(parent)!r} is a file, not a folder; choose another --out")
+            if parent != out and not os.access(parent, os.W_OK | os.X_OK):
+                raise StoreError(f"--out {str(out)!r}: {str(parent)!r} is not writable; choose another --out")
+            break
+
+
 def check_run_dir(out: Path, resume: bool, overwrite: bool) -> Run:
-    """Check the folder before anything is written or deleted: refuse to clobber a run by accident."""
+    """Check the folder before anything is written or deleted: refuse to clobber a run by accident,
+    and never delete a folder that is not only a grokscope run."""
     run = Run(out)
     if resume and overwrite:
         raise C.ConfigError("--resume and --overwrite contradict each other; pick one")
-    if resume:
-        run.require()
-        if not run.checkpoint_steps():
-            raise StoreError(f"{str(out)!r} has no checkpoint to resume from; start it again with --overwrite")
-        return run
+    check_out_path(out)
     if out.exists() and not out.is_dir():
-        raise StoreError(f"{str(out)!r} is a file, not a folder; choose another --out")
-    if out.exists() and any(out.iterdir()):
-        if not run.exists():
-            raise StoreError(f"{str(out)!r} exists and is not a run folder; choose another --out")
-        if not overwrite:
+        raise StoreError(f"{str(out)!r} is a file, not a run folder; "
+                         + ("pass the folder made by `grokscope train`" if resume else "choose another --out"))
+    if resume:
+        if unstarted(run):
+            raise StoreError(f"{str(out)!r} was stopped before training began; start it again with the command "
+                             "that made it (no --resume needed)")
+        run.require()
+        return run
+    if run.entries():
+        if not run.is_run():
+            raise StoreError(f"{str(out)!r} exists and is not a grokscope run folder (no run.json of ours); "
+                             "choose another --out")
+        if not overwrite and not unstarted(run):
             raise StoreError(f"{str(out)!r} already holds a run; use --resume to continue it or --overwrite to replace it")
+        foreign = run.foreign_entries()
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+            raise StoreError(f"{str(out)!r} holds files a run does not write ({shown}); --overwrite deletes only "
+                             "run folders: move them out or choose another --out")
     return run
+
+
+def unstarted(run: Run) -> bool:
+    """A run killed before its config was written: nothing in it is worth keeping, so starting
+    it again needs no --overwrite."""
+    return run.is_run() and not run.config_path.exists() and not run.checkpoint_steps() and not run.foreign_entries()
 
 
 def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> Run:
-    """check_run_dir, then (with overwrite) delete the run already there. Call it only once the new
-    run's config has been fully checked (task, data and model built), so that a bad config never
-    costs the old run."""
+    """Under the folder's lock: check_run_dir again (another process may have written it since),
+    clear an old run with --overwrite, drop temp files a kill left, and mark a new run (run.json
+    first, so that a folder holding any of our files is recognisably a run). Call it only once the
+    new run's config has been fully checked (task, data and model built), so that a bad config
+    never costs the old run."""
     run = check_run_dir(out, resume, overwrite)
-    if not resume and overwrite and run.exists():
-        shutil.rmtree(out)
+    if not resume and (overwrite or unstarted(run)) and run.entries():
+        run.clear()
+    run.remove_temp_files()
+    run.mark()
     return run
+
+
+def check_memory(cfg: C.RunConfig) -> None:
+    """Refuse a config whose rough memory need exceeds this machine's memory, before allocating."""
+    need = C.estimate_bytes(cfg)
+    have = physical_memory()
+    if have and need > have:
+        raise C.ConfigError(f"this config needs about {need / 2**30:.0f} GiB of memory and the machine has "
+                            f"{have / 2**30:.0f} GiB; shrink the task (task.p, n_train) or the model")
+
+
+def physical_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def train_run(cfg: C.RunConfig, out: Path, resume: bool = False, overwrite: bool = False,
               progress: bool = True) -> dict[str, Any]:
-    """Train `cfg` into `out` (or resume the run there). Returns run.json's content."""
+    """Train `cfg` into `out` (or resume the run there), holding the folder's lock throughout.
+    Returns run.json's content."""
     from grokscope.train.trainer import Trainer
 
+    check_memory(cfg)
     if cfg.task.name == "text":
-        from grokscope.lm.trainer import train_text_run  # the copy-LM trainer (SPEC section 7)
+        from grokscope.lm.trainer import train_text_run  # the copy-LM trainer
 
         return train_text_run(cfg, out, resume=resume, overwrite=overwrite, progress=progress)
     run = check_run_dir(out, resume, overwrite)
     trainer = Trainer(cfg, run, progress=progress)  # builds the task and model: a bad config fails here
-    prepare_run_dir(out, resume, overwrite)
-    record_config(run, cfg, resume, trainer.total, trainer.model)
-    return trainer.fit(resume=resume)
+    with run.lock():
+        prepare_run_dir(out, resume, overwrite)
+        record_config(run, cfg, resume, trainer.total, trainer.model)
+        return trainer.fit(resume=resume)
 
 
 def record_config(run: Run, cfg: C.RunConfig, resume: bool, total: int, model, **info: Any) -> None:
@@ -81,7 +136,8 @@ def record_length(run: Run, cfg: C.RunConfig, total: int, model, **info: Any) ->
         return
     if run.read_info().get("status") == "stopped_early":
         return  # it will not train on: its config stays as it ran
-    run.load_into(model)  # a checkpoint that cannot resume fails here, before anything is written
+    if reached:
+        run.load_into(model)  # a checkpoint that cannot resume fails here, before anything is written
     longer = saved.model_copy(update={"train": saved.train.model_copy(update={"epochs": cfg.train.epochs,
                                                                                  "steps": cfg.train.steps})})
     run.write_config(C.to_yaml(longer))

@@ -1,4 +1,4 @@
-"""The run folder: the one place a run's state lives on disk (DESIGN.md "Contracts").
+"""The run folder: the one place a run's state lives on disk (docs/architecture.md, "The run folder").
 
     RUN/config.yaml                         fully resolved config
     RUN/run.json                            status, seed, versions, start/end, last completed step
@@ -15,9 +15,14 @@ state. Checkpoints are safetensors, never pickles.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
+import hashlib
 import json
 import os
 import re
+import shutil
 import sqlite3
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -26,9 +31,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from grokscope.config import read_yaml_file
 
 CKPT_RE = re.compile(r"step_(\d{7,})\.safetensors$")
 RESUMABLE = 2  # checkpoints that keep the optimiser and RNG state: the latest and the one before
@@ -36,6 +42,49 @@ RESUMABLE = 2  # checkpoints that keep the optimiser and RNG state: the latest a
 
 class StoreError(ValueError):
     """A run folder is missing, incomplete or corrupt: the message is one line for the user."""
+
+
+LOCK_NAME = ".lock"
+
+
+class FolderLocked(StoreError):
+    """Another process holds the folder's writer lock."""
+
+
+@contextmanager
+def folder_lock(folder: Path, what: str = "run folder") -> Iterator[None]:
+    """Hold an exclusive advisory lock on `folder` (its `.lock` file, holding our pid) while the
+    block runs. The kernel drops it when the process dies, so a kill -9 never leaves a stale lock;
+    a second writer gets a one-line StoreError naming the holder. Readers take no lock."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        if err.errno not in (errno.EAGAIN, errno.EACCES):
+            raise
+        raise FolderLocked(f"{what} {str(folder)!r} is being written by process {holder}; wait for it to finish "
+                         f"or stop it, then retry") from None
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing the last descriptor releases the lock
+
+
+def remove_temp_files(folder: Path) -> list[str]:
+    """Delete atomic_write's leftover temp files in `folder` (a kill mid-write leaves one).
+    Call it only while holding the folder's lock, so that no live write owns them."""
+    gone = []
+    if folder.is_dir():
+        for p in folder.iterdir():
+            if p.is_file() and TMP_RE.fullmatch(p.name):
+                p.unlink(missing_ok=True)
+                gone.append(p.name)
+    return gone
 
 
 def _umask() -> int:
@@ -117,6 +166,61 @@ def _insert(con: sqlite3.Connection, table: str, rows: list[Mapping[str, Any]]) 
 
 
 RESTORE = "restore it or start the run again with --overwrite"
+CHECKSUM_KEY = "grokscope_sha256"
+
+
+class CheckpointDamaged(ValueError):
+    """A checkpoint file that cannot be trusted: the message says why, in a few words."""
+
+
+def tensors_digest(tensors: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 over the tensors' names, dtypes, shapes and bytes, in name order."""
+    h = hashlib.sha256()
+    for k in sorted(tensors):
+        t = tensors[k].detach().contiguous()
+        h.update(f"{k}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
+    """A checkpoint's tensors, verified against the checksum in its metadata (files written
+    before checksums were kept load unverified). Raises CheckpointDamaged."""
+    if path.is_dir():
+        raise CheckpointDamaged("a folder stands where the file should be")
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no iteration
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise CheckpointDamaged(f"unreadable: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+    want = meta.get(CHECKSUM_KEY)
+    if want is not None and tensors_digest(tensors) != want:
+        raise CheckpointDamaged("its tensor data does not match its checksum")
+    return tensors
+
+
+def checkpoint_has_resume_state(path: Path) -> bool:
+    """Whether a checkpoint holds optimiser/RNG state (read from its header only)."""
+    try:
+        with safe_open(str(path), "pt") as f:
+            return any("/" in k for k in f.keys())  # noqa: SIM118
+    except (SafetensorError, OSError, ValueError, RuntimeError):
+        return False
+
+
+def _checkpoint_metadata(path: Path) -> dict[str, str]:
+    with safe_open(str(path), "pt") as f:
+        meta = dict(f.metadata() or {})
+    meta.pop(CHECKSUM_KEY, None)
+    return meta
+
+
+RUN_FORMAT = "grokscope-run/1"  # run.json's "format": the marker that makes a folder a run
+# What a run writes into its folder: --overwrite deletes a folder only if it holds nothing else.
+RUN_ENTRIES = frozenset({"config.yaml", "run.json", "checkpoints", "metrics.sqlite", "metrics.sqlite-wal",
+                         "metrics.sqlite-shm", "metrics.sqlite-journal", "analysis", "report", LOCK_NAME})
+TMP_RE = re.compile(r"\..+\.tmp")  # atomic_write's temp files
 
 
 class Run:
@@ -153,6 +257,53 @@ class Run:
     def exists(self) -> bool:
         return self.config_path.exists() or self.info_path.exists()
 
+    def is_run(self) -> bool:
+        """A grokscope run by its own marker: run.json naming our format (or, in folders written
+        before the marker, run.json's record of the grokscope version)."""
+        try:
+            info = json.loads(self.info_path.read_text())
+        except (OSError, ValueError):
+            return False
+        if not isinstance(info, dict):
+            return False
+        versions = info.get("versions")
+        return info.get("format") == RUN_FORMAT or (isinstance(versions, dict) and "grokscope" in versions)
+
+    def entries(self) -> list[str]:
+        """What the folder holds, less the lock and temp files."""
+        if not self.path.is_dir():
+            return []
+        return sorted(p.name for p in self.path.iterdir() if p.name != LOCK_NAME and not TMP_RE.fullmatch(p.name))
+
+    def foreign_entries(self) -> list[str]:
+        """Entries a run never writes: their presence means the folder is not only a run."""
+        return [e for e in self.entries() if e not in RUN_ENTRIES]
+
+    def lock(self) -> contextlib.AbstractContextManager[None]:
+        """The writer's lock on this folder (see folder_lock)."""
+        return folder_lock(self.path, "run folder")
+
+    def clear(self) -> None:
+        """Delete everything a run wrote, for --overwrite; the lock (held by the caller) stays.
+        Refuses a folder that is not a run or holds anything a run does not write."""
+        if not self.is_run() or self.foreign_entries():
+            raise StoreError(f"{str(self.path)!r} is not only a grokscope run; nothing was deleted")
+        for p in self.path.iterdir():
+            if p.name == LOCK_NAME:
+                continue
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+
+    def remove_temp_files(self) -> list[str]:
+        """Temp files left by a kill, in the folder and checkpoints/ (the trainer's own files)."""
+        return remove_temp_files(self.path) + remove_temp_files(self.ckpt_dir)
+
+    def mark(self) -> None:
+        """Write run.json's format marker (first, before any other file of a new run)."""
+        self.update_info(format=RUN_FORMAT)
+
     def require(self) -> Run:
         """Raise StoreError unless this is a run folder."""
         if not self.path.is_dir():
@@ -170,16 +321,9 @@ class Run:
         not YAML, not text, unreadable, empty or not a mapping is a one-line StoreError naming the
         problem, then `remedy`."""
         try:
-            raw = yaml.safe_load(self.config_path.read_text())
-        except yaml.MarkedYAMLError as err:  # its str() spans lines: keep the message one line
-            mark = err.problem_mark
-            problem = f"not YAML: {err.problem}" + (f" at line {mark.line + 1}" if mark is not None else "")
-        except yaml.YAMLError as err:
-            problem = f"not YAML: {type(err).__name__}"
-        except UnicodeDecodeError:
-            problem = "not text"
-        except OSError as err:
-            problem = f"unreadable: {err.strerror}"
+            raw = read_yaml_file(self.config_path)
+        except ValueError as err:
+            problem = str(err)
         else:
             if isinstance(raw, dict):
                 return raw
@@ -190,9 +334,13 @@ class Run:
         if not self.info_path.exists():
             return {}
         try:
-            return json.loads(self.info_path.read_text())
-        except json.JSONDecodeError:
-            raise StoreError(f"{self.info_path} is corrupt (not JSON); restore it or start the run again with --overwrite") from None
+            info = json.loads(self.info_path.read_bytes())
+        except (ValueError, OSError):
+            info = None
+        if not isinstance(info, dict):
+            raise StoreError(f"{self.info_path} is corrupt (not a JSON object); restore it or start the run again "
+                             "with --overwrite")
+        return info
 
     def update_info(self, **fields: Any) -> dict[str, Any]:
         info = self.read_info()
@@ -207,21 +355,24 @@ class Run:
     def checkpoint_steps(self) -> list[int]:
         if not self.ckpt_dir.is_dir():
             return []
-        steps = [int(m.group(1)) for p in self.ckpt_dir.iterdir() if (m := CKPT_RE.search(p.name))]
+        steps = [int(m.group(1)) for p in self.ckpt_dir.iterdir() if (m := CKPT_RE.fullmatch(p.name))]
         return sorted(steps)
 
     def save_checkpoint(self, step: int, params: Mapping[str, torch.Tensor], extra: Mapping[str, torch.Tensor] | None = None,
                         metadata: dict[str, str] | None = None) -> Path:
-        """Write step's parameters (and, for the latest, resume state in `extra`) atomically."""
+        """Write step's parameters (and, for the latest, resume state in `extra`) atomically, with
+        a SHA-256 of the tensors in the metadata that every load verifies."""
         tensors = {k: v.detach().contiguous().clone() for k, v in params.items()}
         for k, v in (extra or {}).items():
             tensors[k] = v.detach().contiguous().clone()
+        meta = {"step": str(step), **(metadata or {}), CHECKSUM_KEY: tensors_digest(tensors)}
         path = self.checkpoint_path(step)
-        atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"step": str(step), **(metadata or {})}))
+        atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
         return path
 
     def load_checkpoint(self, step: int | None = None) -> tuple[int, dict[str, torch.Tensor]]:
-        """(step, tensors) of a checkpoint; the latest when step is None."""
+        """(step, tensors) of a checkpoint, verified against its checksum; the latest when step
+        is None. A damaged one is a one-line StoreError that says how to fall back."""
         steps = self.checkpoint_steps()
         if not steps:
             raise StoreError(f"{str(self.path)!r} has no checkpoints; train it first with `grokscope train`")
@@ -231,10 +382,25 @@ class Run:
             raise StoreError(f"{str(self.path)!r} has no checkpoint at step {step}; it has steps {steps[0]}..{steps[-1]}")
         path = self.checkpoint_path(step)
         try:
-            return step, load_file(path)
-        except (SafetensorError, OSError, ValueError) as err:
-            raise StoreError(f"checkpoint {path} is corrupt ({err}); delete it to fall back to the one before, "
-                             f"which also keeps the optimiser state") from None
+            return step, read_checkpoint(path)
+        except CheckpointDamaged as err:
+            raise StoreError(f"checkpoint {path} is corrupt ({err}); {self._fallback_advice(step)}") from None
+
+    def verify_checkpoints(self) -> None:
+        """Read every checkpoint against its checksum; StoreError (as load_checkpoint) on the first
+        damaged one. A report calls it so that a page never presents a damaged run as sound."""
+        for step in self.checkpoint_steps():
+            self.load_checkpoint(step)
+
+    def _fallback_advice(self, step: int) -> str:
+        """What to do about a damaged checkpoint at `step`: exact resume from the one before
+        needs that one to hold the optimiser state (only the latest two do)."""
+        before = [s for s in self.checkpoint_steps() if s < step]
+        if step == max(self.checkpoint_steps()) and before and checkpoint_has_resume_state(self.checkpoint_path(before[-1])):
+            return (f"move it out of {self.ckpt_dir} and `grokscope train --resume {self.path}` continues exactly "
+                    f"from step {before[-1]}")
+        return (f"restore it, or move it out of {self.ckpt_dir} (analysis then uses the other checkpoints; the "
+                "checkpoint before it has no optimiser state, so training cannot resume exactly from it)")
 
     def load_into(self, model: torch.nn.Module, step: int | None = None,
                   tensors: dict[str, torch.Tensor] | None = None) -> tuple[int, dict[str, torch.Tensor]]:
@@ -268,13 +434,16 @@ class Run:
             self.strip_resume_state(steps[-keep - 1])
 
     def strip_resume_state(self, step: int) -> None:
-        """Rewrite an older checkpoint with parameters only."""
+        """Rewrite an older checkpoint with parameters only (verified first: a damaged one is
+        left as it is, never rewritten under a fresh checksum)."""
         path = self.checkpoint_path(step)
-        if not path.exists():
+        if not path.is_file() or not checkpoint_has_resume_state(path):
             return
-        tensors = load_file(path)
-        if any("/" in k for k in tensors):
-            self.save_checkpoint(step, self.params_only(tensors))
+        try:
+            tensors = read_checkpoint(path)
+        except CheckpointDamaged:
+            return  # the load that needs it reports it
+        self.save_checkpoint(step, self.params_only(tensors), metadata=_checkpoint_metadata(path))
 
     # ------------------------------------------------------------------------------ metrics
     @contextmanager

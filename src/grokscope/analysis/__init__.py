@@ -1,11 +1,11 @@
 """Analysis: read a run's checkpoints, compute the mechanistic measures, write them to the store.
 
-SPEC sections 2-4. Math lives in plain functions over tensors (fourier.py, circuits.py,
+docs/measures.md, part 1, defines every measure. Math lives in plain functions over tensors (fourier.py, circuits.py,
 progress.py, phases.py); `runner.py` is the only module here that touches the run store.
 
 What analysis writes (the report reads exactly this and computes nothing):
 
-    RUN/analysis/summary.json      DESIGN.md's `analyze --json` keys, at least:
+    RUN/analysis/summary.json      what `analyze --json` prints, at least:
         key_frequencies [int], neuron_fve (share of neurons with max FVE > 0.85), logit_fve,
         restricted_loss, excluded_loss, test_loss, test_acc, gini_W_E, gini_W_L,
         phases {memorization|circuit_formation|cleanup: [start, end] epochs or null},

@@ -1,11 +1,12 @@
-"""Reverse-engineering one checkpoint of a modular-arithmetic model (SPEC section 3).
+"""Reverse-engineering one checkpoint of a modular-arithmetic model (Nanda et al. 2023, Section 4).
 
 Measures: the embedding and neuron-logit (W_L) spectra; per-neuron FVE by frequency and each
 neuron's frequency; the key frequencies (rule below); W_L's residual outside the key directions;
 the fit of the logits by cos(w(a+b-c)) terms; ablations in the 2D Fourier basis of the logits;
 each attention head's single-frequency fit.
 
-Key-frequency rule (ours; SPEC says "the frequencies explained neurons cluster on"): a neuron is
+Key-frequency rule (ours; the paper reads them off the W_E and W_L spectra, Section 4.1 and
+Appendix C.2; docs/measures.md, 'Key frequencies', compares the two): a neuron is
 explained when one frequency holds more than 0.85 of its activation variance (`FVE_THRESHOLD`).
 Each explained neuron is weighted by what it sends to the logits, var(neuron) * ||W_L[n]||^2
 (W_L centred over outputs), so a cluster that does not reach the output does not count. A
@@ -29,7 +30,7 @@ from torch import Tensor
 from grokscope.analysis import fourier as fr
 from grokscope.models.transformer import Transformer
 
-FVE_THRESHOLD = 0.85  # SPEC/paper: a neuron "is explained" by one frequency above this share
+FVE_THRESHOLD = 0.85  # the paper (Section 4.3): a neuron "is explained" by one frequency above this share
 MIN_SHARE = 0.02  # key frequency: its explained neurons carry >= 2% of the neuron->logit variance
 
 

@@ -1,6 +1,6 @@
 """Fourier tools over Z_p: the basis, 1D/2D transforms, the cos/sin(w(a+b)) directions, P_K.
 
-SPEC section 2. The basis F is a p x p orthonormal matrix whose rows are, in order: the constant
+docs/measures.md, "Fourier basis". The basis F is a p x p orthonormal matrix whose rows are, in order: the constant
 1/sqrt(p); then for k = 1..(p-1)//2 the pair cos(w_k x), sin(w_k x) (w_k = 2 pi k / p), each
 scaled to unit norm. For even p one more row is needed: the Nyquist wave (-1)^x, named
 "cos p/2"; its frequency p/2 has no sine. Frequency k's rows are 2k-1 (cos) and 2k (sin).
@@ -83,7 +83,7 @@ def freq_norms(row_values: Tensor, p: int) -> Tensor:
 
 def sum_directions(p: int, ks: list[int], sign: int = 1, dtype: torch.dtype = torch.float64) -> Tensor:
     """U [p*p, m]: unit vectors cos(w_k(a + sign*b)), sin(w_k(a + sign*b)) for k in ks, inputs in
-    lexicographic (a, b) order. sign=+1 is SPEC's (a+b); sign=-1 serves a-b. The columns are
+    lexicographic (a, b) order. sign=+1 gives the paper's (a+b); sign=-1 serves a-b. The columns are
     orthonormal; the Nyquist sine (even p) is zero and is left out, so m = 2|K| for odd p.
     """
     a = torch.arange(p, dtype=torch.float64).repeat_interleave(p)

@@ -1,4 +1,4 @@
-"""Locate the three phases of grokking from the progress curves (SPEC section 4, paper 5.2).
+"""Locate the three phases of grokking from the progress curves (Nanda et al. 2023, Section 5.2).
 
 Memorisation (train and excluded loss fall, test flat), circuit formation (excluded loss rises,
 weight norm falls, restricted loss falls, test flat), cleanup (test loss drops; ends when it

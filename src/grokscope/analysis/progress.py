@@ -1,4 +1,4 @@
-"""Progress measures over training, one row per checkpoint (SPEC section 4).
+"""Progress measures over training, one row per checkpoint (Nanda et al. 2023, Section 5.1).
 
 With the key frequencies K fixed (found on the final checkpoint) and L the [p*p, p] logits of a
 checkpoint over every input:

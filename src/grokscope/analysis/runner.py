@@ -1,4 +1,4 @@
-"""Analyse a run folder: read its checkpoints, write the measures back (SPEC sections 3-4).
+"""Analyse a run folder: read its checkpoints, write the measures back (docs/measures.md, part 1).
 
 The only module of `grokscope.analysis` that touches the run store. `analyze_run` is what
 `grokscope analyze` and `grokscope reproduce` call. It checks everything it needs (config, task,
@@ -76,7 +76,7 @@ def analyze_run(run_dir: str | Path, step: int | None = None, per_checkpoint_key
     run = Run(run_dir).require()
     cfg = read_config(run)
     if cfg.task.name == "text":
-        try:  # the copy-LM analysis (SPEC section 7) lives with the LM code
+        try:  # the copy-LM analysis lives with the LM code
             from grokscope.lm.analysis import analyze_lm_run
         except ImportError:
             raise C.ConfigError(f"{str(run.path)!r} is a language-model run; its analysis "

@@ -15,8 +15,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from grokscope import config as C
 
 HERE = Path(__file__).parent
@@ -27,30 +25,30 @@ def names() -> list[str]:
 
 
 def path_of(name: str) -> Path:
-    path = HERE / f"{name}.yaml"
-    if not path.is_file():
+    if name not in names():
         raise C.ConfigError(f"unknown experiment {name!r}; `grokscope reproduce --list` shows: {', '.join(names())}")
-    return path
+    return HERE / f"{name}.yaml"
 
 
 def meta(name: str) -> dict[str, Any]:
     """The `experiment:` section of a named experiment."""
-    return dict(yaml.safe_load(path_of(name).read_text()).get("experiment") or {})
+    return dict(C.read_config_file(path_of(name)).get("experiment") or {})
+
+
+def looks_like_path(text: str) -> bool:
+    return text.endswith((".yaml", ".yml")) or "/" in text or text.startswith(".")
 
 
 def raw_config(name_or_path: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """(run config dict, experiment section) from an experiment name or a YAML path."""
     path = Path(name_or_path)
-    if not path.is_file():
-        path = path_of(name_or_path)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise C.ConfigError(f"config file {str(path)!r} is not valid YAML ({str(err).splitlines()[0]})") from None
-    if not isinstance(raw, dict):
-        raise C.ConfigError(f"config file {str(path)!r} must hold a mapping of sections (task, model, ...)")
-    exp = dict(raw.pop("experiment", None) or {})
-    return raw, exp
+    if not path.exists() and not looks_like_path(name_or_path):
+        path = path_of(name_or_path)  # unknown experiment: one line with the list
+    raw = C.read_config_file(path)  # a missing file: "does not exist"
+    exp = raw.pop("experiment", None) or {}
+    if not isinstance(exp, dict):
+        raise C.ConfigError(f"config file {str(path)!r}: its experiment section must be a mapping")
+    return raw, dict(exp)
 
 
 def load(name_or_path: str, overrides: list[str] | None = None) -> tuple[C.RunConfig, dict[str, Any]]:

@@ -1,4 +1,4 @@
-"""Copying in language models (SPEC section 7; Lv et al. 2024, "Language Models 'Grok' to Copy").
+"""Copying in language models (docs/measures.md, part 2; Lv et al. 2024, "Language Models 'Grok' to Copy").
 
 llama.py (the decoder), text.py and rdata.py (offline corpus, tokenizers, packed tokens),
 copytest.py (the hex copy test), induction.py (per-head induction scores, ICL score),

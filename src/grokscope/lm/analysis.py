@@ -1,4 +1,4 @@
-"""The analysis summary of a copy-LM run (SPEC section 7), read from its run store.
+"""The analysis summary of a copy-LM run (docs/measures.md, 'The LM summary'), read from its run store.
 
 The LM trainer already computes every measure at each evaluation step (the `metrics` and `heads`
 tables), so analysis only summarises: the last evaluation's copy accuracy (exact match and per

@@ -1,11 +1,11 @@
-"""The context-copying test of Lv et al. (SPEC section 7), scaled to the model's context.
+"""The context-copying test of Lv et al. 2024 (docs/measures.md, 'Copy test'), scaled to the model's context.
 
 A sample joins lines of random lowercase hexadecimal, each a 12-character prefix, a 6-character
 suffix and a newline, with prefixes unique and suffixes unique within the sample; then the
 prefix of line i is appended and the model must continue with that line's suffix. A sample is
 correct when the whole suffix is reproduced by greedy decoding; with teacher forcing that is the
 same as the argmax being right at every suffix token (greedy decoding only feeds back tokens
-that were right), so one forward pass scores a sample. Per-token accuracy (SPEC: the share of
+that were right), so one forward pass scores a sample. Per-token accuracy (the share of
 suffix tokens greedy decoding produces correctly) differs: after a sample's first wrong token
 greedy decoding feeds back its own token, so those samples are decoded on (`greedy_suffix`), one
 forward pass per later suffix token. Reported: exact-match accuracy, per-token accuracy and the

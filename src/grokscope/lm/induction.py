@@ -1,4 +1,4 @@
-"""Induction heads and in-context learning: per-head scores (SPEC section 7; Olsson et al. 2022).
+"""Induction heads and in-context learning: per-head scores (docs/measures.md, part 2; Olsson et al. 2022).
 
 On a sequence made of two identical halves of s random tokens (positions 0..2s-1):
 - prefix matching A[l, h]: mean attention from position s+i-1 to position i, i = 1..s-1 (from a
@@ -10,7 +10,7 @@ On a sequence made of two identical halves of s random tokens (positions 0..2s-1
   each token's RMS scaling is not (it depends on the input; the usual convention). EP = 1 when
   the circuit raises the logit of the token attended to, -1 when it lowers it, ~0 for a random
   circuit;
-- induction: SPEC's induction score, the mean attention from each token of the second copy to
+- induction: the induction score of Lv et al., the mean attention from each token of the second copy to
   the token after its earlier occurrence, i.e. Olsson et al.'s prefix matching A (kept under
   both names);
 - induction_copying = A * EP: a head that attends like an induction head and also copies what it

@@ -1,4 +1,4 @@
-"""A Llama-style decoder with TransformerLens names: the copy paper's model (SPEC section 7).
+"""A Llama-style decoder with TransformerLens names: the copy paper's model (Lv et al. 2024).
 
 RMSNorm before attention and MLP, rotary positions on queries and keys (the rotate-half layout
 of GPT-NeoX and Hugging Face Llama: dimension i pairs with i + d_head/2), a SwiGLU MLP

@@ -5,7 +5,7 @@ serialized list whose ``variables`` element maps each object name to (offset, le
 ``Rdata.rdb``, and each block there is a 4-byte big-endian length followed by a zlib stream of one
 serialized object. This module reads the subset of R's XDR serialization format those files use
 (character, integer, double and logical vectors, lists, pairlists of attributes, symbols and
-references), enough for Debian's ``r-cran-janeaustenr`` (SPEC section 7: the offline corpus).
+references), enough for Debian's ``r-cran-janeaustenr`` (the copy LM's offline corpus).
 ``pyreadr`` cannot read the index (it skips lists), so the format is read here.
 """
 

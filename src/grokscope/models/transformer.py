@@ -1,6 +1,6 @@
 """The grokking paper's transformer family, with TransformerLens parameter and hook names.
 
-SPEC section 1: n layers (1 in the mainline), learned positional embedding, optional LayerNorm,
+Nanda et al. 2023, Section 3 and Appendix A: n layers (1 in the mainline), learned positional embedding, optional LayerNorm,
 ReLU or GELU MLP, attention-only option, untied embed/unembed, no biases outside the MLP.
 Parameter names and shapes follow TransformerLens (`embed.W_E [d_vocab, d_model]`,
 `blocks.0.attn.W_Q [n_heads, d_model, d_head]`, ...), so a state dict moves across unchanged.

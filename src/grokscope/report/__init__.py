@@ -7,10 +7,10 @@
     grokscope report --index RUNS_DIR
     grokscope reproduce NAME ...      (ends with write_report and prints the page's path)
 
-The report reads the store only (DESIGN.md: "the report never computes a measure") and works with
+The report reads the store only (docs/architecture.md: "the report never computes a measure") and works with
 whatever exists: a run still training, a run not analysed yet (it says what is missing). It follows
-the figures of Nanda et al. 2023 for modular arithmetic (SPEC sections 2-4) and shows generic
-curves for other tasks, and the copy-LM figures of Lv et al. 2024 (SPEC section 7) for text runs.
+the figures of Nanda et al. 2023 for modular arithmetic (docs/measures.md, part 1) and shows generic
+curves for other tasks, and the copy-LM figures of Lv et al. 2024 (docs/measures.md, part 2) for text runs.
 Modules: data.py (read the store), figures.py (what each figure plots), lm.py (the copy-LM
 figures), render.py (plotly and matplotlib drawing), html.py (page assembly), sweep.py (a sweep's page).
 """

@@ -1,4 +1,4 @@
-"""Everything a report shows, read from one run folder (DESIGN.md "Contracts"; the analysis
+"""Everything a report shows, read from one run folder (docs/architecture.md, "The run folder"; the analysis
 contract is in `grokscope.analysis`'s docstring).
 
 The report reads the store only and computes no measure. This module gathers what exists (config,
@@ -130,6 +130,7 @@ def _paper(cfg: dict[str, Any], info: dict[str, Any], folder: str,
 def load_run(path: str | Path, experiment: str | Mapping[str, Any] | None = None) -> RunData:
     """Read everything the report can show from a run folder (StoreError if it is not one)."""
     run = Run(path).require()
+    run.verify_checkpoints()  # a damaged checkpoint is an error, not a footnote: the page would vouch for it
     warnings: list[str] = []
     config_text = run.config_path.read_text(errors="replace")
     try:

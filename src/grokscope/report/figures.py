@@ -5,11 +5,11 @@ titles, axis labels, the initial y scale and the phases to shade), or a `Missing
 figure needs. `render.py` draws a `Figure` as an interactive plotly figure and as a matplotlib PNG,
 so the two always show the same numbers, and tests check the numbers here against the store.
 
-The modular-arithmetic figures follow Nanda et al. 2023 (SPEC sections 2-4): training curves
+The modular-arithmetic figures follow Nanda et al. 2023 (docs/measures.md, part 1): training curves
 (Fig. 1), progress measures (Fig. 7), Fourier spectra of W_E and W_L (Fig. 3), neurons and
 attention in the Fourier basis (Figs. 4-6, appendix), key-frequency coefficients. Copy-LM runs
-(task.name text, SPEC section 7) get `grokscope.report.lm`'s figures instead of the generic ones.
-Other tasks get the generic figures: loss and accuracy, per-position losses (SPEC section 6), and
+(task.name text, docs/measures.md, part 2) get `grokscope.report.lm`'s figures instead of the generic ones.
+Other tasks get the generic figures: loss and accuracy, per-position losses (Nanda et al. 2023, Appendix D.3), and
 every other logged column.
 """
 
@@ -83,7 +83,7 @@ Builder = Callable[[RunData], "Figure | Missing | list[Figure]"]
 
 # ------------------------------------------------------------------------------------ helpers
 def fourier_labels(n: int) -> list[str]:
-    """Names of the Fourier basis rows (SPEC section 2): const, cos 1, sin 1, ..., [(-1)^x for even n]."""
+    """Names of the Fourier basis rows (docs/measures.md, "Fourier basis"): const, cos 1, sin 1, ..., [(-1)^x for even n]."""
     labels = ["const"]
     for k in range(1, (n - 1) // 2 + 1):
         labels += [f"cos {k}", f"sin {k}"]
@@ -223,7 +223,7 @@ def progress_losses(d: RunData) -> Figure | Missing:
         ("restricted loss (test)", "restricted_loss_test", True, True)) if _has(p, col)]
     return Figure("progress_losses", title, "Restricted loss keeps only the key frequencies of the logits and "
                   "falls before test loss; excluded loss removes them and rises during circuit formation "
-                  "while train loss stays flat (Nanda et al. Fig. 7, SPEC section 4).", "lines", series,
+                  "while train loss stays flat (Nanda et al. 2023, Section 5.1 and Fig. 7).", "lines", series,
                   x_label=_x_label(p), y_label="loss", log_y=True, phases=d.phases, section="Progress measures")
 
 
@@ -278,7 +278,7 @@ def excluded_per_frequency(d: RunData) -> Figure | Missing:
     if _has(p, "train_loss"):
         series.append(Series("train loss", _x(p), _col(p, "train_loss"), dash=True))
     return Figure("excluded_per_frequency", title, "Train loss after removing one key frequency's directions "
-                  "from the logits, per frequency (SPEC section 4).", "lines", series, x_label=_x_label(p),
+                  "from the logits, per frequency (Nanda et al. 2023, Appendix C.1.5, Fig. 15).", "lines", series, x_label=_x_label(p),
                   y_label="loss", log_y=True, phases=d.phases, section="Progress measures")
 
 
@@ -391,7 +391,7 @@ def neuron_clusters(d: RunData) -> Figure | Missing | list[Figure]:
         return Missing("neuron_clusters", title, _shape_note(d, "neuron_freq", "[d_mlp] beside neuron_fve [d_mlp]"),
                        section=NEURONS)
     freqs = sorted({int(f) for f in freq})
-    explained = fve > 0.85  # the paper's (and SPEC section 3's) threshold for "explained by one frequency"
+    explained = fve > 0.85  # the paper's threshold (Section 4.3) for "explained by one frequency"
     labels = np.array([str(f) for f in freqs])
     count = [np.array([np.sum((freq == f) & e) for f in freqs], dtype=float) for e in (explained, ~explained)]
     return Figure("neuron_clusters", title, "Neurons grouped by the frequency that explains most of their "

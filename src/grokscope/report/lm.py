@@ -1,4 +1,4 @@
-"""The figures of a copy-LM run (Lv et al. 2024, SPEC section 7), taken straight from the store.
+"""The figures of a copy-LM run (Lv et al. 2024; docs/measures.md, part 2), taken straight from the store.
 
 The LM trainer (`grokscope.lm.trainer`) writes every measure at each evaluation step: the
 `metrics` table (losses, the in-context-learning score, the hex copy test `copy_*` and its
@@ -69,7 +69,7 @@ lm_loss = _against_both(
 
 copy_accuracy = _against_both(
     "copy_accuracy", "Copy accuracy",
-    "The copy test (SPEC section 7): lines of random hex, then a line's prefix again; exact = the whole "
+    "The copy test (Lv et al. 2024): lines of random hex, then a line's prefix again; exact = the whole "
     "suffix right by greedy decoding, per token = the share of suffix tokens right. Dashed: the same test "
     "with random token ids instead of hex. The paper: copy accuracy surges after a number of steps.",
     [("copy_acc", "copy accuracy (exact)", False), ("copy_token_acc", "copy accuracy (per token)", False),
@@ -127,7 +127,7 @@ def induction_heatmap(d: RunData) -> Figure | Missing:
         return Missing("induction_heads", title, "the run has no `heads` table yet (the LM trainer writes it at "
                        "each evaluation)", section=HEADS)
     z, x, y = _grid(h, "induction")
-    return Figure("induction_heads", title, "Each head's induction score A (SPEC section 7; Olsson et al.'s "
+    return Figure("induction_heads", title, "Each head's induction score A (Lv et al. 2024; Olsson et al.'s "
                   "prefix matching): its mean attention from a token of the second copy of a repeated random "
                   "sequence to the token after that token's first occurrence. Rows: layer.head, shallow at the "
                   "top; columns: evaluation steps (log-spaced, so not to scale).",

@@ -1,4 +1,4 @@
-"""Figures and the HTML page of a sweep: many runs side by side (SPEC section 5 and 6 experiments).
+"""Figures and the HTML page of a sweep: many runs side by side (the experiments of Nanda et al. 2023, Appendices C.2 and D).
 
 Reads the store (each trial's metrics table and run.json, the sweep's runs table) and draws:
 - the test loss curves of all trials on one plot (log scale, as the paper plots loss);
@@ -6,7 +6,7 @@ Reads the store (each trial's metrics table and run.json, the sweep's runs table
   epoch they stopped, hollow);
 - per-position test loss curves for multi-label tasks (digit addition, repeated subsequence),
   where the paper shows separate phase changes per answer position.
-Copy-LM sweeps (SPEC section 7; every trial's metrics have `copy_acc`) get instead, each with a
+Copy-LM sweeps (Lv et al. 2024; every trial's metrics have `copy_acc`) get instead, each with a
 panel against optimiser steps beside one against tokens (Lv et al.: copying arrives after a
 number of steps, not tokens, so the batch-size trials line up on the left and not on the right):
 validation loss, copy accuracy (exact and per token), its random-token-id variant, the largest

@@ -1,4 +1,4 @@
-"""Sweeps: many configs -> many ordinary run folders, through an executor (DESIGN.md "The flow").
+"""Sweeps: many configs -> many ordinary run folders, through an executor (docs/architecture.md, "The flow").
 
     grokscope sweep CONFIG --grid KEY=v1,v2 ... --seeds N --out DIR [--backend local|ray] [--workers N]
 
@@ -18,7 +18,6 @@ unless asked (`--overwrite`).
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,13 @@ import yaml
 
 from grokscope import config as C
 from grokscope import experiments
-from grokscope.store import Run, atomic_write_json, atomic_write_text
+from grokscope.store import (
+    Run,
+    atomic_write_json,
+    atomic_write_text,
+    folder_lock,
+    remove_temp_files,
+)
 from grokscope.sweep.grid import Trial, expand, parse_grid
 from grokscope.sweep.local import TrialJob, threads_per_trial
 from grokscope.sweep.trial import needs_analysis, training_done
@@ -88,9 +93,15 @@ def _trial_config(run: Run) -> dict[str, Any]:
 
 
 def check_existing(p: SweepPlan, overwrite: bool) -> None:
-    """Refuse to mix runs of another config into this sweep's trial folders."""
+    """Refuse to mix runs of another config into this sweep's trial folders, and to let
+    --overwrite delete a trial folder that is not only a run."""
     for t in p.trials:
         run = Run(p.out / t.name)
+        if run.path.exists() and not run.path.is_dir():
+            raise C.ConfigError(f"{run.path} is a file where trial {t.name!r} needs a folder; move it or use another --out")
+        if overwrite and run.entries() and (not run.is_run() or run.foreign_entries()):
+            raise C.ConfigError(f"{run.path} is not only a grokscope run, so --overwrite will not delete it; "
+                                "move it or use another --out")
         if overwrite or not run.config_path.exists():
             continue
         have = _comparable(_trial_config(run))
@@ -111,8 +122,8 @@ def write_plan(p: SweepPlan, overwrite: bool, threads: int) -> list[TrialJob]:
     jobs = []
     for t in p.trials:
         run_dir = p.out / t.name
-        if overwrite and run_dir.exists():
-            shutil.rmtree(run_dir)
+        if overwrite and Run(run_dir).entries():
+            Run(run_dir).clear()  # only a run folder, and only of our files (checked by check_existing)
         cfg_path = p.out / ".trials" / f"{t.name}.yaml"
         atomic_write_text(cfg_path, C.to_yaml(t.config))
         run = Run(run_dir)
@@ -132,7 +143,8 @@ def run_sweep(config: str, grid_items: list[str] | None, seeds: int | None, out:
     """
     if backend not in BACKENDS:
         raise C.ConfigError(f"--backend {backend!r}: choose local or ray")
-    workers = workers or os.cpu_count() or 1
+    if workers is None:
+        workers = os.cpu_count() or 1
     if workers < 1:
         raise C.ConfigError(f"--workers must be at least 1 (got {workers})")
     if threads is not None and threads < 1:
@@ -146,8 +158,19 @@ def run_sweep(config: str, grid_items: list[str] | None, seeds: int | None, out:
         require_ray()
         if ray_address:
             check_address(ray_address)
+    if p.out.exists() and not p.out.is_dir():
+        raise C.ConfigError(f"--out {str(p.out)!r} is a file, not a folder; choose another --out")
     check_existing(p, overwrite)
     threads = threads or threads_per_trial(min(workers, max(1, len(p.trials))))
+    with folder_lock(p.out, "sweep folder"):
+        check_existing(p, overwrite)  # again under the lock: another sweep may have written since
+        remove_temp_files(p.out)
+        remove_temp_files(p.out / ".trials")
+        return _run_locked(p, overwrite, threads, backend, workers, ray_address, echo)
+
+
+def _run_locked(p: SweepPlan, overwrite: bool, threads: int, backend: str, workers: int,
+                ray_address: str | None, echo: Callable[[str], None]) -> list[dict[str, Any]]:
     jobs = write_plan(p, overwrite, threads)
     skipped = len(p.trials) - len(jobs)
     echo(f"sweep {p.out}: {len(p.trials)} trials ({skipped} already finished), backend {backend}, "
@@ -181,7 +204,7 @@ def summarise(out: Path, echo: Callable[[str], None] = print) -> None:
     """Write DIR/runs.csv and DIR/sweep.html from whatever runs the folder holds.
 
     Copy-LM trials (task.name text) also get their own report page here, with the sweep's
-    experiment beside them (SPEC section 7: each copy experiment with a report page); the
+    experiment beside them (each copy experiment gets a report page); the
     sweep page links to them.
     """
     from grokscope.report.sweep import write_sweep_report

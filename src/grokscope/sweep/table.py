@@ -1,4 +1,4 @@
-"""The comparison table of all runs in a folder (the paper's Table 5 columns, SPEC section 5).
+"""The comparison table of all runs in a folder (the columns of Nanda et al. 2023, Table 5).
 
 One row per run folder directly inside DIR: its swept settings (from DIR/sweep.json when the
 folder is a sweep; otherwise the config fields whose values differ between its runs), status, epochs trained, test loss and accuracy, Gini(W_E), Gini(W_L), key
@@ -115,7 +115,7 @@ def run_row(path: Path, settings: dict[str, Any] | None = None) -> dict[str, Any
     last = m.iloc[-1].to_dict() if len(m) else {}
     row["step"] = last.get("step")
     row["epoch"] = last.get("epoch")
-    lm = "copy_acc" in last  # a copy-LM run (SPEC section 7): its own headline numbers
+    lm = "copy_acc" in last  # a copy-LM run: its own headline numbers
     for col in [] if lm else SUMMARY_COLUMNS:
         value = summary.get(col, last.get(col) if col in ("test_loss", "test_acc") else None)
         if isinstance(value, list):

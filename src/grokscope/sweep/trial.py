@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from grokscope import config as C
-from grokscope.store import Run
+from grokscope.store import FolderLocked, Run
 
 DONE = ("completed", "stopped_early")
 
@@ -45,7 +45,7 @@ def analysis_entry():
 
 
 def analysis_applies(cfg: C.RunConfig) -> bool:
-    """Whether this install can analyse such a run (SPEC sections 2-4: modular arithmetic)."""
+    """Whether this install can analyse such a run (docs/measures.md: modular arithmetic and the copy LM)."""
     if analysis_entry() is None:
         return False
     try:
@@ -77,6 +77,8 @@ def run_trial(cfg: C.RunConfig, out: Path, threads: int | None = None) -> dict[s
                 run.update_info(analysis_error=None)
             except Exception as err:  # the trained run stays good; say why analysis failed
                 run.update_info(analysis_error=f"{type(err).__name__}: {err}")
+    except FolderLocked:
+        raise  # another process is training it: its run.json is that process's to write
     except KeyboardInterrupt:
         run.update_info(status="interrupted", error="interrupted (SIGINT/SIGTERM); rerun the sweep to resume")
         raise

@@ -1,4 +1,4 @@
-"""n-digit addition, one of the grokking paper's other algorithmic tasks (SPEC section 6, App. D.3).
+"""n-digit addition, one of the grokking paper's other algorithmic tasks (Nanda et al. 2023, Appendix D.3).
 
 Token encoding (d_vocab = 12): digits 0-9 are themselves, `+` is 10, `=` is 11. A sequence is
 

@@ -1,4 +1,4 @@
-"""Modular arithmetic, the grokking paper's task (SPEC section 1).
+"""Modular arithmetic, the grokking paper's task (Nanda et al. 2023, Section 3).
 
 Inputs are `a b =` (tokens 0..p-1 are numbers, token p is `=`); the label, read at the `=`
 position, is (a op b) mod p over p classes. The train set is a seeded random `frac_train` share of

@@ -1,4 +1,4 @@
-"""Repeated subsequence and skip trigram, the grokking paper's sequence tasks (SPEC section 6, App. D.3).
+"""Repeated subsequence and skip trigram, the grokking paper's sequence tasks (Nanda et al. 2023, Appendix D.3).
 
 Repeated subsequence (`repeated_subsequence`). A sequence of `seq_len` tokens from 0..vocab-1 in
 which one random subsequence s of length `sub_len` appears `repeats` times; the model predicts

@@ -1,6 +1,6 @@
 """Cross-entropy in float64, with a float32 gradient that has no subnormals.
 
-SPEC section 1: float32 log-softmax quantises the loss near zero and causes loss spikes (the
+Nanda et al. 2023 (Section 3, Appendix D.2): float32 log-softmax quantises the loss near zero and causes loss spikes (the
 "slingshot"), so the loss is computed in float64. Once a run has grokked, ~15% of the gradient
 entries cast back to float32 are subnormal, and every later matmul touching them ran 2.6x slower
 on the CPUs we measured; they carry no signal at float32 precision, so they are zeroed at the cast.

@@ -27,7 +27,7 @@ import grokscope
 from grokscope import config as C
 from grokscope.models import kernels
 from grokscope.models.transformer import Transformer, build
-from grokscope.store import Run, StoreError
+from grokscope.store import RUN_FORMAT, Run, StoreError
 from grokscope.tasks import make_task
 from grokscope.tasks.base import TaskData
 from grokscope.train.filters import GradFilter
@@ -84,18 +84,34 @@ def lr_at(step: int, total: int, cfg: C.OptimConfig) -> float:
     return floor + (cfg.lr - floor) * 0.5 * (1 + math.cos(math.pi * frac))
 
 
-def eval_steps(total: int, every: int, schedule: str, checkpoint_every: int | None = None) -> set[int]:
-    """Steps at which metrics are logged: 0, the last, every checkpoint (SPEC: evaluate at every
-    checkpoint), and linear: every `every` steps; log: 60 log-spaced steps plus every
-    max(`every`, total / 20) steps."""
+@dataclass(frozen=True)
+class EvalSchedule:
+    """The steps at which metrics are logged: 0, the last, every checkpoint (so every checkpoint
+    has its row), and every `every` steps (linear), or 60 log-spaced steps plus every
+    max(`every`, total / 20) (log). A predicate, not a set: a run of 10^8 steps costs nothing."""
+
+    total: int
+    every: int
+    checkpoint_every: int | None = None
+    log_points: frozenset[int] = frozenset()
+
+    def __contains__(self, step: object) -> bool:
+        if not isinstance(step, int) or not 0 <= step <= self.total:
+            return False
+        if step in (0, self.total) or step in self.log_points or step % self.every == 0:
+            return True
+        return self.checkpoint_every is not None and step % self.checkpoint_every == 0
+
+    def steps(self) -> set[int]:
+        return {s for s in range(self.total + 1) if s in self}
+
+
+def eval_steps(total: int, every: int, schedule: str, checkpoint_every: int | None = None) -> EvalSchedule:
+    """The evaluation schedule of a run (see EvalSchedule)."""
     if schedule == "log":
-        pts = {0, total} | {int(round(x)) for x in torch.logspace(0, math.log10(max(total, 1)), 60).tolist()}
-        pts |= set(range(0, total + 1, max(every, total // 20 or 1)))
-    else:
-        pts = set(range(0, total + 1, every)) | {total}
-    if checkpoint_every is not None:
-        pts |= set(range(0, total + 1, checkpoint_every))
-    return {s for s in pts if 0 <= s <= total}
+        pts = {int(round(x)) for x in torch.logspace(0, math.log10(max(total, 1)), 60).tolist()}
+        return EvalSchedule(total, max(every, total // 20 or 1), checkpoint_every, frozenset(pts))
+    return EvalSchedule(total, every, checkpoint_every)
 
 
 def sum_sq_weights(model: torch.nn.Module) -> float:
@@ -262,7 +278,7 @@ class Trainer:
     # ------------------------------------------------------------------------------ the loop
     def start(self) -> None:
         info = {
-            "status": "running", "seed": self.cfg.seed, "total_steps": self.total,
+            "format": RUN_FORMAT, "status": "running", "seed": self.cfg.seed, "total_steps": self.total,
             "steps_per_epoch": self.steps_per_epoch, "started": now(), "ended": None, "last_step": 0,
             "versions": {"grokscope": grokscope.__version__, "torch": torch.__version__,
                          "python": platform.python_version()},
@@ -270,8 +286,10 @@ class Trainer:
         }
         self.run.update_info(**info)
         self.step = 0
-        self.save(0)
+        # the row before the checkpoint: a kill between them leaves no checkpoint, and a resume
+        # without one starts afresh (fit), so the step-0 row can never be lost
         self.run.append("metrics", [self.evaluate(0, lr_at(0, self.total, self.cfg.optim))])
+        self.save(0)
 
     def resume(self) -> None:
         step, tensors = self.run.load_into(self.model)
@@ -295,11 +313,15 @@ class Trainer:
     def fit(self, resume: bool = False) -> dict[str, Any]:
         if resume:
             info = self.run.read_info()
-            done = info.get("status") == "stopped_early" or (
+            done = info.get("status") in ("stopped_early", "diverged") or (
                 info.get("status") == "completed" and info.get("last_step", 0) >= self.total)
             if done:
                 return info  # nothing left to do
-            self.resume()
+            if self.run.checkpoint_steps():
+                self.resume()
+            else:  # killed before its first checkpoint: start again in place
+                self.run.truncate_after(-1)
+                resume = False
         cfg, run = self.cfg, self.run
         evals = eval_steps(self.total, cfg.train.eval_every, cfg.train.eval_schedule, cfg.train.checkpoint_every)
         bar = None
@@ -323,6 +345,9 @@ class Trainer:
                 if s in evals:
                     row = self.evaluate(s, lr)
                     pending.append(row)
+                    if diverged(row, ("train_loss", "weight_norm")):
+                        status = "diverged"  # nothing after a NaN means anything: stop and say so
+                        break
                     if cfg.train.stop:
                         history.append(row)
                     for cb in self.callbacks:
@@ -339,7 +364,9 @@ class Trainer:
                 if s in evals and self._should_stop(history):
                     status = "stopped_early"
                     break
-            if pending or self.step not in run.checkpoint_steps():
+            if status == "diverged":  # its rows say where; no checkpoint of non-finite weights
+                run.append("metrics", pending)
+            elif pending or self.step not in run.checkpoint_steps():
                 run.append("metrics", pending)
                 self.save(self.step)
         except KeyboardInterrupt:
@@ -352,9 +379,16 @@ class Trainer:
             if bar is not None:
                 bar.close()
         elapsed = time.perf_counter() - t0
-        return run.update_info(status=status, ended=now(), last_step=self.step,
+        last = self.step if status != "diverged" else max(run.checkpoint_steps())
+        where = {"diverged_at_step": self.step} if status == "diverged" else {}
+        return run.update_info(status=status, ended=now(), last_step=last, **where,
                                train_seconds=elapsed, steps_per_second=(self.step - s0) / max(elapsed, 1e-9),
                                **grok_epochs(run))
+
+
+def diverged(row: dict[str, Any], keys: tuple[str, ...]) -> bool:
+    """Whether a metrics row holds a non-finite value under any of `keys`."""
+    return any(k in row and row[k] is not None and not math.isfinite(row[k]) for k in keys)
 
 
 def grok_epochs(run: Run) -> dict[str, float | None]:

@@ -1,4 +1,4 @@
-"""A reference outside grokscope's model code, for the search in docs/copy-lm-search.md.
+"""A reference outside grokscope's model code, for the search in docs/notes/copy-lm-search.md.
 
 A minimal attention-only transformer written from scratch in plain PyTorch (pre-RMSNorm, no
 biases; learned absolute or rotary positions; optional GELU MLP) trained on the windows of a
@@ -7,7 +7,7 @@ gradient clip 1. Every 250 steps it prints the training loss and, per layer, the
 prefix-matching and previous-token attention of a head on repeated random sequences (the same
 definitions as `grokscope.lm.induction`). One torch thread.
 
-    CFG=config.yaml python docs/copy-lm-reference.py learned|rope STEPS LR [N_LAYERS] [mlp]
+    CFG=config.yaml python docs/notes/copy-lm-reference.py learned|rope STEPS LR [N_LAYERS] [mlp]
 """
 
 from __future__ import annotations
