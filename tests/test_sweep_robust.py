@@ -158,6 +158,9 @@ def test_damaged_trial_config_is_one_line_store_error(tmp_path, content, problem
     trial = out / p.trials[1].name
     trial.mkdir(parents=True)
     (trial / "config.yaml").write_bytes(content)
+    with pytest.raises(C.ConfigError, match="not only a grokscope run"):
+        check_existing(p, overwrite=True)  # without run.json's marker it is not a run: never deleted
+    (trial / "run.json").write_text('{"format": "grokscope-run/1", "status": "interrupted"}')
     with pytest.raises(StoreError, match=problem) as e:
         check_existing(p, overwrite=False)
     msg = str(e.value)

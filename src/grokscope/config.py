@@ -326,7 +326,7 @@ class RunConfig(_Strict):
 
 
 # ------------------------------------------------------------------------------------------ I/O
-def _parse_scalar(text: str) -> Any:
+def parse_scalar(text: str) -> Any:
     """`--set` values are YAML scalars: 1e-3, true, null, [0.9, 0.98], add."""
     try:
         return parse_yaml(text)
@@ -334,6 +334,20 @@ def _parse_scalar(text: str) -> Any:
         if str(err).startswith("not YAML"):
             return text  # a bare word with YAML punctuation in it: take it as text
         raise ConfigError(f"--set value {text[:40]!r}: {err}") from None
+
+
+def format_value(v: Any) -> str:
+    """A config value as short text, as it appears in a sweep trial's name and on its page: 0.3, 1e-05,
+    null, true, add, [0.9,0.98]."""
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float):
+        return f"{v:g}"
+    if isinstance(v, list | tuple):
+        return "[" + ",".join(format_value(x) for x in v) + "]"
+    return str(v)
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -351,7 +365,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             if not isinstance(child, dict):
                 raise ConfigError(f"--set {key}: {part!r} is a value, not a section")
             node = child
-        node[parts[-1]] = _parse_scalar(value)
+        node[parts[-1]] = parse_scalar(value)
     return raw
 
 

@@ -1,7 +1,9 @@
 """What the CLI verbs do, as plain functions: start or resume a run, reproduce an experiment.
 
 The CLI only parses arguments and maps errors to exit codes; everything else lives here so that
-sweeps and tests call the same code.
+sweeps and tests call the same code. The run folder's checks are `grokscope.train.rundir`'s (the
+copy-LM trainer shares them), and a run's config is read by `grokscope.store.read_run_config`
+(`load_run_config` here is that function, under its old name).
 """
 
 from __future__ import annotations
@@ -11,73 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from grokscope import config as C
-from grokscope.store import Run, StoreError
-
-
-def check_out_path(out: Path) -> None:
-    """A folder path that the file system can hold: every existing part of it a folder, every
-    name within the system's limit. Checked before anything is created."""
-    for part in out.parts:
-        if len(part.encode()) > 255:
-            raise StoreError(f"--out: the name {part[:40]!r}... is {len(part.encode())} bytes long; the file system "
-                             "allows 255; choose a shorter folder name")
-    for parent in [out, *out.parents]:
-        if parent.exists():
-            if not parent.is_dir():
-                raise StoreError(f"--out {str(out)!r}: {str(parent)!r} is a file, not a folder; choose another --out")
-            if parent != out and not os.access(parent, os.W_OK | os.X_OK):
-                raise StoreError(f"--out {str(out)!r}: {str(parent)!r} is not writable; choose another --out")
-            break
-
-
-def check_run_dir(out: Path, resume: bool, overwrite: bool) -> Run:
-    """Check the folder before anything is written or deleted: refuse to clobber a run by accident,
-    and never delete a folder that is not only a grokscope run."""
-    run = Run(out)
-    if resume and overwrite:
-        raise C.ConfigError("--resume and --overwrite contradict each other; pick one")
-    check_out_path(out)
-    if out.exists() and not out.is_dir():
-        raise StoreError(f"{str(out)!r} is a file, not a run folder; "
-                         + ("pass the folder made by `grokscope train`" if resume else "choose another --out"))
-    if resume:
-        if unstarted(run):
-            raise StoreError(f"{str(out)!r} was stopped before training began; start it again with the command "
-                             "that made it (no --resume needed)")
-        run.require()
-        return run
-    if run.entries():
-        if not run.is_run():
-            raise StoreError(f"{str(out)!r} exists and is not a grokscope run folder (no run.json of ours); "
-                             "choose another --out")
-        if not overwrite and not unstarted(run):
-            raise StoreError(f"{str(out)!r} already holds a run; use --resume to continue it or --overwrite to replace it")
-        foreign = run.foreign_entries()
-        if foreign:
-            shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
-            raise StoreError(f"{str(out)!r} holds files a run does not write ({shown}); --overwrite deletes only "
-                             "run folders: move them out or choose another --out")
-    return run
-
-
-def unstarted(run: Run) -> bool:
-    """A run killed before its config was written: nothing in it is worth keeping, so starting
-    it again needs no --overwrite."""
-    return run.is_run() and not run.config_path.exists() and not run.checkpoint_steps() and not run.foreign_entries()
-
-
-def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> Run:
-    """Under the folder's lock: check_run_dir again (another process may have written it since),
-    clear an old run with --overwrite, drop temp files a kill left, and mark a new run (run.json
-    first, so that a folder holding any of our files is recognisably a run). Call it only once the
-    new run's config has been fully checked (task, data and model built), so that a bad config
-    never costs the old run."""
-    run = check_run_dir(out, resume, overwrite)
-    if not resume and (overwrite or unstarted(run)) and run.entries():
-        run.clear()
-    run.remove_temp_files()
-    run.mark()
-    return run
+from grokscope.store import (
+    read_run_config as load_run_config,  # the one validated reader; its old name here
+)
+from grokscope.train.rundir import check_run_dir, prepare_run_dir, record_config
 
 
 def check_memory(cfg: C.RunConfig) -> None:
@@ -115,48 +54,4 @@ def train_run(cfg: C.RunConfig, out: Path, resume: bool = False, overwrite: bool
         return trainer.fit(resume=resume)
 
 
-def record_config(run: Run, cfg: C.RunConfig, resume: bool, total: int, model, **info: Any) -> None:
-    """Once every check has passed: write a new run's config.yaml, or on resume record_length."""
-    if not resume:
-        run.write_config(C.to_yaml(cfg))
-    else:
-        record_length(run, cfg, total, model, **info)
-
-
-def record_length(run: Run, cfg: C.RunConfig, total: int, model, **info: Any) -> None:
-    """On resume: refuse a length below the steps already trained; record a longer one in
-    config.yaml and run.json (`info`: more run.json fields), but only once the checkpoint has
-    been seen to load and only if training will go on, so that a resume that fails changes nothing."""
-    reached = max(run.checkpoint_steps(), default=0)
-    if total < reached:
-        raise C.ConfigError(f"a resumed run can only be lengthened: it has reached step {reached}, and the new "
-                            f"length is {total} steps")
-    saved = load_run_config(run)
-    if (cfg.train.epochs, cfg.train.steps) == (saved.train.epochs, saved.train.steps):
-        return
-    if run.read_info().get("status") == "stopped_early":
-        return  # it will not train on: its config stays as it ran
-    if reached:
-        run.load_into(model)  # a checkpoint that cannot resume fails here, before anything is written
-    longer = saved.model_copy(update={"train": saved.train.model_copy(update={"epochs": cfg.train.epochs,
-                                                                                 "steps": cfg.train.steps})})
-    run.write_config(C.to_yaml(longer))
-    run.update_info(total_steps=total, **info)
-
-
-def load_run_config(run: Run, extend: list[str] | None = None) -> C.RunConfig:
-    """A run's own config; `extend` may only lengthen it (train.epochs / train.steps), or restate
-    a value it already has."""
-    raw = run.require().read_config()
-    before = C.resolve(raw)
-    for item in extend or []:
-        key = item.split("=", 1)[0].strip()
-        # the command that started the run, repeated with --resume, may restate its own settings
-        if key not in ("train.epochs", "train.steps") and C.resolve(raw, [item]) != before:
-            raise C.ConfigError(f"--set {key}: a resumed run keeps its config; only train.epochs or train.steps may change")
-    after = C.resolve(raw, extend)
-    for key in ("epochs", "steps"):
-        old, new = getattr(before.train, key), getattr(after.train, key)
-        if old is not None and new is not None and new < old:
-            raise C.ConfigError(f"--set train.{key}={new}: a resumed run can only be lengthened (it has {old})")
-    return after
+__all__ = ["check_memory", "load_run_config", "physical_memory", "train_run"]

@@ -11,6 +11,10 @@
 
 Every write is atomic (temp file, then rename), so a kill at any moment leaves the last good
 state. Checkpoints are safetensors, never pickles.
+
+`read_run_config` is the one reader of a run's validated config: training's resume, analysis,
+model loading and the CLI all call it. A sweep folder's own files are read here too
+(`sweep_info`, and `read_metrics`, which reads a trial's table without writing into it).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from grokscope import config as C
 from grokscope.config import read_yaml_file
 
 CKPT_RE = re.compile(r"step_(\d{7,})\.safetensors$")
@@ -317,7 +322,7 @@ class Run:
         atomic_write_text(self.config_path, yaml_text)
 
     def read_config(self, remedy: str = RESTORE) -> dict[str, Any]:
-        """config.yaml as a mapping (not yet validated: config.resolve does that). A file that is
+        """config.yaml as a mapping, not yet validated (`read_run_config` validates it). A file that is
         not YAML, not text, unreadable, empty or not a mapping is a one-line StoreError naming the
         problem, then `remedy`."""
         try:
@@ -531,3 +536,70 @@ class Run:
             return json.loads(path.read_text())
         except json.JSONDecodeError:
             raise StoreError(f"{path} is corrupt; rerun `grokscope analyze {self.path}`") from None
+
+
+# ---------------------------------------------------------------------------------- readers
+def read_run_config(run: Run, extend: list[str] | None = None) -> C.RunConfig:
+    """A run's own config.yaml, validated: the one reader that resume, analysis, model loading and
+    the CLI share. `extend` (`--set` items on resume) may only lengthen the run (train.epochs /
+    train.steps), or restate a value it already has.
+
+    A folder that is no run, or a config.yaml that is damaged or is a mapping the config model cannot
+    take, is a one-line StoreError; a config that fails validation, or an `extend` that would change
+    it, is a ConfigError.
+    """
+    raw = run.require().read_config()
+    try:
+        before = C.resolve(raw)
+        for item in extend or []:
+            key = item.split("=", 1)[0].strip()
+            # the command that started the run, repeated with --resume, may restate its own settings
+            if key not in ("train.epochs", "train.steps") and C.resolve(raw, [item]) != before:
+                raise C.ConfigError(f"--set {key}: a resumed run keeps its config; only train.epochs or train.steps may change")
+        after = C.resolve(raw, extend)
+    except (C.ConfigError, StoreError):  # already one line naming the problem
+        raise
+    except (AttributeError, TypeError, ValueError) as err:  # a mapping the config model cannot take
+        raise StoreError(f"{run.config_path} is corrupt ({type(err).__name__}); restore it from the "
+                         "experiment with `grokscope config NAME`") from None
+    for key in ("epochs", "steps"):
+        old, new = getattr(before.train, key), getattr(after.train, key)
+        if old is not None and new is not None and new < old:
+            raise C.ConfigError(f"--set train.{key}={new}: a resumed run can only be lengthened (it has {old})")
+    return after
+
+
+def sweep_info(folder: Path) -> dict[str, Any]:
+    """A sweep folder's sweep.json (its source, grid and seeds), or {} for a folder that is no sweep."""
+    path = Path(folder) / "sweep.json"
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        raise StoreError(f"{path} is corrupt (not JSON); rerun the sweep command to rewrite it") from None
+
+
+def read_metrics(path: Path, table: str = "metrics"):
+    """A run's metrics table (a pandas DataFrame), read without writing anything into the run folder.
+
+    With no `-wal` file beside the database every row is in the main file, so it is opened
+    read-only and immutable (SQLite creates no `-wal`/`-shm` files); a live run, or one killed
+    before SQLite folded its log in, is read through the store as usual.
+    """
+    import pandas as pd
+
+    db = Path(path) / "metrics.sqlite"
+    try:
+        if not db.exists() or Path(f"{db}-wal").exists():
+            return Run(path).metrics(table)
+        con = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro&immutable=1", uri=True)
+        try:
+            names = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if table not in names:
+                return pd.DataFrame({"step": pd.Series(dtype="int64")})
+            return pd.read_sql_query(f'SELECT * FROM "{table}" ORDER BY step', con)
+        finally:
+            con.close()
+    except (sqlite3.DatabaseError, pd.errors.DatabaseError) as err:  # one line for the user, not a traceback
+        raise db_error(db, err) from None

@@ -22,7 +22,7 @@ from grokscope.analysis import circuits as ci
 from grokscope.analysis import phases as ph
 from grokscope.analysis import progress as pg
 from grokscope.models.transformer import build
-from grokscope.store import Run, StoreError, atomic_write
+from grokscope.store import Run, StoreError, atomic_write, read_run_config
 
 FIGURES = "figures.safetensors"
 
@@ -50,19 +50,6 @@ def analysis_supported(cfg: C.RunConfig) -> bool:
     return False
 
 
-def read_config(run: Run) -> C.RunConfig:
-    """The run's config.yaml; a damaged file or a mapping that is no config is a StoreError."""
-    from grokscope.pipeline import load_run_config
-
-    try:
-        return load_run_config(run)
-    except (C.ConfigError, StoreError):  # already one line naming the problem
-        raise
-    except (AttributeError, TypeError, ValueError) as err:  # a mapping the config model cannot take
-        raise StoreError(f"{run.config_path} is corrupt ({type(err).__name__}); restore it from the "
-                         "experiment with `grokscope config NAME`") from None
-
-
 def analyze_run(run_dir: str | Path, step: int | None = None, per_checkpoint_keys: bool = False,
                 keys: list[int] | None = None, threads: int | None = None,
                 log: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -74,7 +61,7 @@ def analyze_run(run_dir: str | Path, step: int | None = None, per_checkpoint_key
     """
     t_start = time.perf_counter()
     run = Run(run_dir).require()
-    cfg = read_config(run)
+    cfg = read_run_config(run)  # an unreadable config.yaml is a StoreError
     if cfg.task.name == "text":
         try:  # the copy-LM analysis lives with the LM code
             from grokscope.lm.analysis import analyze_lm_run

@@ -44,9 +44,11 @@ from grokscope.lm.induction import (
     repeat_gain,
     with_repeated_span,
 )
-from grokscope.lm.llama import Llama, build_llama, n_params
 from grokscope.lm.text import fixed_windows, prepare, repeat_spans, sample_windows
-from grokscope.store import RUN_FORMAT, Run, StoreError
+from grokscope.models import loading
+from grokscope.models.llama import Llama, build_llama, n_params
+from grokscope.store import RUN_FORMAT, Run, StoreError, read_run_config
+from grokscope.train.rundir import check_run_dir, prepare_run_dir, record_config
 from grokscope.train.trainer import (
     eval_steps,
     load_optimizer_state,
@@ -355,8 +357,6 @@ def train_text_run(cfg: C.RunConfig, out, resume: bool = False, overwrite: bool 
     config can be bad), before anything in it is touched: a bad config leaves an old run whole,
     even with --overwrite, and leaves no half-made folder behind.
     """
-    from grokscope.pipeline import check_run_dir, prepare_run_dir, record_config
-
     out = Path(out)
     check_config(cfg)
     check_run_dir(out, resume, overwrite)  # on every rank, so that all of them stop together
@@ -376,10 +376,7 @@ def train_text_run(cfg: C.RunConfig, out, resume: bool = False, overwrite: bool 
 
 def model_from_run(run_dir: str, step: int | None = None) -> tuple[Llama, C.RunConfig, int]:
     """(model with a checkpoint's weights, config, step) of an LM run folder."""
-    from grokscope.analysis.runner import read_config  # an unreadable config.yaml is a StoreError
-    from grokscope.models import loading
-
-    cfg = read_config(Run(run_dir).require())
+    cfg = read_run_config(Run(run_dir))  # an unreadable config.yaml is a StoreError
     if cfg.task.name != "text" or cfg.model.arch != "llama":
         raise StoreError(f"{str(run_dir)!r} is not a language-model run (task {cfg.task.name!r}, "
                          f"model {cfg.model.arch!r}); pass a run of a text config such as copy-lm")

@@ -32,7 +32,7 @@ costly is what the loss needs: the three [n, d_mlp] x [d_mlp, d_vocab] products 
 Accuracy: sums over all examples (gradients of the shared rows and of the query's self-score)
 are accumulated in float64: a float32 sum of thousands of nearly cancelling terms lost three
 digits. The float64 loss's gradient is cast back to float32 with subnormals zeroed (see
-train/loss.py).
+models/loss.py).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from grokscope.models import kernels
-from grokscope.train.loss import FLOAT32_TINY, cast_gradient
+from grokscope.models.loss import FLOAT32_TINY, cast_gradient
 
 
 @dataclass

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from grokscope.models.llama import Llama
 from grokscope.models.loading import model_from_run
 from grokscope.models.transformer import LayerNorm, RMSNorm
 
@@ -48,8 +49,6 @@ def _tl():
 
 def hooked_config(model: nn.Module) -> HookedTransformerConfig:
     """The HookedTransformerConfig of a grokscope `Transformer` or `Llama`."""
-    from grokscope.lm.llama import Llama
-
     _, Config = _tl()
     cfg = model.cfg
     # HookedTransformerConfig holds one epsilon for all norms; a grokscope model uses one kind
@@ -69,8 +68,6 @@ def hooked_config(model: nn.Module) -> HookedTransformerConfig:
 
 def to_hooked(model: nn.Module) -> HookedTransformer:
     """A HookedTransformer computing the same function as `model`, with copies of its parameters."""
-    from grokscope.lm.llama import Llama
-
     Hooked, _ = _tl()
     with warnings.catch_warnings():  # 3.x warns that 4.0 removes the class (see the docstring)
         warnings.filterwarnings("ignore", message="HookedTransformer is deprecated", category=DeprecationWarning)

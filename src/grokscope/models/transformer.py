@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from grokscope.config import ModelConfig
 from grokscope.models import tabulated
-from grokscope.train.loss import cross_entropy64, loss_and_acc
+from grokscope.models.loss import cross_entropy64, loss_and_acc
 
 
 class Cache(dict):
@@ -41,7 +41,8 @@ class Cache(dict):
         return super().__getitem__(key)
 
 
-def _record(cache: Cache | None, name: str, x: Tensor) -> Tensor:
+def record(cache: Cache | None, name: str, x: Tensor) -> Tensor:
+    """Put `x` in the activation cache (when there is one) under the hook name `name`; return `x`."""
     if cache is not None:
         cache[name] = x
     return x
@@ -59,7 +60,7 @@ class LayerNorm(nn.Module):
         if cache is None:
             return F.layer_norm(x, x.shape[-1:], self.w, self.b, eps=self.eps)
         normalized = F.layer_norm(x, x.shape[-1:], eps=self.eps)
-        return _record(cache, f"{name}.hook_normalized", normalized) * self.w + self.b
+        return record(cache, f"{name}.hook_normalized", normalized) * self.w + self.b
 
 
 class RMSNorm(nn.Module):
@@ -70,7 +71,7 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: Tensor, cache: Cache | None = None, name: str = "") -> Tensor:
         """With a cache, records `{name}.hook_normalized`: as in TransformerLens, before the gain."""
-        return _record(cache, f"{name}.hook_normalized", x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)) * self.w
+        return record(cache, f"{name}.hook_normalized", x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)) * self.w
 
 
 def make_norm(kind: str, d: int) -> nn.Module | None:
@@ -108,15 +109,15 @@ class Attention(nn.Module):
     def forward(self, x: Tensor, cache: Cache | None, name: str, q_last: bool = False) -> Tensor:
         """x [batch, pos, d_model] -> attention output [batch, pos or 1, d_model]."""
         xq = x[:, -1:] if q_last else x
-        q = _record(cache, f"{name}.hook_q", torch.einsum("bpd,hde->bphe", xq, self.W_Q))
-        k = _record(cache, f"{name}.hook_k", torch.einsum("bpd,hde->bphe", x, self.W_K))
-        v = _record(cache, f"{name}.hook_v", torch.einsum("bpd,hde->bphe", x, self.W_V))
+        q = record(cache, f"{name}.hook_q", torch.einsum("bpd,hde->bphe", xq, self.W_Q))
+        k = record(cache, f"{name}.hook_k", torch.einsum("bpd,hde->bphe", x, self.W_K))
+        v = record(cache, f"{name}.hook_v", torch.einsum("bpd,hde->bphe", x, self.W_V))
         scores = torch.einsum("bqhe,bkhe->bhqk", q, k) * self.scale
         n_q, n_k = scores.shape[-2:]
         causal = torch.ones(n_q, n_k, dtype=torch.bool).tril(diagonal=n_k - n_q)
-        scores = _record(cache, f"{name}.hook_attn_scores", scores.masked_fill(~causal, float("-inf")))
-        pattern = _record(cache, f"{name}.hook_pattern", scores.softmax(dim=-1))
-        z = _record(cache, f"{name}.hook_z", torch.einsum("bhqk,bkhe->bqhe", pattern, v))
+        scores = record(cache, f"{name}.hook_attn_scores", scores.masked_fill(~causal, float("-inf")))
+        pattern = record(cache, f"{name}.hook_pattern", scores.softmax(dim=-1))
+        z = record(cache, f"{name}.hook_z", torch.einsum("bhqk,bkhe->bqhe", pattern, v))
         return torch.einsum("bqhe,hed->bqd", z, self.W_O)
 
 
@@ -130,8 +131,8 @@ class MLP(nn.Module):
         self.act = {"relu": F.relu, "gelu": F.gelu, "silu": F.silu}[cfg.act_fn]
 
     def post(self, x: Tensor, cache: Cache | None, name: str) -> Tensor:
-        pre = _record(cache, f"{name}.hook_pre", x @ self.W_in + self.b_in)
-        return _record(cache, f"{name}.hook_post", self.act(pre))
+        pre = record(cache, f"{name}.hook_pre", x @ self.W_in + self.b_in)
+        return record(cache, f"{name}.hook_post", self.act(pre))
 
 
 class Block(nn.Module):
@@ -200,21 +201,21 @@ class Transformer(nn.Module):
         n_pos = tokens.shape[1]
         # F.embedding, not W_E[tokens]: on more than one CPU thread the backward of indexing sums
         # repeated tokens in a varying order, and the same seed gave different runs
-        x = _record(cache, "hook_embed", F.embedding(tokens, self.embed.W_E))
-        x = x + _record(cache, "hook_pos_embed", self.pos_embed.W_pos[:n_pos])
+        x = record(cache, "hook_embed", F.embedding(tokens, self.embed.W_E))
+        x = x + record(cache, "hook_pos_embed", self.pos_embed.W_pos[:n_pos])
         for layer, block in enumerate(self.blocks):
             name = f"blocks.{layer}"
-            x = _record(cache, f"{name}.hook_resid_pre", x)
+            x = record(cache, f"{name}.hook_resid_pre", x)
             q_last = last_only and layer == len(self.blocks) - 1
             h = block.ln1(x) if block.ln1 is not None else x
-            attn_out = _record(cache, f"{name}.hook_attn_out", block.attn(h, cache, f"{name}.attn", q_last))
+            attn_out = record(cache, f"{name}.hook_attn_out", block.attn(h, cache, f"{name}.attn", q_last))
             x = (x[:, -1:] if q_last else x) + attn_out
             if block.mlp is not None:
-                x = _record(cache, f"{name}.hook_resid_mid", x)
+                x = record(cache, f"{name}.hook_resid_mid", x)
                 h = block.ln2(x) if block.ln2 is not None else x
                 post = dropout(block.mlp.post(h, cache, f"{name}.mlp"), self.mlp_dropout, gen)
-                x = x + _record(cache, f"{name}.hook_mlp_out", post @ block.mlp.W_out + block.mlp.b_out)
-            x = _record(cache, f"{name}.hook_resid_post", x)
+                x = x + record(cache, f"{name}.hook_mlp_out", post @ block.mlp.W_out + block.mlp.b_out)
+            x = record(cache, f"{name}.hook_resid_post", x)
         if self.ln_final is not None:
             x = self.ln_final(x, cache, "ln_final")
         return x @ self.unembed.W_U

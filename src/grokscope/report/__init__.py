@@ -11,8 +11,10 @@ The report reads the store only (docs/architecture.md: "the report never compute
 whatever exists: a run still training, a run not analysed yet (it says what is missing). It follows
 the figures of Nanda et al. 2023 for modular arithmetic (docs/measures.md, part 1) and shows generic
 curves for other tasks, and the copy-LM figures of Lv et al. 2024 (docs/measures.md, part 2) for text runs.
-Modules: data.py (read the store), figures.py (what each figure plots), lm.py (the copy-LM
-figures), render.py (plotly and matplotlib drawing), html.py (page assembly), sweep.py (a sweep's page).
+Modules: data.py (read the store), base.py (the figure data and helpers the others share),
+figures.py (what each figure plots), lm.py (the copy-LM figures), render.py (plotly and matplotlib
+drawing), html.py (page assembly), sweep.py (a sweep's page; it reads what `grokscope.sweep` wrote
+through the store and never imports the sweep package, which sits above the report).
 """
 
 from __future__ import annotations

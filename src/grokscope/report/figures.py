@@ -16,69 +16,17 @@ every other logged column.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Literal
 
 import numpy as np
 import pandas as pd
 
+from grokscope.report import lm as lm_figures
+from grokscope.report.base import Builder, Figure, Heatmap, Missing, Series, floats, has
 from grokscope.report.data import RunData
 
 ANALYZE_HINT = "run `grokscope analyze RUN`"
 
 
-@dataclass
-class Series:
-    """One curve (or bar set, or sample for a histogram)."""
-
-    name: str
-    x: np.ndarray  # [n] numbers, or category labels for bars
-    y: np.ndarray  # [n]
-    dash: bool = False
-    hidden: bool = False  # starts hidden in the interactive figure (click its legend entry)
-
-
-@dataclass
-class Heatmap:
-    """One panel of a heatmap grid: z[row, col] with row/column labels (row 0 drawn at the top)."""
-
-    title: str
-    z: np.ndarray  # [rows, cols]
-    x: list[str] | np.ndarray  # [cols] column labels
-    y: list[str] | np.ndarray  # [rows] row labels
-    diverging: bool = False  # signed values: a colour scale centred on 0
-
-
-@dataclass
-class Figure:
-    key: str  # PNG file stem and HTML anchor: [a-z0-9_]+
-    title: str
-    caption: str
-    kind: Literal["lines", "bars", "hist", "heatmaps"]
-    series: list[Series] = field(default_factory=list)
-    heatmaps: list[Heatmap] = field(default_factory=list)
-    x_label: str = ""
-    y_label: str = ""
-    log_y: bool = False  # the initial y scale; the interactive figure has a log/linear toggle
-    toggle_log: bool = True
-    phases: dict[str, list[float]] = field(default_factory=dict)  # shaded spans over x (epochs)
-    vlines: list[tuple[float, str]] = field(default_factory=list)  # marked x values (a threshold), with a label
-    x_range: tuple[float, float] | None = None  # fixed x extent (hist bins span it); None = auto
-    section: str = "Training"
-
-
-@dataclass
-class Missing:
-    """A figure the report would show but cannot yet, and what it needs."""
-
-    key: str
-    title: str
-    reason: str
-    section: str = "Training"
-
-
-Builder = Callable[[RunData], "Figure | Missing | list[Figure]"]
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -92,21 +40,13 @@ def fourier_labels(n: int) -> list[str]:
     return labels
 
 
-def _col(df: pd.DataFrame, name: str) -> np.ndarray:
-    return df[name].to_numpy(dtype=float)
-
-
 def _x(df: pd.DataFrame) -> np.ndarray:
     """Epochs when the table has them (the paper's axis), else steps."""
-    return _col(df, "epoch") if "epoch" in df and df["epoch"].notna().any() else _col(df, "step")
+    return floats(df, "epoch") if "epoch" in df and df["epoch"].notna().any() else floats(df, "step")
 
 
 def _x_label(df: pd.DataFrame) -> str:
     return "epoch" if "epoch" in df and df["epoch"].notna().any() else "step"
-
-
-def _has(df: pd.DataFrame, *cols: str) -> bool:
-    return len(df) > 0 and all(c in df and df[c].notna().any() for c in cols)
 
 
 def _arr(d: RunData, name: str, ndim: int) -> np.ndarray | None:
@@ -158,9 +98,9 @@ def _pos_columns(df: pd.DataFrame, split: str, metric: str) -> list[tuple[int, s
 # ------------------------------------------------------------------------------ training curves
 def loss_curves(d: RunData) -> Figure | Missing:
     m = d.metrics
-    if not _has(m, "train_loss") and not _has(m, "test_loss"):
+    if not has(m, "train_loss") and not has(m, "test_loss"):
         return Missing("loss", "Train and test loss", "the metrics table has no rows yet (training has not logged)")
-    series = [Series(f"{s} loss", _x(m), _col(m, f"{s}_loss")) for s in ("train", "test") if f"{s}_loss" in m]
+    series = [Series(f"{s} loss", _x(m), floats(m, f"{s}_loss")) for s in ("train", "test") if f"{s}_loss" in m]
     return Figure("loss", "Train and test loss", "Cross-entropy on the train and test sets over training "
                   "(Nanda et al. Fig. 1). Shaded: the phases analysis located.", "lines", series,
                   x_label=_x_label(m), y_label="loss", log_y=True, phases=d.phases)
@@ -168,24 +108,24 @@ def loss_curves(d: RunData) -> Figure | Missing:
 
 def accuracy_curves(d: RunData) -> Figure | Missing:
     m = d.metrics
-    if not _has(m, "train_acc") and not _has(m, "test_acc"):
+    if not has(m, "train_acc") and not has(m, "test_acc"):
         return Missing("accuracy", "Train and test accuracy", "the metrics table has no accuracy columns yet")
-    series = [Series(f"{s} accuracy", _x(m), _col(m, f"{s}_acc")) for s in ("train", "test") if f"{s}_acc" in m]
-    if _has(d.progress, "restricted_acc"):
-        series.append(Series("restricted accuracy", _x(d.progress), _col(d.progress, "restricted_acc"), dash=True))
+    series = [Series(f"{s} accuracy", _x(m), floats(m, f"{s}_acc")) for s in ("train", "test") if f"{s}_acc" in m]
+    if has(d.progress, "restricted_acc"):
+        series.append(Series("restricted accuracy", _x(d.progress), floats(d.progress, "restricted_acc"), dash=True))
     return Figure("accuracy", "Train and test accuracy", "Accuracy on the train and test sets over training"
                   " (and, once analysed, of the restricted logits).", "lines", series,
                   x_label=_x_label(m), y_label="accuracy", phases=d.phases)
 
 
 def weight_norm(d: RunData) -> Figure | Missing:
-    df = d.metrics if _has(d.metrics, "weight_norm") else d.progress
-    if not _has(df, "weight_norm"):
+    df = d.metrics if has(d.metrics, "weight_norm") else d.progress
+    if not has(df, "weight_norm"):
         return Missing("weight_norm", "Sum of squared weights", "no table has a weight_norm column yet",
                        section="Progress measures")
     return Figure("weight_norm", "Sum of squared weights", "Sum of squared weights over all parameters: "
                   "falls during circuit formation and sharply in cleanup (Nanda et al. Fig. 7).", "lines",
-                  [Series("sum of squared weights", _x(df), _col(df, "weight_norm"))],
+                  [Series("sum of squared weights", _x(df), floats(df, "weight_norm"))],
                   x_label=_x_label(df), y_label="sum of squared weights", phases=d.phases,
                   section="Progress measures")
 
@@ -200,7 +140,7 @@ def per_position(split: str, metric: str) -> Builder:
         if not cols:
             return []  # single-label tasks have none: nothing to say
         m = d.metrics
-        series = [Series(f"position {j}", _x(m), _col(m, c)) for j, c in cols]
+        series = [Series(f"position {j}", _x(m), floats(m, c)) for j, c in cols]
         return Figure(key, title, f"{title} (one curve per labelled position): separate phase changes show "
                       "as separate drops (Nanda et al. appendix D.3).", "lines", series, x_label=_x_label(m),
                       y_label=metric, log_y=metric == "loss", phases=d.phases)
@@ -213,14 +153,14 @@ def per_position(split: str, metric: str) -> Builder:
 def progress_losses(d: RunData) -> Figure | Missing:
     p = d.progress
     title = "Restricted and excluded loss"
-    if not _has(p, "restricted_loss", "excluded_loss"):
+    if not has(p, "restricted_loss", "excluded_loss"):
         return Missing("progress_losses", title, f"the progress table has no restricted/excluded loss yet; {ANALYZE_HINT}",
                        section="Progress measures")
-    series = [Series(name, _x(p), _col(p, col), dash=dash, hidden=hidden) for name, col, dash, hidden in (
+    series = [Series(name, _x(p), floats(p, col), dash=dash, hidden=hidden) for name, col, dash, hidden in (
         ("train loss", "train_loss", False, False), ("test loss", "test_loss", False, False),
         ("restricted loss", "restricted_loss", True, False), ("excluded loss", "excluded_loss", True, False),
         ("restricted loss (train)", "restricted_loss_train", True, True),
-        ("restricted loss (test)", "restricted_loss_test", True, True)) if _has(p, col)]
+        ("restricted loss (test)", "restricted_loss_test", True, True)) if has(p, col)]
     return Figure("progress_losses", title, "Restricted loss keeps only the key frequencies of the logits and "
                   "falls before test loss; excluded loss removes them and rises during circuit formation "
                   "while train loss stays flat (Nanda et al. 2023, Section 5.1 and Fig. 7).", "lines", series,
@@ -230,10 +170,10 @@ def progress_losses(d: RunData) -> Figure | Missing:
 def test_over_restricted(d: RunData) -> Figure | Missing:
     p = d.progress
     title = "Test loss / restricted loss"
-    if not _has(p, "test_loss", "restricted_loss"):
+    if not has(p, "test_loss", "restricted_loss"):
         return Missing("test_over_restricted", title, f"the progress table has no restricted loss yet; {ANALYZE_HINT}",
                        section="Progress measures")
-    ratio = _col(p, "test_loss") / _col(p, "restricted_loss")  # a quotient of two stored columns, drawn as is
+    ratio = floats(p, "test_loss") / floats(p, "restricted_loss")  # a quotient of two stored columns, drawn as is
     return Figure("test_over_restricted", title, "Ratio of test loss to restricted loss: it grows while the "
                   "circuit forms but memorisation still dominates the test loss, and falls in cleanup (Nanda et al. "
                   "Fig. 7).", "lines",
@@ -243,11 +183,11 @@ def test_over_restricted(d: RunData) -> Figure | Missing:
 
 def gini(d: RunData) -> Figure | Missing:
     p = d.progress
-    if not _has(p, "gini_W_E") and not _has(p, "gini_W_L"):
+    if not has(p, "gini_W_E") and not has(p, "gini_W_L"):
         return Missing("gini", "Gini coefficient of W_E and W_L in the Fourier basis",
                        f"the progress table has no Gini columns yet; {ANALYZE_HINT}", section="Progress measures")
     basis = (d.summary or {}).get("gini_basis")
-    series = [Series(f"Gini({w})", _x(p), _col(p, f"gini_{w}")) for w in ("W_E", "W_L") if _has(p, f"gini_{w}")]
+    series = [Series(f"Gini({w})", _x(p), floats(p, f"gini_{w}")) for w in ("W_E", "W_L") if has(p, f"gini_{w}")]
     return Figure("gini", "Gini coefficient of W_E and W_L in the Fourier basis",
                   "Sparsity of the Fourier components of the embedding and the neuron-logit map: rises "
                   f"sharply in cleanup (Nanda et al. Fig. 7).{f' Components: {basis}.' if basis else ''}",
@@ -261,7 +201,7 @@ def key_coefficients(d: RunData) -> Figure | Missing:
     if not cols:
         return Missing("key_coefficients", title, _no_keys(d) or f"the progress table has no coef_k* columns yet; "
                        f"{ANALYZE_HINT}", section="Progress measures")
-    series = [Series(f"k = {k}", _x(p), _col(p, c)) for k, c in cols]
+    series = [Series(f"k = {k}", _x(p), floats(p, c)) for k, c in cols]
     return Figure("key_coefficients", title, "Coefficient of cos(w_k(a+b-c)) in the logits for each key "
                   "frequency k, per checkpoint: the circuit's terms grow during circuit formation.", "lines",
                   series, x_label=_x_label(p), y_label="coefficient", phases=d.phases, section="Progress measures")
@@ -274,9 +214,9 @@ def excluded_per_frequency(d: RunData) -> Figure | Missing:
     if not cols:
         return Missing("excluded_per_frequency", title, _no_keys(d) or "the progress table has no excluded_loss_k* "
                        f"columns yet; {ANALYZE_HINT}", section="Progress measures")
-    series = [Series(f"excluding k = {k}", _x(p), _col(p, c)) for k, c in cols]
-    if _has(p, "train_loss"):
-        series.append(Series("train loss", _x(p), _col(p, "train_loss"), dash=True))
+    series = [Series(f"excluding k = {k}", _x(p), floats(p, c)) for k, c in cols]
+    if has(p, "train_loss"):
+        series.append(Series("train loss", _x(p), floats(p, "train_loss"), dash=True))
     return Figure("excluded_per_frequency", title, "Train loss after removing one key frequency's directions "
                   "from the logits, per frequency (Nanda et al. 2023, Appendix C.1.5, Fig. 15).", "lines", series, x_label=_x_label(p),
                   y_label="loss", log_y=True, phases=d.phases, section="Progress measures")
@@ -429,15 +369,13 @@ def other_metric_columns(d: RunData) -> list[Figure]:
     """One figure per logged metric column that no other figure shows (lr, anything a trainer adds)."""
     m = d.metrics
     out = []
-    if d.is_lm:
-        from grokscope.report.lm import consumed
     for c in m.columns:
-        if c in CONSUMED or POS_RE.match(c) or not pd.api.types.is_numeric_dtype(m[c]) or not _has(m, c):
+        if c in CONSUMED or POS_RE.match(c) or not pd.api.types.is_numeric_dtype(m[c]) or not has(m, c):
             continue
-        if d.is_lm and consumed(c):
+        if d.is_lm and lm_figures.consumed(c):
             continue
         out.append(Figure(f"metric_{c.lower()}", c, f"Column `{c}` of the metrics table.", "lines",
-                          [Series(c, _x(m), _col(m, c))], x_label=_x_label(m), y_label=c, phases=d.phases,
+                          [Series(c, _x(m), floats(m, c))], x_label=_x_label(m), y_label=c, phases=d.phases,
                           section="Other metrics"))
     return out
 
@@ -451,10 +389,10 @@ def other_progress_columns(d: RunData) -> list[Figure]:
     """The progress table's columns that no figure above shows (e.g. restricted/excluded accuracy)."""
     p = d.progress
     cols = [c for c in p.columns if c not in PROGRESS_SHOWN and not re.match(r"^(coef_k|excluded_loss_k)\d+$", c)
-            and pd.api.types.is_numeric_dtype(p[c]) and _has(p, c)]
+            and pd.api.types.is_numeric_dtype(p[c]) and has(p, c)]
     if not cols:
         return []
-    series = [Series(c, _x(p), _col(p, c), hidden=i >= 8) for i, c in enumerate(cols)]
+    series = [Series(c, _x(p), floats(p, c), hidden=i >= 8) for i, c in enumerate(cols)]
     return [Figure("progress_other", "Other progress measures", "Columns of analysis's progress table not shown "
                    "above, per checkpoint.", "lines", series, x_label=_x_label(p), y_label="value", phases=d.phases,
                    section="Progress measures")]
@@ -466,10 +404,10 @@ def other_tables(d: RunData) -> list[Figure]:
     for t, df in d.other_tables.items():
         if d.is_lm and t == "heads":
             continue  # the LM's per-head scores have their own heatmaps (grokscope.report.lm)
-        cols = [c for c in df.columns if c not in ("step", "epoch") and pd.api.types.is_numeric_dtype(df[c]) and _has(df, c)]
+        cols = [c for c in df.columns if c not in ("step", "epoch") and pd.api.types.is_numeric_dtype(df[c]) and has(df, c)]
         if not cols:
             continue
-        series = [Series(c, _x(df), _col(df, c), hidden=i >= 8) for i, c in enumerate(cols)]
+        series = [Series(c, _x(df), floats(df, c), hidden=i >= 8) for i, c in enumerate(cols)]
         out.append(Figure(f"table_{t.lower()}", f"Table `{t}`", f"Every numeric column of the `{t}` table "
                           "(only the first 8 start visible; click the legend to show others).", "lines", series,
                           x_label=_x_label(df), y_label="value", phases=d.phases, section="Other metrics"))
@@ -489,9 +427,7 @@ def build_all(d: RunData) -> tuple[list[Figure], list[Missing]]:
     figs: list[Figure] = []
     missing: list[Missing] = []
     if d.is_lm:
-        from grokscope.report.lm import BUILDERS as LM
-
-        builders = LM + EXTRA
+        builders = lm_figures.BUILDERS + EXTRA
     else:
         builders = GENERIC + (MODULAR if d.is_modular else []) + EXTRA
     for build in builders:

@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import html
 import json
-import math
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from grokscope.report.data import RunData
-from grokscope.report.figures import Figure, Missing
+from grokscope.report.base import Figure, Missing, fmt, phase_colour
+from grokscope.report.data import RunData, describe_model, describe_task
 
 CSS = """
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0; color: #222; background: #fafafa; }
@@ -85,21 +84,6 @@ def esc(x: Any) -> str:
 def script_json(text: str) -> str:
     """JSON text made safe inside <script>: `</script>` and `<!--` can no longer appear."""
     return text.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
-
-
-def fmt(v: Any) -> str:
-    """A stored value as short text (not yet escaped)."""
-    if v is None:
-        return "\u2014"
-    if isinstance(v, bool):
-        return "yes" if v else "no"
-    if isinstance(v, float):
-        return "\u2014" if math.isnan(v) else f"{v:.4g}"
-    if isinstance(v, list | tuple):
-        return ", ".join(fmt(x) for x in v) if v else "none"
-    if isinstance(v, Mapping):
-        return "; ".join(f"{k}: {fmt(x)}" for k, x in v.items()) if v else "none"
-    return str(v)
 
 
 def table(rows: Iterable[Mapping[str, Any]], cls: str = "") -> str:
@@ -174,8 +158,6 @@ def _ours_lm(d: RunData, key: str) -> Any:
         return "; ".join(f"layer {n}: {_when(hit) or 'never'}" for n, hit in enumerate(s["induction_formed"])) + (
             f" (first evaluation with a head's induction score above {fmt(s.get('induction_threshold', 0.3))})")
     if key == "model":
-        from grokscope.report.data import describe_model
-
         task = d.task
         return (f"{describe_model(dict(cfg.get('model') or {}))}, {fmt(info.get('n_params'))} parameters, "
                 f"{task.get('tokenizer', '?')} tokens (vocab {fmt(info.get('d_vocab'))}), context {task.get('context')}, "
@@ -324,14 +306,10 @@ def run_page(d: RunData, figs: list[Figure], specs: Mapping[str, str], missing: 
 
 
 def _phase_legend(d: RunData) -> dict[str, str]:
-    from grokscope.report.render import _phase_colour
-
-    return {n: _phase_colour(n) for n in d.phases}
+    return {n: phase_colour(n) for n in d.phases}
 
 
 def _task_line(d: RunData) -> str:
-    from grokscope.report.data import describe_model, describe_task
-
     return f"{describe_task(d.task)}; model {describe_model(dict(d.config.get('model') or {}))}"
 
 

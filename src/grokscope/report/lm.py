@@ -21,9 +21,8 @@ import re
 import numpy as np
 import pandas as pd
 
+from grokscope.report.base import Figure, Heatmap, Missing, Series, floats, fmt, has
 from grokscope.report.data import RunData
-from grokscope.report.figures import Figure, Heatmap, Missing, Series, _col, _has
-from grokscope.report.html import fmt
 
 SECTION = "Copying and in-context learning"
 HEADS = "Induction heads"
@@ -46,12 +45,12 @@ def _against_both(key: str, title: str, caption: str, columns: list[tuple[str, s
 
     def build(d: RunData) -> list[Figure] | Missing:
         m = d.metrics
-        present = [(c, name, dash) for c, name, dash in columns if _has(m, c)]
+        present = [(c, name, dash) for c, name, dash in columns if has(m, c)]
         if not present or "tokens" not in m:
             return Missing(key, title, TRAIN_HINT, section=section)
         out = []
         for axis, word, label in AXES:
-            series = [Series(name, _col(m, axis), _col(m, c), dash=dash) for c, name, dash in present]
+            series = [Series(name, floats(m, axis), floats(m, c), dash=dash) for c, name, dash in present]
             out.append(Figure(f"{key}_{axis}", f"{title} against {word}", caption, "lines", series,
                               x_label=label, y_label=y_label, log_y=log_y, section=section))
         return out
@@ -87,12 +86,12 @@ icl = _against_both(
 def copy_by_query(d: RunData) -> Figure | list[Figure]:
     """Exact copy accuracy per query line (copy_acc_q{j}: the test asks for line j of the context)."""
     m = d.metrics
-    cols = sorted((c.startswith("r"), int(g.group(1)), c) for c in m.columns if (g := PER_QUERY.match(c)) and _has(m, c))
+    cols = sorted((c.startswith("r"), int(g.group(1)), c) for c in m.columns if (g := PER_QUERY.match(c)) and has(m, c))
     if not cols:
         return []
     n_lines = d.info.get("copy_lines")
     of = f" of the {fmt(n_lines)} lines" if n_lines else ""
-    series = [Series(f"{'random-id ' if r else ''}line {j}", _col(m, "step"), _col(m, c), dash=r, hidden=r)
+    series = [Series(f"{'random-id ' if r else ''}line {j}", floats(m, "step"), floats(m, c), dash=r, hidden=r)
               for r, j, c in cols]
     return Figure("copy_by_query", "Copy accuracy by query line", f"Exact copy accuracy per queried line: line j{of} "
                   "in the context is asked for again (a larger j is closer to the query). The paper asks for "
@@ -123,7 +122,7 @@ HEAD_SCORES = {
 def induction_heatmap(d: RunData) -> Figure | Missing:
     h = _heads(d)
     title = "Induction score per head over training"
-    if not _has(h, "induction", "layer", "head"):
+    if not has(h, "induction", "layer", "head"):
         return Missing("induction_heads", title, "the run has no `heads` table yet (the LM trainer writes it at "
                        "each evaluation)", section=HEADS)
     z, x, y = _grid(h, "induction")
@@ -138,7 +137,7 @@ def induction_heatmap(d: RunData) -> Figure | Missing:
 def head_score_heatmaps(d: RunData) -> Figure | list[Figure]:
     h = _heads(d)
     maps = [Heatmap(name, *_grid(h, col), diverging=div) for col, (name, div) in HEAD_SCORES.items()
-            if col != "induction" and _has(h, col, "layer", "head")]
+            if col != "induction" and has(h, col, "layer", "head")]
     if not maps:
         return []  # induction_heatmap already says the table is missing
     return Figure("head_scores", "Previous-token and copying scores per head",
@@ -152,7 +151,7 @@ def head_score_heatmaps(d: RunData) -> Figure | list[Figure]:
 
 def _layer_columns(m: pd.DataFrame, prefix: str) -> list[tuple[int, str]]:
     pat = re.compile(re.escape(prefix) + r"_l(\d+)$")
-    return sorted((int(g.group(1)), c) for c in m.columns if (g := pat.match(c)) and _has(m, c))
+    return sorted((int(g.group(1)), c) for c in m.columns if (g := pat.match(c)) and has(m, c))
 
 
 def per_layer(prefix: str, title: str, caption: str):
@@ -164,7 +163,7 @@ def per_layer(prefix: str, title: str, caption: str):
         cols = _layer_columns(m, prefix)
         if not cols:
             return Missing(key, title, TRAIN_HINT, section=HEADS)
-        series = [Series(f"layer {n}", _col(m, "step"), _col(m, c)) for n, c in cols]
+        series = [Series(f"layer {n}", floats(m, "step"), floats(m, c)) for n, c in cols]
         return Figure(key, title, caption, "lines", series, x_label="optimiser step", y_label="largest head score",
                       toggle_log=False, section=HEADS)
 

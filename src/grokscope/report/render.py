@@ -12,16 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
-from grokscope.report.figures import Figure, Heatmap
+from grokscope.report.base import Figure, Heatmap, phase_colour
 
-PHASE_COLOURS = {"memorization": "#e8b4b4", "circuit_formation": "#b9d8b0", "cleanup": "#a9c8e8"}
 SEQ_SCALE, DIV_SCALE = "Viridis", "RdBu_r"  # diverging: red positive, blue negative, as in the PNGs
 # matplotlib's default cycle, so a curve has the same colour on the page and in its PNG
 COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
-
-
-def _phase_colour(name: str) -> str:
-    return PHASE_COLOURS.get(name, "#dddddd")
 
 
 def _f32(a: np.ndarray) -> np.ndarray:
@@ -50,7 +45,7 @@ def to_plotly(fig: Figure):
                     if fig.x_range else None)
             out.add_trace(go.Histogram(x=_f32(s.y), name=s.name, nbinsx=40, xbins=bins, visible=visible))
     for name, (x0, x1) in fig.phases.items():
-        out.add_vrect(x0=x0, x1=x1, fillcolor=_phase_colour(name), opacity=0.35, layer="below", line_width=0,
+        out.add_vrect(x0=x0, x1=x1, fillcolor=phase_colour(name), opacity=0.35, layer="below", line_width=0,
                       annotation_text=name.replace("_", " "), annotation_position="top left",
                       annotation_font_size=10)
     for x, label in fig.vlines:
@@ -137,7 +132,7 @@ def to_png(fig: Figure, path: Path) -> Path:
 
 def _mpl_axes(fig: Figure, ax) -> None:
     for name, (x0, x1) in fig.phases.items():
-        ax.axvspan(x0, x1, color=_phase_colour(name), alpha=0.4, lw=0, label=name.replace("_", " "))
+        ax.axvspan(x0, x1, color=phase_colour(name), alpha=0.4, lw=0, label=name.replace("_", " "))
     if fig.kind == "lines":
         for s in fig.series:
             if s.hidden:  # the PNG shows what the interactive figure shows at first

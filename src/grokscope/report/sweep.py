@@ -32,9 +32,14 @@ matplotlib.use("Agg")  # files only; never opens a window
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from grokscope.store import StoreError, atomic_write_bytes, atomic_write_text  # noqa: E402
-from grokscope.sweep.grid import format_value  # noqa: E402
-from grokscope.sweep.table import read_metrics, sweep_info  # noqa: E402
+from grokscope.config import format_value  # noqa: E402
+from grokscope.store import (  # noqa: E402
+    StoreError,
+    atomic_write_bytes,
+    atomic_write_text,
+    read_metrics,
+    sweep_info,
+)
 
 MAX_LEGEND = 14  # more trials than this: no legend, the table names them
 MAX_SETTINGS = 4  # runs compared outside a sweep: plots against at most this many differing fields

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from grokscope import config as C
+from grokscope.config import format_value
 
 SAFE = re.compile(r"[^A-Za-z0-9._=+-]")
 
@@ -70,21 +71,8 @@ def parse_grid(items: list[str]) -> dict[str, list[Any]]:
             raise C.ConfigError(f"--grid {item!r}: expected KEY=V1,V2,... with no empty value")
         if key in grid:
             raise C.ConfigError(f"--grid {key} is given twice; list all its values in one --grid")
-        grid[key] = [_numbers(C._parse_scalar(v)) for v in values]
+        grid[key] = [_numbers(C.parse_scalar(v)) for v in values]
     return grid
-
-
-def format_value(v: Any) -> str:
-    """A value as it appears in a trial name: 0.3, 1e-05, null, true, add, [0.9,0.98]."""
-    if v is None:
-        return "null"
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, float):
-        return f"{v:g}"
-    if isinstance(v, list | tuple):
-        return "[" + ",".join(format_value(x) for x in v) + "]"
-    return str(v)
 
 
 def set_path(raw: dict[str, Any], key: str, value: Any) -> None:
@@ -121,7 +109,7 @@ def expand(raw: dict[str, Any], grid: dict[str, list[Any]], seeds: int | None,
         if not values:
             raise C.ConfigError(f"grid key {key} has no values")
     seed_values = grid.get("seed") or [base.seed + i for i in range(seeds or 1)]
-    forced = {k.strip(): _numbers(C._parse_scalar(v)) for k, v in (o.split("=", 1) for o in overrides or [])}
+    forced = {k.strip(): _numbers(C.parse_scalar(v)) for k, v in (o.split("=", 1) for o in overrides or [])}
     for key in forced.keys() & grid.keys():
         raise C.ConfigError(f"--set {key} fixes a key the grid sweeps; drop one of them")
     keys = [k for k in grid if k != "seed"]

@@ -14,7 +14,6 @@ table still shows every other run. Reads the store only; computes no measure.
 
 from __future__ import annotations
 
-import json
 import re
 import sqlite3
 from collections.abc import Callable
@@ -23,22 +22,12 @@ from typing import Any
 
 import pandas as pd
 
-from grokscope.store import Run, StoreError, atomic_write_text, db_error
+from grokscope.store import Run, StoreError, atomic_write_text, read_metrics, sweep_info
 
 # the last evaluation of a copy-LM run (and, from its summary, when copy accuracy passed 50%)
 LM_COLUMNS = ["tokens", "train_loss", "val_loss", "copy_acc", "copy_token_acc", "rcopy_acc", "rcopy_token_acc",
               "icl_score", "induction_max"]
 SUMMARY_COLUMNS = ["test_loss", "test_acc", "gini_W_E", "gini_W_L", "key_frequencies", "logit_fve", "neuron_fve"]
-
-
-def sweep_info(folder: Path) -> dict[str, Any]:
-    path = folder / "sweep.json"
-    if not path.exists():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
-        raise StoreError(f"{path} is corrupt (not JSON); rerun the sweep command to rewrite it") from None
 
 
 def find_runs(folder: Path) -> list[Path]:
@@ -56,29 +45,6 @@ def find_runs(folder: Path) -> list[Path]:
 def natural_key(name: str) -> list[tuple[int, float | str]]:
     parts = re.split(r"(\d+(?:\.\d+)?)", name)
     return [(0, float(t)) if i % 2 else (1, t) for i, t in enumerate(parts)]
-
-
-def read_metrics(path: Path, table: str = "metrics") -> pd.DataFrame:
-    """A run's metrics table, read without writing anything into the run folder.
-
-    With no `-wal` file beside the database every row is in the main file, so it is opened
-    read-only and immutable (SQLite creates no `-wal`/`-shm` files); a live run, or one killed
-    before SQLite folded its log in, is read through the store as usual.
-    """
-    db = Path(path) / "metrics.sqlite"
-    try:
-        if not db.exists() or Path(f"{db}-wal").exists():
-            return Run(path).metrics(table)
-        con = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro&immutable=1", uri=True)
-        try:
-            names = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-            if table not in names:
-                return pd.DataFrame({"step": pd.Series(dtype="int64")})
-            return pd.read_sql_query(f'SELECT * FROM "{table}" ORDER BY step', con)
-        finally:
-            con.close()
-    except (sqlite3.DatabaseError, pd.errors.DatabaseError) as err:  # one line for the user, not a traceback
-        raise db_error(db, err) from None
 
 
 def _read_or_note(read: Callable[[], Any], empty: Any, path: Path, name: str, damaged: dict[str, str]) -> Any:

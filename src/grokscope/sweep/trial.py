@@ -26,32 +26,10 @@ def training_done(run: Run) -> bool:
     return info.get("status") in DONE and bool(run.checkpoint_steps())
 
 
-def analysis_entry():
-    """The analysis entry point `f(run_dir: Path) -> summary` of this install, or None.
-
-    Looked up by name so the sweep works before (and without) the analysis package: first
-    `grokscope.pipeline.analyze_run`, then `grokscope.analysis.runner.analyze_run`.
-    """
-    from grokscope import pipeline
-
-    fn = getattr(pipeline, "analyze_run", None)
-    if fn is not None:
-        return fn
-    try:
-        from grokscope.analysis import runner  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    return getattr(runner, "analyze_run", None)
-
-
 def analysis_applies(cfg: C.RunConfig) -> bool:
-    """Whether this install can analyse such a run (docs/measures.md: modular arithmetic and the copy LM)."""
-    if analysis_entry() is None:
-        return False
-    try:
-        from grokscope.analysis.runner import analysis_supported  # type: ignore[attr-defined]
-    except ImportError:
-        return cfg.task.name == "modular"
+    """Whether analysis covers such a run (docs/measures.md: modular arithmetic and the copy LM)."""
+    from grokscope.analysis.runner import analysis_supported
+
     return analysis_supported(cfg)
 
 
@@ -73,7 +51,9 @@ def run_trial(cfg: C.RunConfig, out: Path, threads: int | None = None) -> dict[s
             run.update_info(error=None, traceback=None)
         if needs_analysis(run, cfg):
             try:
-                analysis_entry()(out)
+                from grokscope.analysis.runner import analyze_run
+
+                analyze_run(out)
                 run.update_info(analysis_error=None)
             except Exception as err:  # the trained run stays good; say why analysis failed
                 run.update_info(analysis_error=f"{type(err).__name__}: {err}")

@@ -1,1 +1,2 @@
-"""Training: the loop, the float64 loss, the schedule and Grokfast gradient filters."""
+"""Training: the loop, the schedule, the run folder's checks and Grokfast gradient filters (the float64
+loss is the models', in models/loss.py)."""

@@ -26,12 +26,12 @@ from torch import Tensor
 import grokscope
 from grokscope import config as C
 from grokscope.models import kernels
+from grokscope.models.loss import cross_entropy64, loss_and_acc, per_position
 from grokscope.models.transformer import Transformer, build
 from grokscope.store import RUN_FORMAT, Run, StoreError
 from grokscope.tasks import make_task
 from grokscope.tasks.base import TaskData
 from grokscope.train.filters import GradFilter
-from grokscope.train.loss import cross_entropy64, loss_and_acc, per_position
 
 Callback = Callable[[int, dict[str, float]], None]
 
