@@ -21,6 +21,8 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from grokscope.models.jit import kernel as _kernel
+
 # numba's OpenMP layer, which runs on torch's own OpenMP runtime: torch is imported first, so its
 # bundled libgomp.so.1 is in the global symbol scope, and numba's omppool binds GOMP_parallel and
 # the thread queries there (LD_DEBUG=bindings; only omp_get_supported_active_levels, which that
@@ -36,7 +38,6 @@ _JIT_SERIAL = {"fastmath": True, "cache": True, "nogil": True}
 # log a NaN loss, as torch's amax and logsumexp would, not a finite-looking number.
 _JIT_LOSS = {**_JIT, "fastmath": {"nsz", "arcp", "contract", "afn", "reassoc"}}
 
-
 def set_threads(n: int) -> None:
     """Use n threads in the kernels (numba keeps its own count, apart from torch's)."""
     try:  # start numba's OpenMP layer, or learn that it cannot load
@@ -47,13 +48,13 @@ def set_threads(n: int) -> None:
     numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
 
 
-@njit(**_JIT)
+@_kernel(_JIT)
 def _start_pool(x):  # pragma: no cover - compiled
     for i in prange(len(x)):
         x[i] = i
 
 
-@njit(**_JIT)
+@_kernel(_JIT)
 def gather_relu(P, tok, inv, tab_in, sh_in, tab_u, sh_u, post, direct):  # pragma: no cover - compiled
     """post[i] = relu(sum of P-weighted rows of tab_in/sh_in); direct[i] likewise from tab_u/sh_u.
 
@@ -173,7 +174,7 @@ def _first_max(row, m):  # pragma: no cover - compiled
     return first
 
 
-@njit(**_JIT_LOSS)
+@_kernel(_JIT_LOSS)
 def logits_shift(logits, direct, shifted, mx):  # pragma: no cover - compiled
     """logits += direct in place; mx [n] = the row maxima (float64; NaN if the row has a NaN) and
     shifted [n, c] = logits - mx, computed in float64 and stored in shifted's dtype."""
@@ -189,7 +190,7 @@ def logits_shift(logits, direct, shifted, mx):  # pragma: no cover - compiled
             shifted[i, j] = np.float64(row[j]) - t  # rounded to shifted's dtype
 
 
-@njit(**_JIT_LOSS)
+@_kernel(_JIT_LOSS)
 def cross_entropy_finish(e, logits, mx, labels, tiny, n_batch, g, losses, correct):  # pragma: no cover - compiled
     """Per-example float64 cross-entropy into losses [n], the gradient of their mean into g, and
     into correct [n] whether the label is the first of the row's maxima (torch.argmax's choice;
@@ -226,7 +227,7 @@ _EXP_P = tuple(np.float32(v) for v in (1.9875691500e-4, 1.3981999507e-3, 8.33345
 _EXP_MIN = np.float32(-87.33654)  # exp below this is not a normal float32: it is stored as 0
 
 
-@njit(**_JIT_LOSS)
+@_kernel(_JIT_LOSS)
 def cross_entropy_rows(logits, direct, labels, tiny, n_batch, g, losses, correct):  # pragma: no cover - compiled
     """The float32 loss of logits + direct, one row at a time: into losses [n] the float64
     cross-entropy, into correct [n] whether the label is the first of the row's maxima
@@ -241,8 +242,9 @@ def cross_entropy_rows(logits, direct, labels, tiny, n_batch, g, losses, correct
     set to zero: subnormals carry no signal and slow every later product that touches them.
     `logits` is scratch (its rows end as the exponentials), and row i of g holds 2^k while the row
     is worked on: no other buffer is needed, and each row stays in L1.
-    It replaced logits_shift, torch's exp and cross_entropy_finish (three passes over [n, c], a
-    thread fork for each): in the mainline step 0.76 ms for the four blocks, against 1.3-1.6.
+    One pass does what would otherwise take three (shift by the maximum, exp, finish), each a
+    pass over [n, c] with its own thread fork: 0.76 ms for the mainline step's four blocks,
+    against 1.3-1.6 ms for the three.
     """
     n, c = logits.shape
     inv_n = 1.0 / n_batch
@@ -284,14 +286,15 @@ def cross_entropy_rows(logits, direct, labels, tiny, n_batch, g, losses, correct
             gi[j] = 0.0 if abs(v) < tiny else v
 
 
-@njit(**_JIT)
+@_kernel(_JIT)
 def backward_rows(d_post, post, g, P, tok, inv, tab_in, sh_in, tab_u, sh_u, d_s):  # pragma: no cover
     """ReLU backward in place (d_post becomes d_pre), then the attention scores' gradient d_s.
 
     d_s [n, K+1, H]: softmax backward of dL/dP[i, k, h] = d_pre[i] . row_in + g[i] . row_u,
     with the dot products accumulated in the tables' dtype, as a plain model's GEMMs would.
-    (One row per dot: four rows a pass, as in gather_relu, ran 1.2x slower here. The shared rows'
-    sums done here, per chunk while its rows are in cache, saved 0.3 ms of a 29 ms step: not kept.)
+    (One row per dot: four rows a pass, as in gather_relu, is 1.2x slower here. The shared rows'
+    sums stay in their own pass (shared_sums): done here, per chunk, they would save only 0.3 ms of
+    a 29 ms step for the bookkeeping they add.)
     """
     n, K = tok.shape
     H = P.shape[2]
@@ -340,7 +343,7 @@ def _spread4x4(x0, x1, x2, x3, w0, w1, w2, w3, y0, y1, y2, y3):  # pragma: no co
         y3[j] += (w0[3] * a + w1[3] * b) + (w2[3] * c + w3[3] * d)
 
 
-@njit(**_JIT)
+@_kernel(_JIT)
 def scatter_rows(d_pre, g, P, d_s, inv, t_start, t_examples, K, d_tab_in, d_tab_u, d_scores):  # pragma: no cover
     """Gradients of the per-token rows and scores: a sum over the examples that read each row.
 
@@ -380,7 +383,7 @@ def scatter_rows(d_pre, g, P, d_s, inv, t_start, t_examples, K, d_tab_in, d_tab_
                 d_scores[inv[i], k, h, v] += d_s[i, k, h]
 
 
-@njit(**_JIT)
+@_kernel(_JIT)
 def shared_sums(d_pre, g, P, chunk_start, chunk_q, parts_in, parts_u, out_in, out_u):  # pragma: no cover
     """Gradients of the shared rows: out_in [u, H + 1, m] (float64) += for each query token the sum
     over its examples of P[i, K, h] d_pre[i] (row h < H, the head attending to the query itself)
