@@ -315,7 +315,7 @@ def test_metric_names_are_what_evaluate_logs_and_stop_must_name_one(task):
         return C.resolve({}, [*[o for o in TINY if not o.startswith("task.")], *task, "train.epochs=1", *extra])
 
     tr = Trainer(cfg(), Run("/nonexistent"), progress=False)
-    assert set(tr.evaluate(0, 0.0)) - {"step"} == tr.metric_names()
+    assert set(tr.metrics_row(0, 0.0)) - {"step"} == tr.metric_names()
     with pytest.raises(C.ConfigError, match="not a logged metric"):
         Trainer(cfg("train.stop={metric: test_accuracy, above: 0.9}"), Run("/nonexistent"))
 

@@ -48,16 +48,16 @@ from grokscope.lm.text import fixed_windows, prepare, repeat_spans, sample_windo
 from grokscope.models import loading
 from grokscope.models.llama import Llama, build_llama, n_params
 from grokscope.store import RUN_FORMAT, Run, StoreError, read_run_config
-from grokscope.train.rundir import check_run_dir, prepare_run_dir, record_config
-from grokscope.train.trainer import (
-    eval_steps,
+from grokscope.train.loop import (
+    Rows,
+    TrainerCore,
     load_optimizer_state,
     lr_at,
     now,
-    optimizer_state,
     setup_torch,
     step_generator,
 )
+from grokscope.train.rundir import check_run_dir, prepare_run_dir, record_config
 
 TABLES = ["metrics", "heads", "timing"]
 
@@ -77,8 +77,10 @@ def total_steps(cfg: C.RunConfig, n_train_tokens: int) -> int:
     return math.ceil((cfg.train.epochs or 0) * n_train_tokens / per_step)
 
 
-class LMTrainer:
+class LMTrainer(TrainerCore):
     """Trains one text run into its folder; `fit()` starts or resumes (see module docstring)."""
+
+    tables = tuple(TABLES)
 
     def __init__(self, cfg: C.RunConfig, run: Run, progress: bool = True):
         if cfg.task.name != "text" or cfg.model.arch != "llama":
@@ -115,6 +117,8 @@ class LMTrainer:
         self.total = total_steps(cfg, len(self.data.train))
         self.tokens_per_step = self.batch * cfg.train.grad_accum * task.context
         self.progress = progress and self.rank == 0
+        self.writer = self.rank == 0
+        self.callbacks = []
         self.step = 0
         self._eval_sets()
 
@@ -171,8 +175,22 @@ class LMTrainer:
         return lr, float(ddp.mean_across(total))
 
     # ------------------------------------------------------------------------------ metrics
+    def evaluate(self, step: int, lr: float, loss: float | None) -> Rows:
+        row, heads = self.scores(step, lr, loss)
+        if step == 0:
+            timing = {"step": 0, "wall_seconds": 0.0}
+        else:
+            timing = {"step": step, "wall_seconds": time.perf_counter() - self.clock_start,
+                      "train_seconds": self.train_seconds,
+                      "tokens_per_second": (step - self.start_step) * self.tokens_per_step / max(self.train_seconds, 1e-9)}
+        return {"metrics": [row], "heads": heads, "timing": [timing]}
+
+    def postfix(self, row: dict[str, Any]) -> dict[str, str]:
+        return {"loss": f"{row['batch_loss']:.3g}", "val": f"{row['val_loss']:.3g}", "copy": f"{row['copy_acc']:.2f}",
+                "ind": f"{row['induction_max']:.2f}"}
+
     @torch.no_grad()
-    def evaluate(self, step: int, lr: float, batch_loss: float | None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    def scores(self, step: int, lr: float, batch_loss: float | None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """(metrics row, per-head rows) at `step`."""
         model, task = self.model, self.cfg.task
         model.eval()
@@ -207,138 +225,48 @@ class LMTrainer:
         return row, heads
 
     # ------------------------------------------------------------------------------ state
-    def resume_state(self) -> dict[str, Tensor]:
-        return optimizer_state(self.opt, self.params)
-
     def load_resume_state(self, tensors: dict[str, Tensor], step: int | None = None) -> None:
         load_optimizer_state(self.opt, self.params, tensors, self.run, self.device, step)
 
-    def save(self, step: int) -> None:
-        if self.rank == 0:
-            params = {k: v.cpu() for k, v in self.model.state_dict().items()}
-            self.run.save_checkpoint(step, params, self.resume_state())
-            self.run.shed_resume_state()
-            self.run.update_info(last_step=step, last_tokens=step * self.tokens_per_step)
+    def checkpoint_params(self) -> dict[str, Tensor]:
+        return {k: v.cpu() for k, v in self.model.state_dict().items()}
+
+    def checkpoint_info(self, step: int) -> dict[str, Any]:
+        return {"last_tokens": step * self.tokens_per_step}
+
+    def barrier(self) -> None:
         ddp.barrier()
 
-    def _log(self, rows: list[dict[str, Any]], heads: list[dict[str, Any]], timing: list[dict[str, Any]]) -> None:
-        if self.rank == 0:
-            self.run.append("metrics", rows)
-            self.run.append("heads", heads)
-            self.run.append("timing", timing)
+    def train_mode(self) -> None:
+        self.net.train()
 
-    # ------------------------------------------------------------------------------ the loop
-    def start(self) -> None:
-        if self.rank == 0:
-            self.run.update_info(
-                format=RUN_FORMAT, status="running", seed=self.cfg.seed, total_steps=self.total, tokens_per_step=self.tokens_per_step,
-                total_tokens=self.total * self.tokens_per_step, started=now(), ended=None, last_step=0,
-                n_params=n_params(self.model), d_vocab=self.vocab, tokenizer_vocab=self.data.vocab_size, train_tokens=len(self.data.train),
-                val_tokens=len(self.data.val), val_book=self.data.val_name, world_size=self.world,
-                copy_lines=self.copy_set.n_lines, copy_query_lines=self.copy_set.query_lines,
-                versions={"grokscope": grokscope.__version__, "torch": torch.__version__,
-                          "python": platform.python_version()},
-                threads=torch.get_num_threads(), device=str(self.device))
-        self.step = 0
-        if self.rank == 0:  # the rows before the checkpoint (see train.trainer.Trainer.start)
-            row, heads = self.evaluate(0, lr_at(0, self.total, self.cfg.optim), None)
-            self._log([row], heads, [{"step": 0, "wall_seconds": 0.0}])
-        self.save(0)
+    def diverged_row(self, step: int, lr: float, loss: float) -> dict[str, Any]:
+        return {"step": step, "tokens": step * self.tokens_per_step, "lr": lr, "batch_loss": loss}
 
-    def resume(self) -> None:
-        step, tensors = self.run.load_into(self.model)
-        self.load_resume_state(tensors, step)
-        if self.rank == 0:
-            self.run.truncate_after(step, TABLES)
-            self.run.update_info(status="running", resumed_at=now(), ended=None)
-            m = self.run.metrics()
-            if len(m) and "induction_copying_max" not in m:
-                # logged before the induction score became A and per-token copy accuracy greedy:
-                # rows up to here keep the old meanings; say where they change
-                self.run.update_info(definitions_changed_at_step=step)
-                print(f"note: {self.run.path}'s metrics up to step {step} use the earlier definitions (induction = "
-                      "A * EP, teacher-forced per-token copy accuracy); later rows use docs/measures.md's", file=sys.stderr)
-        self.step = step
-        ddp.barrier()
+    def start_info(self) -> dict[str, Any]:
+        return dict(
+            format=RUN_FORMAT, status="running", seed=self.cfg.seed, total_steps=self.total,
+            tokens_per_step=self.tokens_per_step, total_tokens=self.total * self.tokens_per_step, started=now(),
+            ended=None, last_step=0, n_params=n_params(self.model), d_vocab=self.vocab,
+            tokenizer_vocab=self.data.vocab_size, train_tokens=len(self.data.train), val_tokens=len(self.data.val),
+            val_book=self.data.val_name, world_size=self.world, copy_lines=self.copy_set.n_lines,
+            copy_query_lines=self.copy_set.query_lines,
+            versions={"grokscope": grokscope.__version__, "torch": torch.__version__,
+                      "python": platform.python_version()},
+            threads=torch.get_num_threads(), device=str(self.device))
 
-    def fit(self, resume: bool = False) -> dict[str, Any]:
-        if resume:
-            info = self.run.read_info()
-            if info.get("status") == "diverged" or (
-                    info.get("status") == "completed" and info.get("last_step", 0) >= self.total):
-                return info
-            if self.run.checkpoint_steps():
-                self.resume()
-            else:  # killed before its first checkpoint: start again in place
-                if self.rank == 0:
-                    self.run.truncate_after(-1)
-                resume = False
-        cfg = self.cfg
-        evals = eval_steps(self.total, cfg.train.eval_every, cfg.train.eval_schedule, cfg.train.checkpoint_every)
-        bar = None
-        if self.progress:
-            from tqdm.auto import tqdm
+    def end_info(self, steps_done: int, elapsed: float, train_seconds: float) -> dict[str, Any]:
+        return {"tokens_per_second": steps_done * self.tokens_per_step / max(train_seconds, 1e-9)}
 
-            bar = tqdm(total=self.total, initial=self.step, unit="step", dynamic_ncols=True, mininterval=1.0,
-                       desc=self.run.path.name)
-        rows: list[dict[str, Any]] = []
-        heads: list[dict[str, Any]] = []
-        timing: list[dict[str, Any]] = []
-        t0, s0 = time.perf_counter(), self.step
-        train_time = 0.0
-        status = "completed"
-        try:
-            if not resume:  # inside the try: a start that fails leaves status "failed", not "running"
-                self.start()
-            self.net.train()
-            while self.step < self.total:
-                t_step = time.perf_counter()
-                lr, loss = self.train_step(self.step)
-                train_time += time.perf_counter() - t_step
-                self.step += 1
-                s = self.step
-                if not math.isfinite(loss):  # nothing after a NaN means anything: stop and say so
-                    status = "diverged"
-                    rows.append({"step": s, "tokens": s * self.tokens_per_step, "lr": lr, "batch_loss": loss})
-                    break
-                if s in evals and self.rank == 0:
-                    row, hs = self.evaluate(s, lr, loss)
-                    rows.append(row)
-                    heads += hs
-                    timing.append({"step": s, "wall_seconds": time.perf_counter() - t0, "train_seconds": train_time,
-                                   "tokens_per_second": (s - s0) * self.tokens_per_step / max(train_time, 1e-9)})
-                    if bar is not None:
-                        bar.set_postfix(loss=f"{loss:.3g}", val=f"{row['val_loss']:.3g}", copy=f"{row['copy_acc']:.2f}",
-                                        ind=f"{row['induction_max']:.2f}", refresh=False)
-                if s % cfg.train.checkpoint_every == 0 or s == self.total:
-                    self._log(rows, heads, timing)
-                    rows, heads, timing = [], [], []
-                    self.save(s)
-                if bar is not None:
-                    bar.update(1)
-            if status == "diverged":  # its rows say where; no checkpoint of non-finite weights
-                self._log(rows, heads, timing)
-        except KeyboardInterrupt:
-            if self.rank == 0:
-                self.run.update_info(status="interrupted", ended=now())
-            raise
-        except BaseException:
-            if self.rank == 0:
-                self.run.update_info(status="failed", ended=now())
-            raise
-        finally:
-            if bar is not None:
-                bar.close()
-        elapsed = time.perf_counter() - t0
-        info: dict[str, Any] = {}
-        if self.rank == 0:
-            where = {"diverged_at_step": self.step} if status == "diverged" else {}
-            last = self.step if status != "diverged" else max(self.run.checkpoint_steps())
-            info = self.run.update_info(status=status, ended=now(), last_step=last, **where,
-                                        train_seconds=elapsed, steps_per_second=(self.step - s0) / max(elapsed, 1e-9),
-                                        tokens_per_second=(self.step - s0) * self.tokens_per_step / max(train_time, 1e-9))
-        ddp.barrier()
-        return info if self.rank == 0 else self.run.read_info()
+    def after_resume(self, step: int) -> None:
+        m = self.run.metrics()
+        if len(m) and "induction_copying_max" not in m:
+            # logged before the induction score became A and per-token copy accuracy greedy:
+            # rows up to here keep the old meanings; say where they change
+            self.run.update_info(definitions_changed_at_step=step)
+            print(f"note: {self.run.path}'s metrics up to step {step} use the earlier definitions (induction = "
+                  "A * EP, teacher-forced per-token copy accuracy); later rows use docs/measures.md's",
+                  file=sys.stderr)
 
 
 def check_config(cfg: C.RunConfig) -> None:
