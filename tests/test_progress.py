@@ -12,9 +12,9 @@ from grokscope.analysis import circuits as ci
 from grokscope.analysis import progress as pg
 from grokscope.analysis import runner
 from grokscope.config import ModelConfig
+from grokscope.models.loss import sum_sq_weights
 from grokscope.models.transformer import build
 from grokscope.store import Run
-from grokscope.train.trainer import sum_sq_weights
 from tests.handbuilt import fourier_model, grid_data
 
 P, KS = 31, [3, 7, 12]
@@ -101,7 +101,7 @@ def test_weight_norm_is_the_sum_of_squared_weights_in_the_analysis_and_the_train
     n = sum(prm.numel() for prm in model.parameters())
     row = pg.progress_row(model, pg.make_context(grid_data(P), KS))
     assert row["weight_norm"] == pytest.approx(0.25 * n, rel=1e-12)
-    assert sum_sq_weights(model) == pytest.approx(0.25 * n, rel=1e-12)
+    assert sum_sq_weights(model.parameters()) == pytest.approx(0.25 * n, rel=1e-12)
 
 
 def test_trainer_and_analysis_log_the_same_weight_norm(grokked_run):

@@ -21,7 +21,7 @@ from grokscope.store import Run
 from grokscope.sweep import local as L
 from grokscope.sweep import plan, run_sweep
 from grokscope.sweep.grid import expand, parse_grid, trial_name
-from grokscope.sweep.table import find_runs, runs_table
+from grokscope.sweep.table import runs_in, runs_table
 from grokscope.sweep.trial import run_trial
 from tests.conftest import need_extra
 
@@ -291,7 +291,7 @@ def test_runs_are_listed_in_numeric_order(tmp_path):
              "task.frac_train=0.25__seed=2"]
     for n in names:
         Run(tmp_path / n).write_config("seed: 0\n")
-    assert [p.name for p in find_runs(tmp_path)] == [
+    assert [p.name for p in runs_in(tmp_path)] == [
         "task.frac_train=0.25__seed=2", "task.frac_train=0.25__seed=10", "task.frac_train=0.9__seed=0",
         "task.frac_train=0.95__seed=0"]
 
@@ -328,7 +328,7 @@ def test_differing_settings_names_what_sets_runs_apart(tmp_path):
     for name, raw in (("a", base), ("b", other)):
         Run(tmp_path / name).write_config(yaml.safe_dump(raw))
     Run(tmp_path / "broken").write_config("seed: [unclosed\n")
-    got = differing_settings(find_runs(tmp_path))
+    got = differing_settings(runs_in(tmp_path))
     assert got == {"a": {"optim.weight_decay": 1.0, "seed": 0, "train.stop.metric": None},
                    "b": {"optim.weight_decay": 0.3, "seed": 1, "train.stop.metric": "test_acc"}}
     assert differing_settings([tmp_path / "a"]) == {}  # one run: nothing to compare

@@ -23,6 +23,7 @@ from torch import Tensor
 
 from grokscope.analysis import circuits as ci
 from grokscope.analysis import fourier as fr
+from grokscope.models.loss import sum_sq_weights
 from grokscope.models.transformer import Transformer
 
 
@@ -54,10 +55,6 @@ def grid_logits(model: Transformer, data: ci.ModularData) -> Tensor:
     """Logits at `=` for all p*p inputs: [p*p, p] float64, in one forward pass."""
     model.eval()
     return model.forward_last(data.all_x).double()
-
-
-def sum_sq_weights(params: dict[str, Tensor]) -> float:
-    return float(sum(v.double().pow(2).sum() for v in params.values()))
 
 
 def per_input(L: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
@@ -110,5 +107,5 @@ def progress_row(model: Transformer, ctx: Context) -> dict[str, float]:
     row["gini_W_E"] = ci.spectrum_gini(ci.embed_spectrum(params["embed.W_E"], ctx.F), p)
     W_L = ci.model_wl(model, p)
     row["gini_W_L"] = ci.spectrum_gini(ci.wl_spectrum(W_L, ctx.F), p) if W_L is not None else None
-    row["weight_norm"] = sum_sq_weights(params)
+    row["weight_norm"] = sum_sq_weights(params.values())
     return row

@@ -8,6 +8,8 @@ on the CPUs we measured; they carry no signal at float32 precision, so they are 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 from torch import Tensor
 
@@ -61,3 +63,10 @@ def per_position(logits: Tensor, labels: Tensor) -> tuple[list[float], list[floa
     loss = (lg.logsumexp(-1) - lg.gather(-1, labels[..., None]).squeeze(-1)).mean(0)
     acc = (logits.argmax(-1) == labels).double().mean(0)
     return loss.tolist(), acc.tolist()
+
+
+def sum_sq_weights(params: Iterable[Tensor]) -> float:
+    """The sum of squared weights (float64), the quantity weight decay shrinks: the paper's
+    weight-norm progress measure, logged while training and recomputed per checkpoint."""
+    with torch.no_grad():
+        return float(sum(p.double().pow(2).sum() for p in params))

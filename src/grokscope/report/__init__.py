@@ -66,12 +66,12 @@ def write_report(run_path: str | Path, experiment: str | Mapping[str, Any] | Non
 def write_index(runs_dir: str | Path) -> Path:
     """Build RUNS_DIR/index.html listing every run folder below RUNS_DIR; returns its path."""
     from grokscope.report import html
-    from grokscope.report.data import find_runs, index_row
+    from grokscope.report.data import index_row, runs_below
 
     root = Path(runs_dir)
     if not root.is_dir():
         raise StoreError(f"{str(root)!r} is not a folder; pass the folder that holds your runs (e.g. runs)")
-    paths = find_runs(root)
+    paths = runs_below(root)
     if not paths:
         raise StoreError(f"no run folders (with config.yaml) under {str(root)!r}; train one with `grokscope train`")
     rows = [index_row(p) for p in paths]

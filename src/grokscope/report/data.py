@@ -166,7 +166,7 @@ def load_run(path: str | Path, experiment: str | Mapping[str, Any] | None = None
 
 
 # ------------------------------------------------------------------------------------ run index
-def find_runs(root: Path) -> list[Path]:
+def runs_below(root: Path) -> list[Path]:
     """Run folders (holding config.yaml) under `root`, sorted; a run's own subfolders are not searched."""
     found = []
     for dirpath, dirnames, filenames in os.walk(root):

@@ -208,9 +208,9 @@ def summarise(out: Path, echo: Callable[[str], None] = print) -> None:
     sweep page links to them.
     """
     from grokscope.report.sweep import write_sweep_report
-    from grokscope.sweep.table import find_runs, runs_table, sweep_info, write_csv
+    from grokscope.sweep.table import runs_in, runs_table, sweep_info, write_csv
 
-    paths = find_runs(out)
+    paths = runs_in(out)
     if not paths:
         return
     trial_reports(paths, (sweep_info(out).get("experiment") or {}), echo)

@@ -30,7 +30,7 @@ LM_COLUMNS = ["tokens", "train_loss", "val_loss", "copy_acc", "copy_token_acc", 
 SUMMARY_COLUMNS = ["test_loss", "test_acc", "gini_W_E", "gini_W_L", "key_frequencies", "logit_fve", "neuron_fve"]
 
 
-def find_runs(folder: Path) -> list[Path]:
+def runs_in(folder: Path) -> list[Path]:
     """Run folders directly inside `folder` (the folder itself when it is a run), by name, numbers
     in names compared as numbers (frac_train=0.9 before 0.95, seed=2 before seed=10)."""
     folder = Path(folder)
@@ -134,7 +134,7 @@ def differing_settings(paths: list[Path]) -> dict[str, dict[str, Any]]:
 def runs_table(folder: Path) -> pd.DataFrame:
     """The table of every run in `folder`; raises StoreError when it holds none."""
     folder = Path(folder)
-    paths = find_runs(folder)
+    paths = runs_in(folder)
     if not paths:
         raise StoreError(f"{str(folder)!r} holds no run folders; pass the --out of a sweep or of `grokscope train`")
     info = sweep_info(folder)

@@ -20,7 +20,7 @@ from torch import Tensor
 
 import grokscope
 from grokscope import config as C
-from grokscope.models.loss import cross_entropy64, loss_and_acc, per_position
+from grokscope.models.loss import cross_entropy64, loss_and_acc, per_position, sum_sq_weights
 from grokscope.models.transformer import Transformer, build
 from grokscope.store import RUN_FORMAT, Run
 from grokscope.tasks import make_task
@@ -38,11 +38,6 @@ from grokscope.train.loop import (  # noqa: F401 - eval_steps, setup_torch: the 
     setup_torch,
     step_generator,
 )
-
-
-def sum_sq_weights(model: torch.nn.Module) -> float:
-    with torch.no_grad():
-        return float(sum(p.double().pow(2).sum() for p in model.parameters()))
 
 
 @dataclass
@@ -158,7 +153,7 @@ class Trainer(TrainerCore):
                     losses, accs = per_position(logits, y)
                     for j, (lo, ac) in enumerate(zip(losses, accs, strict=True)):
                         row[f"{split}_loss_pos{j}"], row[f"{split}_acc_pos{j}"] = lo, ac
-        row["weight_norm"] = sum_sq_weights(self.model)
+        row["weight_norm"] = sum_sq_weights(self.model.parameters())
         return row
 
     # ------------------------------------------------------------------------------ state
