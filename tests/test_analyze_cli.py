@@ -3,23 +3,21 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+from tests.conftest import run_cli_here
+
 CONTRACT = ("key_frequencies", "neuron_fve", "logit_fve", "restricted_loss", "excluded_loss", "test_loss",
             "test_acc", "gini_W_E", "gini_W_L", "phases")
 
 
 def grokscope(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    return subprocess.run([sys.executable, "-m", "grokscope.cli", *args], capture_output=True, text=True,
-                          env=env, timeout=300)
+    """The CLI in this process: exit codes and output are what a user sees (no process boundary is tested here)."""
+    return run_cli_here(*args)
 
 
 @pytest.fixture

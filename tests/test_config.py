@@ -6,7 +6,7 @@ import pytest
 
 from grokscope import config as C
 from grokscope import experiments
-from tests.conftest import run_cli
+from tests.conftest import run_cli_here
 
 
 def test_mainline_defaults_match_spec():
@@ -53,7 +53,7 @@ def test_the_task_and_the_architecture_must_go_together(name, override, needle):
 
 
 def test_cli_bad_input_exits_2_with_one_line(tmp_path):
-    res = run_cli("train", "mainline", "--out", str(tmp_path / "r"), "--set", "task.p=112")
+    res = run_cli_here("train", "mainline", "--out", str(tmp_path / "r"), "--set", "task.p=112")
     assert res.returncode == 2
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and "task.p must be a prime" in lines[0] and "Traceback" not in res.stderr
@@ -67,7 +67,7 @@ def test_cli_bad_input_exits_2_with_one_line(tmp_path):
     ["reproduce", "nope"],
 ])
 def test_cli_other_bad_input_exits_2(args):
-    res = run_cli(*args)
+    res = run_cli_here(*args)
     assert res.returncode == 2, res.stderr
     assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
 
@@ -75,5 +75,5 @@ def test_cli_other_bad_input_exits_2(args):
 def test_bad_yaml_file(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("task: [unclosed\n")
-    res = run_cli("train", str(bad), "--out", str(tmp_path / "r"))
+    res = run_cli_here("train", str(bad), "--out", str(tmp_path / "r"))
     assert res.returncode == 2 and "not valid YAML" in res.stderr

@@ -26,6 +26,15 @@ from grokscope.models.loss import FLOAT32_TINY, cross_entropy64, loss_and_acc
 from grokscope.models.reference import ReferenceTransformer, reference_loss
 from grokscope.models.transformer import build
 
+
+@pytest.fixture(autouse=True)
+def _ieee_subnormals():
+    """The references (np.exp, np.spacing near the smallest normal) need IEEE subnormals; a
+    training run earlier in this process leaves flush-to-zero on (setup_torch), which the
+    training step sets again for itself."""
+    torch.set_flush_denormal(False)
+    yield
+
 F32_EPS = float(np.finfo(np.float32).eps)  # 1.19e-7
 
 

@@ -14,7 +14,7 @@ from grokscope import pipeline
 from grokscope.lm.analysis import analyze_lm_run
 from grokscope.lm.trainer import model_from_run
 from grokscope.store import Run, StoreError
-from tests.conftest import run_cli
+from tests.conftest import run_cli_here
 from tests.test_lm_trainer import tiny_cfg
 
 torch.set_num_threads(1)
@@ -51,8 +51,8 @@ def test_overwrite_with_a_bad_config_keeps_the_old_run(lm_run, tmp_path, bad):
 def test_cli_overwrite_with_a_missing_corpus_is_exit_2_and_keeps_the_run(lm_run, tmp_path):
     out = copy_of(lm_run, tmp_path)
     before = snapshot(out)
-    res = run_cli("train", str(out / "config.yaml"), "--out", str(out), "--overwrite", "-q",
-                  "--set", "task.corpus=/nonexistent.txt")
+    res = run_cli_here("train", str(out / "config.yaml"), "--out", str(out), "--overwrite", "-q",
+                       "--set", "task.corpus=/nonexistent.txt")
     assert res.returncode == 2, res.stderr
     err = res.stderr.strip()
     assert "\n" not in err and "task.corpus" in err and "Traceback" not in err
@@ -93,7 +93,7 @@ def test_resume_with_an_edited_config_is_a_one_line_store_error(lm_run, tmp_path
     assert snapshot(out) == before  # run.json not marked failed, no rows truncated
     with pytest.raises(StoreError, match="does not match the run's config.yaml"):
         model_from_run(str(out))
-    res = run_cli("train", "--resume", str(out), "-q")
+    res = run_cli_here("train", "--resume", str(out), "-q")
     assert res.returncode == 2 and "does not match" in res.stderr and "Traceback" not in res.stderr, res.stderr
 
 
@@ -119,7 +119,7 @@ def test_analyze_a_step_past_the_run_is_an_error_naming_its_steps(lm_run):
         analyze_lm_run(lm_run, step=-1)
     assert analyze_lm_run(lm_run, step=8)["step"] == 8
     assert analyze_lm_run(lm_run, step=5)["step"] <= 5  # between evaluations: the last one before it
-    res = run_cli("analyze", str(lm_run), "--step", "99")
+    res = run_cli_here("analyze", str(lm_run), "--step", "99")
     assert res.returncode == 2 and "has no step 99" in res.stderr and "Traceback" not in res.stderr, res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
 

@@ -218,6 +218,7 @@ def test_a_killed_writer_leaves_no_stale_lock(tmp_path):
         os.close(fd)
 
 
+@pytest.mark.slow  # ~7-20 s, two CLI processes; by default test_a_second_writer_on_a_run_folder_is_refused_naming_the_holder
 def test_two_resumes_at_once_one_trains_the_other_refuses(tmp_path):
     out = tmp_path / "run"
     assert _train(out, epochs=40).returncode == 0

@@ -22,7 +22,7 @@ from grokscope.report import figures as F
 from grokscope.report import write_report
 from grokscope.report.data import load_run
 from grokscope.store import Run
-from tests.conftest import run_cli
+from tests.conftest import run_cli_here
 from tests.test_lm_trainer import tiny_cfg
 
 N_LAYERS, N_HEADS = 2, 2
@@ -102,7 +102,7 @@ def test_lm_page_shows_the_experiments_data_change_and_paper(lm_run):
 
 
 def test_analyze_json_on_an_lm_run(lm_run):
-    res = run_cli("analyze", str(lm_run), "--json")
+    res = run_cli_here("analyze", str(lm_run), "--json")
     assert res.returncode == 0, res.stderr
     s = json.loads(res.stdout)
     m = Run(lm_run).metrics()
@@ -123,7 +123,7 @@ def test_copy_sweep_page_plots_against_steps_and_tokens(tmp_path):
                          "paper": {"finding": "steps, not tokens"}}
     src.write_text(yaml.safe_dump(raw))
     out = tmp_path / "sweep"
-    res = run_sweep(str(src), ["train.batch_size=2,4"], None, out, workers=1, echo=lambda _m: None)
+    res = run_sweep(str(src), ["train.batch_size=2,4"], None, out, workers=2, echo=lambda _m: None)
     assert [r["status"] for r in res] == ["completed", "completed"]
     page = (out / "sweep.html").read_text()
     for stem in ("loss", "copy", "rcopy", "induction", "icl"):

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from grokscope.sweep import plan, run_sweep
 from grokscope.sweep.grid import expand, parse_grid, trial_name
 from grokscope.sweep.table import runs_in, runs_table
 from grokscope.sweep.trial import run_trial
-from tests.conftest import need_extra
+from tests.conftest import need_extra, run_cli_here
 
 TINY = {
     "seed": 0,
@@ -41,6 +42,8 @@ def write_yaml(path: Path, raw: dict) -> Path:
 
 
 def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """The CLI in a process of its own: for a parent whose exit or hang is what is tested (a sweep's
+    trials are processes of their own either way; run_cli_here runs the parent in this one)."""
     env = dict(os.environ, PYTHONPATH=SRC)
     return subprocess.run([sys.executable, "-m", "grokscope.cli", *args], capture_output=True, text=True,
                           env=env, timeout=timeout)
@@ -141,7 +144,7 @@ while time.monotonic() - t0 < 20 and (until is None or time.monotonic() < until)
 def test_local_sweep_two_workers_and_runs_table(tmp_path):
     cfg = write_yaml(tmp_path / "tiny.yaml", TINY)
     out = tmp_path / "sweep"
-    r = cli("sweep", str(cfg), "--grid", "optim.weight_decay=0.3,1", "--out", str(out), "--workers", "2")
+    r = run_cli_here("sweep", str(cfg), "--grid", "optim.weight_decay=0.3,1", "--out", str(out), "--workers", "2")
     assert r.returncode == 0, r.stderr
     names = ["optim.weight_decay=0.3__seed=0", "optim.weight_decay=1__seed=0"]
     for n in names:
@@ -155,63 +158,87 @@ def test_local_sweep_two_workers_and_runs_table(tmp_path):
     assert (out / "runs.csv").read_text().count("\n") == 3  # header + one row per trial
     assert (out / "sweep.html").exists() and (out / "sweep_test_loss.png").stat().st_size > 1000
     # `grokscope runs` prints the same table
-    r = cli("runs", str(out))
+    r = run_cli_here("runs", str(out))
     assert r.returncode == 0 and all(n in r.stdout for n in names)
     (tmp_path / "empty").mkdir()
-    r = cli("runs", str(tmp_path / "empty"))
+    r = run_cli_here("runs", str(tmp_path / "empty"))
     assert r.returncode == 2 and "holds no run folders" in r.stderr
     # a second run of the same sweep finds everything finished and touches no run folder
     before = {n: snapshot(out / n) for n in names}
-    r = cli("sweep", str(cfg), "--grid", "optim.weight_decay=0.3,1", "--out", str(out), "--workers", "2")
+    r = run_cli_here("sweep", str(cfg), "--grid", "optim.weight_decay=0.3,1", "--out", str(out), "--workers", "2")
     assert r.returncode == 0 and "2 already finished" in r.stdout
     assert before == {n: snapshot(out / n) for n in names}
     # the same folder with another config is refused, nothing touched
-    r = cli("sweep", str(cfg), "--grid", "optim.weight_decay=0.3,1", "--out", str(out), "--set", "optim.lr=0.01")
+    r = run_cli_here("sweep", str(cfg), "--grid", "optim.weight_decay=0.3,1", "--out", str(out), "--set", "optim.lr=0.01")
     assert r.returncode == 2 and "different config" in r.stderr and "optim.lr" in r.stderr
     assert before == {n: snapshot(out / n) for n in names}
-    r = cli("sweep", str(cfg), "--grid", "optim.weight_decay=0.3,1", "--out", str(out), "--threads", "0")
+    r = run_cli_here("sweep", str(cfg), "--grid", "optim.weight_decay=0.3,1", "--out", str(out), "--threads", "0")
     assert r.returncode == 2 and "--threads must be at least 1" in r.stderr
     assert before == {n: snapshot(out / n) for n in names}
 
 
+@pytest.mark.slow  # ~7 s, a trial process; by default test_threads_option_reaches_each_trials_job
 def test_threads_option_sets_torch_threads_per_trial(tmp_path):
     cfg = write_yaml(tmp_path / "tiny.yaml", TINY)
-    r = cli("sweep", str(cfg), "--grid", "train.epochs=20", "--out", str(tmp_path / "s"), "--workers", "1", "--threads", "1")
+    r = run_cli_here("sweep", str(cfg), "--grid", "train.epochs=20", "--out", str(tmp_path / "s"), "--workers", "1", "--threads", "1")
     assert r.returncode == 0, r.stderr
     assert Run(tmp_path / "s" / "train.epochs=20__seed=0").read_info()["threads"] == 1  # not cores // 1 worker
 
 
+def test_threads_option_reaches_each_trials_job(tmp_path, monkeypatch):
+    # test_threads_option_sets_torch_threads_per_trial without the trial's process: its command and
+    # environment carry --threads (a trial records the threads its command gives it:
+    # test_local_sweep_two_workers_and_runs_table)
+    jobs: list[L.TrialJob] = []
+    monkeypatch.setattr(L, "run_local", lambda js, workers, on_done=None: jobs.extend(js) or [])
+    cfg = write_yaml(tmp_path / "tiny.yaml", TINY)
+    r = run_cli_here("sweep", str(cfg), "--grid", "train.epochs=20", "--out", str(tmp_path / "s"), "--workers", "1",
+                     "--threads", "1")
+    assert r.returncode == 0, r.stderr
+    assert [j.threads for j in jobs] == [1]  # not cores // 1 worker
+    assert L.command(jobs[0])[-2:] == ["--threads", "1"] and L.child_env(jobs[0].threads)["OMP_NUM_THREADS"] == "1"
+
+
+@pytest.mark.slow  # ~15 s, three trial processes; test_a_killed_trial_is_recorded_as_interrupted_and_the_other_finishes checks the kill's bookkeeping by default
 def test_killed_trial_is_resumed_and_the_others_untouched(tmp_path):
     raw = {**TINY, "train": {"epochs": 100, "checkpoint_every": 20, "eval_every": 10}}
     cfg = write_yaml(tmp_path / "tiny.yaml", raw)
     out = tmp_path / "sweep"
-    args = ["sweep", str(cfg), "--grid", "train.epochs=100,600", "--out", str(out), "--workers", "2"]
-    proc = subprocess.Popen([sys.executable, "-m", "grokscope.cli", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=SRC))
-    long = out / "train.epochs=600__seed=0"
-    pid_file = out / ".trials" / "train.epochs=600__seed=0.pid"
-    deadline = time.time() + 120
-    while time.time() < deadline and not (pid_file.exists() and any(s > 0 for s in Run(long).checkpoint_steps())):
-        time.sleep(0.02)
-    os.kill(int(pid_file.read_text()), signal.SIGKILL)  # mid-run: it has a checkpoint after step 0
-    _, err = proc.communicate(timeout=240)
-    assert proc.returncode == 1 and "1 of 2 trials did not finish" in err
+    args = ["sweep", str(cfg), "--grid", "train.epochs=100,300", "--out", str(out), "--workers", "2"]
+    long = out / "train.epochs=300__seed=0"
+    pid_file = out / ".trials" / "train.epochs=300__seed=0.pid"
+    killed: list[int] = []
+
+    def kill_the_long_trial() -> None:  # the sweep runs in this process, its trials in their own
+        deadline = time.time() + 120
+        while time.time() < deadline and not (pid_file.exists() and any(s > 0 for s in Run(long).checkpoint_steps())):
+            time.sleep(0.02)
+        pid = int(pid_file.read_text())
+        os.kill(pid, signal.SIGKILL)  # mid-run: it has a checkpoint after step 0
+        killed.append(pid)
+
+    killer = threading.Thread(target=kill_the_long_trial, daemon=True)
+    killer.start()
+    r = run_cli_here(*args)
+    killer.join(timeout=240)
+    assert killed, "the long trial was not killed"
+    assert r.returncode == 1 and "1 of 2 trials did not finish" in r.stderr, r.stderr
     info = Run(long).read_info()
     assert info["status"] == "interrupted" and "SIGKILL" in info["error"]
     killed_at = max(Run(long).checkpoint_steps())
-    assert 0 < killed_at < 600
+    assert 0 < killed_at < 300
     short = out / "train.epochs=100__seed=0"
     assert Run(short).read_info()["status"] == "completed"  # the other trial finished regardless
     before = snapshot(short)
 
-    r = cli(*args)
+    r = run_cli_here(*args)
     assert r.returncode == 0, r.stderr
     assert "1 already finished" in r.stdout
     info = Run(long).read_info()
-    assert info["status"] == "completed" and info["last_step"] == 600 and info.get("resumed_at")
+    assert info["status"] == "completed" and info["last_step"] == 300 and info.get("resumed_at")
     assert info.get("error") is None
     steps = Run(long).metrics()["step"].tolist()
-    assert steps == sorted(set(steps)) and steps[-1] == 600  # resumed, no step logged twice
+    assert steps == sorted(set(steps)) and steps[-1] == 300  # resumed, no step logged twice
     assert snapshot(short) == before
 
 
@@ -229,6 +256,49 @@ def test_failed_trial_says_why(tmp_path):
     assert info["status"] == "failed" and "corrupt" in info["error"] and "Traceback" in info["traceback"]
 
 
+STAND_IN = """
+import json, pathlib, sys, time
+out, name = pathlib.Path(sys.argv[1]), sys.argv[2]
+out.mkdir(parents=True, exist_ok=True)
+if name.startswith("train.epochs=100_"):
+    (out / "run.json").write_text(json.dumps({"status": "completed"}))
+else:  # a long trial, still running when it is killed
+    (out / "run.json").write_text(json.dumps({"status": "running"}))
+    time.sleep(120)
+"""
+
+
+def test_a_killed_trial_is_recorded_as_interrupted_and_the_other_finishes(tmp_path, monkeypatch):
+    # test_killed_trial_is_resumed_and_the_others_untouched with stand-ins for the trials' processes
+    # (no torch to import): one marks its run finished, the other marks it running and is killed
+    # (SIGKILL, of a real process). Resuming killed training is test_faults.py's; a rerun that skips
+    # finished trials and touches nothing is test_local_sweep_two_workers_and_runs_table's.
+    monkeypatch.setattr(L, "command", lambda job: [sys.executable, "-c", STAND_IN, str(job.out), job.name])
+    cfg = write_yaml(tmp_path / "tiny.yaml", TINY)
+    out = tmp_path / "sweep"
+    long, short = out / "train.epochs=300__seed=0", out / "train.epochs=100__seed=0"
+    pid_file = out / ".trials" / "train.epochs=300__seed=0.pid"
+    killed: list[int] = []
+
+    def kill_the_long_trial() -> None:
+        deadline = time.time() + 60
+        while time.time() < deadline and not (pid_file.exists() and Run(long).info_path.exists()):
+            time.sleep(0.02)
+        pid = int(pid_file.read_text())
+        os.kill(pid, signal.SIGKILL)
+        killed.append(pid)
+
+    killer = threading.Thread(target=kill_the_long_trial, daemon=True)
+    killer.start()
+    r = run_cli_here("sweep", str(cfg), "--grid", "train.epochs=100,300", "--out", str(out), "--workers", "2")
+    killer.join(timeout=60)
+    assert killed, "the long trial was not killed"
+    assert r.returncode == 1 and "1 of 2 trials did not finish (train.epochs=300__seed=0)" in r.stderr, r.stderr
+    info = Run(long).read_info()
+    assert info["status"] == "interrupted" and "killed by SIGKILL" in info["error"] and "rerun the sweep" in info["error"]
+    assert Run(short).read_info() == {"status": "completed"}  # the other trial finished regardless
+
+
 # ------------------------------------------------------------------------------ ray backend
 def test_ray_backend_without_ray_exits_2(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
@@ -242,6 +312,7 @@ def need_ray() -> None:
     need_extra("ray", "ray")
 
 
+@pytest.mark.slow  # ~25 s, most of it starting Ray; test_sweep_robust's FakeRay tests check run_ray's scheduling by default
 def test_ray_backend_local_cluster(tmp_path):
     need_ray()
     cfg = write_yaml(tmp_path / "tiny.yaml", TINY)
@@ -341,7 +412,7 @@ def test_runs_compares_runs_trained_one_by_one(tmp_path):
     for name, wd in (("low", 0.3), ("high", 3.0)):
         cfg = C.resolve(TINY, [f"optim.weight_decay={wd}", "train.epochs=40", "train.threads=1"])
         train_run(cfg, folder / name, progress=False)
-    r = cli("runs", str(folder))
+    r = run_cli_here("runs", str(folder))
     assert r.returncode == 0, r.stderr
     table = runs_table(folder)
     assert table.attrs["settings"] == ["optim.weight_decay"]

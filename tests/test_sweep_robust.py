@@ -18,6 +18,7 @@ from grokscope.sweep import check_existing, plan, run_sweep
 from grokscope.sweep import local as L
 from grokscope.sweep import ray_backend as R
 from grokscope.sweep.table import runs_table
+from tests.conftest import run_cli_here
 from tests.test_sweep import TINY as BASE
 from tests.test_sweep import cli, need_ray, write_yaml
 
@@ -98,6 +99,7 @@ def test_ray_tasks_always_fit_the_cpus_there_are(tmp_path, monkeypatch):
     assert R.run_ray([], workers=2) == [] and fake.init_kw is None
 
 
+@pytest.mark.slow  # ~25 s (a CLI process starting Ray); test_ray_tasks_always_fit_the_cpus_there_are checks the same CPU accounting by default
 def test_ray_one_worker_many_threads_does_not_hang(tmp_path):
     """`--workers 1 --threads 2`: a local Ray with 1 CPU would never schedule the 2-CPU task."""
     need_ray()
@@ -179,7 +181,7 @@ def test_damaged_trial_config_exits_2_from_the_cli(tmp_path):
     trial = tmp_path / "s" / "optim.lr=0.001__seed=0"
     trial.mkdir(parents=True)
     (trial / "config.yaml").write_text("seed: [0\n")
-    r = cli("sweep", str(cfg), "--grid", "optim.lr=0.001", "--out", str(tmp_path / "s"), "-q")
+    r = run_cli_here("sweep", str(cfg), "--grid", "optim.lr=0.001", "--out", str(tmp_path / "s"), "-q")
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
     assert "is damaged" in r.stderr and "Traceback" not in r.stderr
 
@@ -234,7 +236,7 @@ def test_runs_table_marks_damaged_trials_and_keeps_the_rest(tmp_path):
 def test_runs_command_prints_the_table_despite_damaged_trials(tmp_path):
     names = damaged_sweep(tmp_path)
     before = {n: sorted(p.name for p in (tmp_path / n).rglob("*")) for n in names}
-    r = cli("runs", str(tmp_path))
+    r = run_cli_here("runs", str(tmp_path))
     assert r.returncode == 0, r.stderr
     assert all(n in r.stdout for n in names) and "damaged" in r.stdout
     assert (tmp_path / "runs.csv").read_text().count("\n") == 6 and (tmp_path / "sweep.html").exists()
@@ -255,8 +257,8 @@ def test_ray_address_where_nothing_listens_is_refused_at_once(tmp_path):
     out = tmp_path / "s"
     port = _closed_port()
     t0 = time.monotonic()
-    r = cli("sweep", str(cfg), "--grid", "optim.lr=0.001", "--backend", "ray", "--ray-address",
-            f"127.0.0.1:{port}", "--out", str(out), "-q")
+    r = run_cli_here("sweep", str(cfg), "--grid", "optim.lr=0.001", "--backend", "ray", "--ray-address",
+                     f"127.0.0.1:{port}", "--out", str(out), "-q")
     assert r.returncode == 2 and time.monotonic() - t0 < 60
     assert f"--ray-address 127.0.0.1:{port}: nothing answers at 127.0.0.1:{port}" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and not out.exists()

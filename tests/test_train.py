@@ -18,7 +18,7 @@ from grokscope import pipeline
 from grokscope.store import Run, StoreError
 from grokscope.train.loss import loss_and_acc
 from grokscope.train.trainer import Trainer, grok_epochs, lr_at
-from tests.conftest import GROK, TINY, config_of, run_cli
+from tests.conftest import GROK, TINY, config_of, run_cli_here
 
 
 def _cfg(*extra: str) -> C.RunConfig:
@@ -74,13 +74,15 @@ def _interrupt_at(step: int):
     ["optim.filter.kind=ema", "optim.l1=1e-5"],
 ])
 def test_resume_after_interrupt_is_bit_identical(tmp_path, extra):
-    cfg = _cfg("train.epochs=120", *extra)
+    cfg = _cfg("train.epochs=60", "train.checkpoint_every=25", *extra)
     pipeline.train_run(cfg, tmp_path / "full", progress=False)
     run = Run(tmp_path / "cut")
     run.write_config(C.to_yaml(cfg))
+    stop = 40 * Trainer(cfg, run).steps_per_epoch
     with pytest.raises(KeyboardInterrupt):
-        Trainer(cfg, run, progress=False, callbacks=[_interrupt_at(70 * Trainer(cfg, run).steps_per_epoch)]).fit()
+        Trainer(cfg, run, progress=False, callbacks=[_interrupt_at(stop)]).fit()
     assert run.read_info()["status"] == "interrupted"
+    assert 0 < run.checkpoint_steps()[-1] < stop  # the resume replays the steps since a checkpoint
     pipeline.train_run(pipeline.load_run_config(run), run.path, resume=True, progress=False)
     a, b = Run(tmp_path / "full"), run
     ma, mb = a.metrics(), b.metrics()
@@ -106,9 +108,10 @@ def test_run_stopped_before_its_second_checkpoint_resumes_from_step_0(tmp_path):
     assert all(torch.equal(ta[k], tb[k]) for k in ta)
 
 
+@pytest.mark.slow  # by default test_faults.py kills training processes (SIGKILL) 3 times and resumes bit-identically
 def test_kill_9_then_resume_matches_uninterrupted_run(tmp_path):
     args = [a for x in [*TINY, "train.epochs=400", "train.checkpoint_every=20"] for a in ("--set", x)]
-    full = run_cli("train", "mainline", "--out", str(tmp_path / "full"), "-q", *args)
+    full = run_cli_here("train", "mainline", "--out", str(tmp_path / "full"), "-q", *args)
     assert full.returncode == 0, full.stderr
     proc = subprocess.Popen([sys.executable, "-m", "grokscope.cli", "train", "mainline", "--out",
                              str(tmp_path / "cut"), "-q", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -119,7 +122,7 @@ def test_kill_9_then_resume_matches_uninterrupted_run(tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert cut.read_info()["status"] == "running" and max(cut.checkpoint_steps()) < 400
-    res = run_cli("train", "--resume", str(tmp_path / "cut"), "-q")
+    res = run_cli_here("train", "--resume", str(tmp_path / "cut"), "-q")
     assert res.returncode == 0, res.stderr
     a, b = Run(tmp_path / "full"), cut
     assert a.metrics().equals(b.metrics())
@@ -132,11 +135,11 @@ def test_refuses_existing_run_without_resume_or_overwrite(tmp_path):
     out = tmp_path / "r"
     pipeline.train_run(_cfg("train.epochs=20"), out, progress=False)
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and "sqlite" not in p.name}
-    res = run_cli("train", "mainline", "--out", str(out), *[a for x in TINY for a in ("--set", x)])
+    res = run_cli_here("train", "mainline", "--out", str(out), *[a for x in TINY for a in ("--set", x)])
     assert res.returncode == 2 and "already holds a run" in res.stderr
     assert all(p.read_bytes() == b for p, b in before.items())
-    res = run_cli("train", "mainline", "--out", str(out), "--overwrite", "-q",
-                  *[a for x in [*TINY, "train.epochs=10"] for a in ("--set", x)])
+    res = run_cli_here("train", "mainline", "--out", str(out), "--overwrite", "-q",
+                       *[a for x in [*TINY, "train.epochs=10"] for a in ("--set", x)])
     assert res.returncode == 0 and Run(out).read_info()["last_step"] == 10
 
 
@@ -148,7 +151,7 @@ def test_corrupt_checkpoint_is_a_clear_error_and_nothing_is_lost(tmp_path):
     path.write_bytes(b"not a safetensors file")
     with pytest.raises(StoreError, match="corrupt"):
         run.load_checkpoint()
-    res = run_cli("train", "--resume", str(out), "--set", "train.epochs=200")
+    res = run_cli_here("train", "--resume", str(out), "--set", "train.epochs=200")
     assert res.returncode == 2 and "corrupt" in res.stderr and len(res.stderr.strip().splitlines()) == 1
     assert path.read_bytes() == b"not a safetensors file" and run.checkpoint_path(50).exists()
 
@@ -156,14 +159,14 @@ def test_corrupt_checkpoint_is_a_clear_error_and_nothing_is_lost(tmp_path):
 def test_resume_rejects_config_changes_other_than_length(tmp_path):
     out = tmp_path / "r"
     pipeline.train_run(_cfg("train.epochs=20"), out, progress=False)
-    res = run_cli("train", "--resume", str(out), "--set", "optim.lr=0.1")
+    res = run_cli_here("train", "--resume", str(out), "--set", "optim.lr=0.1")
     assert res.returncode == 2 and "keeps its config" in res.stderr
-    res = run_cli("train", "--resume", str(out), "--set", "train.epochs=40", "-q")
+    res = run_cli_here("train", "--resume", str(out), "--set", "train.epochs=40", "-q")
     assert res.returncode == 0 and Run(out).read_info()["last_step"] == 40
     # the new length is recorded: config and run.json say 40, and a shorter one is refused
     run = Run(out)
     assert pipeline.load_run_config(run).train.epochs == 40 and run.read_info()["total_steps"] == 40
-    res = run_cli("train", "--resume", str(out), "--set", "train.epochs=30")
+    res = run_cli_here("train", "--resume", str(out), "--set", "train.epochs=30")
     assert res.returncode == 2 and "only be lengthened" in res.stderr
 
 
@@ -173,9 +176,9 @@ def _args(*overrides: str) -> list[str]:
 
 def test_reproduce_resume_keeps_the_runs_config(tmp_path):
     out = tmp_path / "r"
-    assert run_cli("train", "mainline", "--out", str(out), "-q", *_args("train.epochs=20")).returncode == 0
+    assert run_cli_here("train", "mainline", "--out", str(out), "-q", *_args("train.epochs=20")).returncode == 0
     before = Run(out).config_path.read_text()
-    res = run_cli("reproduce", "mainline", "--out", str(out), "--resume", "--set", "optim.lr=0.5", "--epochs", "40")
+    res = run_cli_here("reproduce", "mainline", "--out", str(out), "--resume", "--set", "optim.lr=0.5", "--epochs", "40")
     assert res.returncode == 2 and "keeps its config" in res.stderr and "Traceback" not in res.stderr
     assert Run(out).config_path.read_text() == before and Run(out).read_info()["last_step"] == 20
 
@@ -185,11 +188,11 @@ def test_a_bad_config_with_overwrite_keeps_the_old_run(tmp_path):
     pipeline.train_run(_cfg("train.epochs=20"), out, progress=False)
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and "sqlite" not in p.name}
     # p=3 with 1% of the 9 pairs: no train pair. The config itself is valid; the task is not.
-    res = run_cli("train", "mainline", "--out", str(out), "--overwrite", *_args("task.p=3", "task.frac_train=0.01"))
+    res = run_cli_here("train", "mainline", "--out", str(out), "--overwrite", *_args("task.p=3", "task.frac_train=0.01"))
     assert res.returncode == 2 and "no train pairs" in res.stderr and len(res.stderr.strip().splitlines()) == 1
     assert all(p.exists() and p.read_bytes() == b for p, b in before.items())
     # and a fresh folder is not left half-made
-    res = run_cli("train", "mainline", "--out", str(tmp_path / "new"), *_args("task.p=3", "task.frac_train=0.01"))
+    res = run_cli_here("train", "mainline", "--out", str(tmp_path / "new"), *_args("task.p=3", "task.frac_train=0.01"))
     assert res.returncode == 2 and not (tmp_path / "new").exists()
 
 
@@ -199,21 +202,21 @@ def test_damaged_run_files_are_one_line_errors(tmp_path):
     run = Run(out)
     file = tmp_path / "a_file"
     file.write_text("x")
-    res = run_cli("train", "mainline", "--out", str(file), *_args())
+    res = run_cli_here("train", "mainline", "--out", str(file), *_args())
     assert res.returncode == 2 and "is a file" in res.stderr and file.read_text() == "x"
     config = run.config_path.read_text()
     for bad in ("model: [unclosed", ""):
         run.config_path.write_text(bad)
-        res = run_cli("train", "--resume", str(out))
+        res = run_cli_here("train", "--resume", str(out))
         assert res.returncode == 2 and "config.yaml" in res.stderr and "Traceback" not in res.stderr, res.stderr
     run.config_path.write_text(config.replace("d_mlp: 64", "d_mlp: 32"))  # no longer the checkpoint's shape
-    res = run_cli("train", "--resume", str(out), "--set", "train.epochs=40")
+    res = run_cli_here("train", "--resume", str(out), "--set", "train.epochs=40")
     assert res.returncode == 2 and "does not match the run's config.yaml" in res.stderr and "Traceback" not in res.stderr
     run.config_path.write_text(config)
     db = run.db_path.read_bytes()
     run.db_path.write_bytes(b"garbage" * 200)
     for verb in (["train", "--resume", str(out), "--set", "train.epochs=40"], ["analyze", str(out)]):
-        res = run_cli(*verb)
+        res = run_cli_here(*verb)
         assert res.returncode == 2 and "metrics.sqlite is corrupt" in res.stderr and "Traceback" not in res.stderr, (verb, res.stderr)
     assert run.db_path.read_bytes() == b"garbage" * 200 and len(db) > 0  # nothing rewritten
 
@@ -270,6 +273,7 @@ def test_fast_step_follows_the_plain_loss_curve_as_closely_as_float32_allows():
     assert d_nudged[-1] > 1e-3  # the comparison has teeth: the dynamics do amplify rounding
 
 
+@pytest.mark.slow  # ~40-60 s: 3,000 plain epochs; the test below checks the same on a run 7x shorter
 def test_fast_and_plain_steps_grok_at_the_same_epoch(grokked_run, tmp_path):
     # The session's tiny grokking run uses the fast step; the plain step must grok alike. This
     # kind of run is chaotic at its edge: with an earlier lr 1e-2 fixture, plain runs whose initial
@@ -284,6 +288,29 @@ def test_fast_and_plain_steps_grok_at_the_same_epoch(grokked_run, tmp_path):
     assert abs(fast["grok_epoch_50"] - plain["grok_epoch_50"]) <= 0.3 * plain["grok_epoch_50"], (fast, plain)
     for run in (grokked_run, tmp_path / "plain"):
         assert Run(run).metrics()["test_acc"].iloc[-1] > 0.97, run
+
+
+def test_fast_and_plain_steps_generalise_at_the_same_epoch_on_a_small_run(tmp_path):
+    # The slow test above on a smaller case (p=23, 60% of the pairs, 450 epochs: a few seconds for
+    # both steps): train accuracy reaches 100% at epoch 60, where test accuracy is 49%, and test
+    # accuracy passes 99% at ~320. With seed 0 the fast and plain steps passed 99% at epochs 310-330,
+    # also when their initial weights moved by 1e-7 (four draws each), and all ended above 99%.
+    # Other seeds are less settled (seed 2's fast step ended at 96.7%): pinned to seed 0.
+    small = ["task.p=23", "task.frac_train=0.6", "train.epochs=450", "train.eval_every=10",
+             "train.checkpoint_every=450", "seed=0"]
+    runs = {}
+    for fast in ("true", "false"):
+        pipeline.train_run(_grok_cfg(*small, f"train.fast={fast}"), tmp_path / fast, progress=False)
+        runs[fast] = Run(tmp_path / fast)
+    epochs = {fast: grok_epochs(run)["grok_epoch_99"] for fast, run in runs.items()}
+    assert epochs["true"] is not None and epochs["false"] is not None, epochs
+    assert abs(epochs["true"] - epochs["false"]) <= 0.3 * epochs["false"], epochs
+    for fast, run in runs.items():
+        m = run.metrics()
+        memorised = m.loc[m["train_acc"] >= 1.0, "epoch"].iloc[0]
+        assert m.loc[m["epoch"] == memorised, "test_acc"].iloc[0] < 0.6, fast  # memorised first ...
+        assert 3 * memorised < epochs[fast], (fast, memorised, epochs)  # ... generalised much later
+        assert m["test_acc"].iloc[-1] > 0.97, fast
 
 
 def test_grad_accum_splits_a_step_and_epochs_count_whole_passes(tmp_path):
@@ -355,19 +382,19 @@ def test_a_resume_that_cannot_go_on_changes_nothing_and_steps_cannot_shorten_it(
     run = Run(out)
     before = (run.config_path.read_text(), run.read_info()["total_steps"])
     # train.steps overrides train.epochs: 5 steps would end before the 40 already trained
-    res = run_cli("train", "--resume", str(out), "--set", "train.steps=5")
+    res = run_cli_here("train", "--resume", str(out), "--set", "train.steps=5")
     assert res.returncode == 2 and "only be lengthened" in res.stderr
     run.update_info(status="interrupted")
     run.checkpoint_path(40).write_bytes(b"damaged")
-    res = run_cli("train", "--resume", str(out), "--set", "train.epochs=80")
+    res = run_cli_here("train", "--resume", str(out), "--set", "train.epochs=80")
     assert res.returncode == 2 and "corrupt" in res.stderr
     assert (run.config_path.read_text(), run.read_info()["total_steps"]) == before  # the failed resume wrote nothing
 
 
 def test_resume_may_restate_the_runs_own_settings(tmp_path):
     out = tmp_path / "r"
-    assert run_cli("train", "mainline", "--out", str(out), "-q", *_args("train.epochs=20")).returncode == 0
+    assert run_cli_here("train", "mainline", "--out", str(out), "-q", *_args("train.epochs=20")).returncode == 0
     # the starting command again, with --resume and a longer run: its --set values are the run's own
-    res = run_cli("reproduce", "mainline", "--out", str(out), "--resume", "-q", *_args("train.epochs=30"))
+    res = run_cli_here("reproduce", "mainline", "--out", str(out), "--resume", "-q", *_args("train.epochs=30"))
     assert res.returncode == 0, res.stderr
     assert Run(out).read_info()["last_step"] == 30 and pipeline.load_run_config(Run(out)).train.epochs == 30
