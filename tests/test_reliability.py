@@ -313,6 +313,7 @@ def test_resume_of_a_file_or_a_missing_folder_is_one_line(tmp_path):
 
 @pytest.mark.parametrize("args, words", [
     (["train", "--resume", "RUN", "--overwrite"], "pick one"),
+    (["train", "--resume", "RUN", "--out", "SW"], "drop --out"),
     (["analyze", "RUN", "--threads", "0"], "--threads"),
     (["sweep", "mainline", "-w", "0", "--out", "SW"], "--workers"),
     (["train", "missing.yaml"], "does not exist"),

@@ -53,8 +53,8 @@ def train(
             raise BadInput("--resume takes its config from the run folder; drop the CONFIG argument")
         if overwrite:
             raise BadInput("--resume continues the run and --overwrite replaces it; pick one")
-        if out is not None:
-            raise BadInput("--resume names the run folder itself; drop --out")
+        if out is not None and out.resolve() != resume.resolve():
+            raise BadInput(f"--resume {str(resume)!r} continues that folder; --out {str(out)!r} names another: drop --out")
         if resume.exists() and not resume.is_dir():
             raise BadInput(f"--resume {str(resume)!r} is a file, not a run folder; pass the folder made by `grokscope train`")
         cfg = pipeline.load_run_config(Run(resume), set_)
