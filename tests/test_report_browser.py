@@ -13,12 +13,14 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from grokscope import config as C
 from grokscope import pipeline
 from grokscope.report import figures as F
 from grokscope.report import write_index, write_report
 from grokscope.report.data import load_run
+from grokscope.store import Run
 from tests.report_fixtures import write_analysis
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
@@ -35,10 +37,14 @@ def tiny_run(tmp_path_factory) -> Path:
     """A really trained tiny modular run, with analysis's outputs (fixture data) added."""
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("runs") / "tiny"
-    cfg = C.resolve({"name": EVIL, "task": {"name": "modular", "p": 11},
+    cfg = C.resolve({"name": "tiny", "task": {"name": "modular", "p": 11},
                      "model": {"d_model": 16, "n_heads": 2, "d_head": 8, "d_mlp": 32},
                      "train": {"epochs": 60, "checkpoint_every": 20, "eval_every": 5, "threads": 1}})
     pipeline.train_run(cfg, out, progress=False)
+    # A run's name is validated when it trains, but the report reads config.yaml as it stands
+    # (a hand-edited one, say): markup there must still be shown as text.
+    raw = Run(out).read_config()
+    Run(out).write_config(yaml.safe_dump({**raw, "name": EVIL}, sort_keys=False))
     write_analysis(out, p=11, epochs=60, n_heads=2, d_mlp=32)
     return out
 
