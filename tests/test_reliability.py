@@ -7,12 +7,14 @@ matters) on runs of a few dozen steps.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -170,18 +172,22 @@ def _assert_same_run(a: Path, b: Path) -> None:
 
 
 # --------------------------------------------------------------------------- one writer per folder
-def _hold_lock(folder: Path) -> subprocess.Popen:
-    """Another process holding a folder's writer lock, as a training would."""
+@contextlib.contextmanager
+def _lock_held(folder: Path) -> Iterator[subprocess.Popen]:
+    """Another process holding a folder's writer lock, as a training would; SIGKILLed after."""
     code = ("import sys, time; from pathlib import Path; from grokscope.store import folder_lock\n"
             "with folder_lock(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(60)\n")
     proc = subprocess.Popen([sys.executable, "-c", code, str(folder)], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "held"
-    return proc
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def test_a_second_writer_on_a_run_folder_is_refused_naming_the_holder(trained):
-    holder = _hold_lock(trained)
-    try:
+    with _lock_held(trained) as holder:
         before = _tree(trained)
         res = run_cli_here("train", "--resume", str(trained), "--set", "train.epochs=80")
         _one_line_exit_2(res, "being written by process", str(holder.pid))
@@ -189,28 +195,20 @@ def test_a_second_writer_on_a_run_folder_is_refused_naming_the_holder(trained):
         # readers keep working meanwhile
         assert len(Run(trained).metrics()) > 0
         assert run_cli_here("runs", str(trained.parent)).returncode == 0
-    finally:
-        holder.kill()
-        holder.wait()
 
 
 def test_a_second_sweep_into_one_folder_is_refused(tmp_path):
     out = tmp_path / "sw"
-    holder = _hold_lock(out)
-    try:
+    with _lock_held(out) as holder:
         res = run_cli_here("sweep", "mainline", "--seeds", "1", "--out", str(out), "-q", *SET, "--set", "train.epochs=10")
         _one_line_exit_2(res, "sweep folder", str(holder.pid))
         assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME]
-    finally:
-        holder.kill()
-        holder.wait()
 
 
 def test_a_killed_writer_leaves_no_stale_lock(tmp_path):
     out = tmp_path / "run"
-    holder = _hold_lock(out)
-    holder.kill()  # SIGKILL: no cleanup code runs
-    holder.wait()
+    with _lock_held(out):
+        pass  # leaving kills the holder with SIGKILL: no cleanup code of its runs
     fd = os.open(out / LOCK_NAME, os.O_RDWR)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free at once
