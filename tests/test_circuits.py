@@ -68,7 +68,12 @@ def test_attention_head_that_reads_one_frequency_of_a():
     a = torch.arange(p, dtype=torch.float64)
     expected = torch.sigmoid(2 * torch.cos(2 * math.pi * k / p * a))
     torch.testing.assert_close(figs["attention"][0].double(), expected[:, None].expand(p, p), atol=1e-4, rtol=0)
-    assert heads["0.0"]["freq"] == k and heads["0.0"]["fve"] > 0.99
+    # the paper's fit (C.1.3) of the pre-softmax score: exactly 2 cos(w_k a) + const
+    assert heads["0.0"]["freq"] == k and heads["0.0"]["fve"] == pytest.approx(1.0, abs=1e-9)
+    assert heads["0.0"]["alpha"] == pytest.approx(2.0, rel=1e-4) and abs(heads["0.0"]["beta"]) < 1e-4
+    assert heads["0.0"]["b_spread"] < 1e-9  # layer 0: the score depends on a alone
+    # the post-softmax pattern: sigmoid(2 cos(w_k a)), almost all in frequency k's block
+    assert heads["0.0"]["pattern_freq"] == k and heads["0.0"]["pattern_fve"] > 0.99
     assert heads["0.0"]["std"] == pytest.approx(float(expected.std(correction=0)), rel=1e-3)
     assert heads["0.1"]["std"] < 1e-6
 
@@ -83,18 +88,18 @@ def test_handbuilt_subtraction_model_uses_a_minus_b_directions():
     assert out["acc_all"] == 1.0
     assert out["logit_fve"] > 0.99
     # read with the a+b waves instead, the fit explains nothing
-    _, fve_plus, _ = ci.logit_fit(ci.run_grid(model, data)[0], p, ks, sign=1)
+    _, fve_plus, _ = ci.logit_fit(ci.run_grid(model, data).L, p, ks, sign=1)
     assert fve_plus < 0.05
 
 
 def test_logit_fit_coefficients_and_loss_of_fitted_logits():
     p, ks = 31, [3, 7, 12]
     model = fourier_model(p, ks, amp=12.0)
-    L = ci.run_grid(model, grid_data(p))[0]
+    L = ci.run_grid(model, grid_data(p)).L
     coefs, fve, fit = ci.logit_fit(L, p, ks)
     # GELU's higher-order terms shave a few percent off the designed amplitude
     assert torch.allclose(coefs, torch.full((3,), 12.0, dtype=torch.float64), rtol=0.08)
-    L6 = ci.run_grid(fourier_model(p, ks, amp=6.0), grid_data(p))[0]
+    L6 = ci.run_grid(fourier_model(p, ks, amp=6.0), grid_data(p)).L
     coefs6, _, _ = ci.logit_fit(L6, p, ks)
     torch.testing.assert_close(coefs6, coefs / 2, rtol=1e-5, atol=0)  # W_out scales the logits linearly
     y = grid_data(p).all_y
@@ -129,7 +134,9 @@ def test_random_model_has_no_key_frequency_and_low_gini():
     out, _ = ci.reverse_engineer(model, grid_data(p))
     assert out["key_frequencies"] == []
     assert out["neuron_fve"] < 0.05 and out["neuron_fve_weighted"] < 0.05
-    assert max(out["frequency_shares"].values(), default=0.0) < ci.MIN_SHARE
+    # W_L's spectrum is flat: no frequency holds more than about twice the even share
+    assert max(out["frequency_shares"].values(), default=0.0) < ci.key_threshold("wl", p)
+    assert out["key_frequencies_neurons"] == []
     assert out["gini_W_E"] < 0.25 and out["gini_W_L"] < 0.25
     assert len(out["attention_heads"]) == 4
 
@@ -142,7 +149,7 @@ def test_random_logits_have_no_dominant_frequency():
     assert ci.key_frequencies(shares) == []
     assert shares.max() < 3 * 2 / p  # ~ (2 directions per frequency) / (p outputs * p inputs / p)
     # while the hand-built model's logits put everything on its key frequencies
-    L_f = ci.run_grid(fourier_model(p, [3, 7]), grid_data(p))[0]
+    L_f = ci.run_grid(fourier_model(p, [3, 7]), grid_data(p)).L
     assert ci.key_frequencies(ci.logit_freq_shares(L_f, p)) == [3, 7]
 
 
@@ -157,7 +164,7 @@ def test_memorising_model_has_no_key_frequency(memorising_run):
     assert out["key_frequencies"] == []
     assert out["gini_W_E"] < 0.25 and out["gini_W_L"] < 0.25
     # removing any handful of frequencies leaves the memorised train set intact
-    abl = {r["name"]: r for r in ci.ablations(ci.run_grid(model, data)[0], fr.fourier_basis(data.p)[0], [1, 5, 9], data)}
+    abl = {r["name"]: r for r in ci.ablations(ci.run_grid(model, data).L, fr.fourier_basis(data.p)[0], [1, 5, 9], data)}
     assert abl["remove all key"]["loss"] < abl["none"]["loss"] + 0.1 * math.log(data.p)
 
 
@@ -184,3 +191,62 @@ def test_wl_residual_of_a_known_map():
 def test_find_key_frequencies_agrees_with_the_full_analysis():
     model = fourier_model(23, [2, 9])
     assert ci.find_key_frequencies(model, grid_data(23)) == [2, 9]
+
+
+def test_wave_fit_recovers_alpha_beta_and_frequency():
+    from grokscope.analysis.attention import wave_fit
+
+    for p in (31, 12):
+        F, _ = fr.fourier_basis(p)
+        a = torch.arange(p, dtype=torch.float64)
+        w = 2 * math.pi * 5 / p
+        fit = wave_fit(3 * torch.cos(w * a) - 2 * torch.sin(w * a) + 7, F)
+        assert fit["freq"] == 5 and fit["fve"] == pytest.approx(1.0)
+        assert fit["alpha"] == pytest.approx(3.0) and fit["beta"] == pytest.approx(-2.0)
+        noisy = 3 * torch.cos(w * a) + torch.cos(2 * math.pi * 2 / p * a)  # 9/2 against 1/2 of the variance
+        assert wave_fit(noisy, F)["fve"] == pytest.approx(0.9)
+
+
+@pytest.mark.parametrize("p,ks", [(31, [3, 7, 12]), (23, [2, 9])])
+def test_mlp_fve_and_mlp_ablations_on_the_handbuilt_model(p, ks):
+    model = fourier_model(p, ks)
+    out, _ = ci.reverse_engineer(model, grid_data(p))
+    # Section 4.2: A (W_L c_k) is a multiple of cos(w_k(a+b)), A (W_L s_k) of sin(w_k(a+b))
+    assert {(c["freq"], c["kind"]) for c in out["mlp_fve_components"]} == {(k, t) for k in ks for t in ("cos", "sin")}
+    assert out["mlp_fve"] > 0.99 and out["mlp_fve_std"] < 0.01
+    abl = {r["name"]: r for r in out["mlp_ablations"]}
+    base = abl["none"]["loss"]
+    assert base == pytest.approx(out["loss_all"], rel=1e-5)  # the model's logits (float32), rebuilt in float64
+    # the neurons are (almost) degree-2 polynomials, and the logits read only the 2|K| directions
+    assert abl["explained neurons -> degree-2 polynomial of their frequency"]["acc"] == 1.0
+    assert abl["activations projected onto the W_L key directions"]["loss"] == pytest.approx(base, rel=1e-6)
+    assert abl["all neurons -> key cos/sin(w(a+b)) terms"]["acc"] == 1.0
+    assert abl["activations projected onto their null space"]["loss"] > 0.9 * math.log(p)
+    # W_U reads only the dimensions the MLP writes: the skip connection carries nothing to the logits
+    skip = {r["name"]: r for r in out["skip_ablations"]}
+    assert skip["final skip connection zero-ablated"]["loss"] == pytest.approx(base, rel=1e-9)
+    assert skip["final skip connection mean-ablated"]["loss"] == pytest.approx(base, rel=1e-9)
+
+
+def test_neuron_frequency_is_chosen_among_the_key_frequencies():
+    # neuron 0 is all frequency 2, neuron 1 is 60% frequency 4 and 40% frequency 1
+    fve = torch.zeros(5, 2, dtype=torch.float64)
+    fve[1, 0] = 1.0
+    fve[3, 1], fve[0, 1] = 0.6, 0.4
+    freq, best, explained = ci.neuron_frequencies(fve)
+    assert freq.tolist() == [2, 4] and explained.tolist() == [True, False]
+    freq, best, explained = ci.neuron_frequencies(fve, ks=[1, 3])
+    assert freq.tolist()[1] == 1 and best.tolist() == [0.0, 0.4] and not explained.any()
+    assert not ci.neuron_frequencies(fve, ks=[])[2].any()
+
+
+def test_key_rules_agree_on_the_handbuilt_model_and_differ_in_threshold():
+    p, ks = 31, [3, 7, 12]
+    out, _ = ci.reverse_engineer(fourier_model(p, ks), grid_data(p), key_rule="neurons")
+    assert out["key_rule_name"] == "neurons" and out["key_frequencies"] == ks
+    assert out["key_frequencies_wl"] == ks and out["key_frequencies_neurons"] == ks
+    with pytest.raises(ValueError, match="unknown key-frequency rule"):
+        ci.reverse_engineer(fourier_model(p, ks), grid_data(p), key_rule="max")
+    # W_L's shares: three equal key frequencies hold a third each
+    shares = ci.wl_freq_shares(ci.model_wl(fourier_model(p, ks), p), fr.fourier_basis(p)[0])
+    torch.testing.assert_close(shares[[k - 1 for k in ks]], torch.full((3,), 1 / 3, dtype=torch.float64))

@@ -11,9 +11,18 @@ from grokscope.analysis import runner
 from grokscope.store import Run
 
 
+def weight_norm(e: int) -> float:
+    """Falls slowly to epoch 60, by 10x (log-linearly) over 60-85, then ten times slower than before."""
+    if e <= 60:
+        return 100.0 * 10 ** (-0.002 * e)
+    if e <= 85:
+        return weight_norm(60) * 10 ** (-(e - 60) / 25)
+    return weight_norm(85) * 10 ** (-0.0002 * (e - 85))
+
+
 def synthetic_rows(grok: bool = True, circuit: bool = True) -> list[dict]:
     """Memorise 0-20, form the circuit 20-60 (excluded loss rises), clean up 60-80 (test loss
-    falls 4 decades, log-linearly), flat afterwards."""
+    falls 4 decades, log-linearly) while the weight norm falls sharply until 85, flat afterwards."""
     rows = []
     for e in range(0, 101):
         train = 10 ** (-3 * min(e, 20) / 20)
@@ -23,12 +32,12 @@ def synthetic_rows(grok: bool = True, circuit: bool = True) -> list[dict]:
         else:
             test = 10.0
         rows.append({"epoch": float(e), "train_loss": train, "test_loss": test, "excluded_loss": exc,
-                     "restricted_loss": 3.0, "weight_norm": 100.0 - e / 2, "gini_W_E": 0.1, "gini_W_L": 0.1})
+                     "restricted_loss": 3.0, "weight_norm": weight_norm(e), "gini_W_E": 0.1, "gini_W_L": 0.1})
     return rows
 
 
 def test_known_phases_are_found():
-    phases, rule, ev = ph.locate_phases(synthetic_rows())
+    phases, rule, ev = ph.locate_phases(synthetic_rows(), rule="test_loss")
     assert phases["memorization"] == [0.0, 20.0]
     cf, cl = phases["circuit_formation"], phases["cleanup"]
     assert cf[0] == 20.0
@@ -37,6 +46,26 @@ def test_known_phases_are_found():
     assert cf[1] == cl[0]
     assert ev["changes"]["circuit_formation"]["excluded_loss"] > 0
     assert "10%-90%" in rule
+
+
+def test_cleanup_ends_when_the_sharp_fall_of_the_weight_norm_is_over():
+    phases, rule, ev = ph.locate_phases(synthetic_rows())
+    assert phases["memorization"] == [0.0, 20.0]
+    assert phases["cleanup"][0] == 62.0  # starts as the test-loss rule does
+    # the sharp fall (0.04 decades/epoch) ends at 85; the slope is averaged over 5 intervals
+    # (i-2 .. i+2), so the first window holding none of the sharp intervals starts at 87
+    assert phases["cleanup"][1] == 87.0
+    assert ev["weight_norm_flattened"] is True and 60 <= ev["weight_norm_fastest_fall_epoch"] <= 85
+    assert "weight norm" in rule
+
+
+def test_cleanup_ends_at_the_last_checkpoint_while_the_weight_norm_still_falls():
+    rows = [r for r in synthetic_rows() if r["epoch"] <= 80]
+    phases, _, ev = ph.locate_phases(rows)
+    assert phases["cleanup"] == [62.0, 80.0]
+    assert ev["weight_norm_flattened"] is False and "still falling" in ev["note"]
+    with pytest.raises(ValueError, match="unknown phase rule"):
+        ph.locate_phases(rows, rule="gini")
 
 
 def test_no_grokking_means_no_cleanup():

@@ -34,6 +34,19 @@ def test_fourier_model_restricted_close_to_full_and_excluded_near_chance():
         assert row["train_loss"] < row[f"excluded_loss_k{k}"] < row["excluded_loss"]
     for k in KS:
         assert row[f"coef_k{k}"] == pytest.approx(12.0, rel=0.08)
+    # footnote 3's variant: the worst single frequency is one of the keys, and equals its own column
+    assert row["excluded_loss_max_freq"] in KS
+    assert row["excluded_loss_max"] == pytest.approx(max(row[f"excluded_loss_k{k}"] for k in KS), rel=1e-12)
+
+
+def test_excluded_loss_max_needs_no_key_frequencies():
+    # with K empty the excluded loss is the train loss; the footnote's variant still finds the circuit
+    model = fourier_model(P, [5])
+    data = grid_data(P)
+    row = pg.progress_row(model, pg.make_context(data, []))
+    assert row["excluded_loss"] == pytest.approx(row["train_loss"], rel=1e-9)
+    assert row["excluded_loss_max_freq"] == 5
+    assert row["excluded_loss_max"] > 0.9 * math.log(P)
 
 
 def test_random_logits_excluded_equals_full_and_restricted_is_chance():

@@ -1,20 +1,25 @@
 """Reverse-engineering one checkpoint of a modular-arithmetic model (Nanda et al. 2023, Section 4).
 
-Measures: the embedding and neuron-logit (W_L) spectra; per-neuron FVE by frequency and each
-neuron's frequency; the key frequencies (rule below); W_L's residual outside the key directions;
-the fit of the logits by cos(w(a+b-c)) terms; ablations in the 2D Fourier basis of the logits;
-each attention head's single-frequency fit.
+Measures: the embedding and neuron-logit (W_L) spectra; the key frequencies; per-neuron FVE by
+frequency; W_L's residual outside the key directions; the fit of the logits by cos(w(a+b-c))
+terms; ablations in the 2D Fourier basis of the logits; the MLP-level measures and ablations of
+Sections 4.2-4.4 (analysis/mlp.py); each attention head's single-frequency fit (analysis/attention.py).
 
-Key-frequency rule (ours; the paper reads them off the W_E and W_L spectra, Section 4.1 and
-Appendix C.2; docs/measures.md, 'Key frequencies', compares the two): a neuron is
-explained when one frequency holds more than 0.85 of its activation variance (`FVE_THRESHOLD`).
-Each explained neuron is weighted by what it sends to the logits, var(neuron) * ||W_L[n]||^2
-(W_L centred over outputs), so a cluster that does not reach the output does not count. A
-frequency is key when its explained neurons carry at least `MIN_SHARE` of the total over all
-neurons. Random and memorising models have almost no explained neurons, so they get no key
-frequency whatever p is. Attention-only models have no neurons: there the share of a frequency is
-the share of the (centred) logits' variance lying in its cos/sin(w(a+b)) directions, with the
-same threshold.
+Key frequencies, the paper's rule (Appendix C.2: "we perform a DFT on the neuron-logit map W_L,
+then take the frequencies with nontrivial coefficients"): the share of W_L's Fourier energy
+(output axis, constant row excluded) held by each frequency; a frequency is key when its share is
+at least `KEY_RATIO` times the even share 1/n_freqs. A spectrum with no structure (random or
+memorising weights) has every share near the even one and so no key frequency.
+A second rule, `neurons`, reads them through the neurons instead: a neuron is explained when
+one frequency holds more than 0.85 of its activation variance (`FVE_THRESHOLD`); each explained
+neuron is weighted by what it sends to the logits, var(neuron) * ||W_L[n]||^2, and a frequency is
+key when its explained neurons carry at least `MIN_SHARE` of the total over all neurons.
+Attention-only models have no W_L: there the share of a frequency is the share of the (centred)
+logits' variance lying in its cos/sin(w(a+b)) directions, with the threshold of the paper's rule.
+
+Neuron FVE follows the paper (Section 4.3): a neuron's frequency is the key frequency whose 2D
+block explains most of its variance, and it is explained above 0.85; the maximum over all
+frequencies is kept as `neuron_fve_all_freqs`.
 
 Functions take tensors and return tensors or plain numbers; `reverse_engineer` runs the model
 once over all p*p inputs and assembles the summary. No I/O here.
@@ -27,11 +32,15 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from grokscope.analysis import attention as at
 from grokscope.analysis import fourier as fr
+from grokscope.analysis import mlp
 from grokscope.models.transformer import Transformer
 
 FVE_THRESHOLD = 0.85  # the paper (Section 4.3): a neuron "is explained" by one frequency above this share
-MIN_SHARE = 0.02  # key frequency: its explained neurons carry >= 2% of the neuron->logit variance
+MIN_SHARE = 0.02  # `neurons` rule: a key frequency's explained neurons carry >= 2% of the neuron->logit variance
+KEY_RATIO = 3.0  # paper's rule: a key frequency holds >= 3x the even share of W_L's Fourier energy
+KEY_RULES = ("wl", "neurons")
 
 
 @dataclass
@@ -113,6 +122,13 @@ GINI_BASIS = ("per frequency: c_k = sqrt(cos_k^2 + sin_k^2) of the Fourier compo
               "its own frequency, N = p/2)")
 
 
+def wl_freq_shares(W_L: Tensor, F: Tensor) -> Tensor:
+    """[n_freqs]: each frequency's share of W_L's Fourier energy along its output axis (constant row excluded)."""
+    e = fr.freq_norms(wl_spectrum(W_L, F), F.shape[0]).pow(2)
+    total = e.sum()
+    return e / total if total > 0 else e
+
+
 def spectrum_gini(row_norms: Tensor, p: int) -> float:
     """Gini of a spectrum given per basis row, taken per frequency (see GINI_BASIS)."""
     return gini(fr.freq_norms(row_norms, p))
@@ -146,8 +162,20 @@ def grid_fve(grids: Tensor, F: Tensor) -> tuple[Tensor, Tensor]:
     return fve, var
 
 
-def neuron_frequencies(fve: Tensor, threshold: float = FVE_THRESHOLD) -> tuple[Tensor, Tensor, Tensor]:
-    """(freq [n] 1-based, best FVE [n], explained [n] bool) from fve [n_freqs, n]."""
+def neuron_frequencies(fve: Tensor, threshold: float = FVE_THRESHOLD,
+                       ks: list[int] | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """(freq [n] 1-based, best FVE [n], explained [n] bool) from fve [n_freqs, n].
+
+    ks: choose each neuron's frequency among these only (the paper's "one of the key
+    frequencies"); None: among all. With ks empty no neuron is explained.
+    """
+    if ks is not None:
+        if not ks:
+            n = fve.shape[1]
+            return torch.ones(n, dtype=torch.long), torch.zeros(n, dtype=fve.dtype), torch.zeros(n, dtype=torch.bool)
+        sel = torch.tensor(sorted(ks)) - 1
+        best, idx = fve[sel].max(dim=0)
+        return sel[idx] + 1, best, best > threshold
     best, idx = fve.max(dim=0)
     return idx + 1, best, best > threshold
 
@@ -181,6 +209,23 @@ def logit_freq_shares(L: Tensor, p: int, sign: int = 1) -> Tensor:
 def key_frequencies(shares: Tensor, min_share: float = MIN_SHARE) -> list[int]:
     """Frequencies (1-based, ascending) whose share reaches min_share (module docstring)."""
     return [int(k) + 1 for k in (shares >= min_share).nonzero().flatten().tolist()]
+
+
+def key_threshold(rule: str, p: int) -> float:
+    """The share a frequency needs to be key under `rule` (module docstring)."""
+    if rule not in KEY_RULES:
+        raise ValueError(f"unknown key-frequency rule {rule!r}; choose one of {', '.join(KEY_RULES)}")
+    return KEY_RATIO / fr.n_freqs(p) if rule == "wl" else MIN_SHARE
+
+
+KEY_RULE_TEXT = {
+    "wl": (f"the paper's (Appendix C.2): DFT of W_L along its output axis; key = frequencies holding "
+           f">= {KEY_RATIO:g}x the even share (1/n_freqs) of its non-constant energy"),
+    "neurons": (f"neurons with max_k FVE_k > {FVE_THRESHOLD}, weighted by var * |W_L row|^2; key = "
+                f"frequencies holding >= {MIN_SHARE} of that weight"),
+    "logits": (f"attention-only: key = frequencies holding >= {KEY_RATIO:g}x the even share of the centred "
+               "logits' energy in their cos/sin(w(a+b)) directions"),
+}
 
 
 # ------------------------------------------------------------------------------- logits
@@ -227,37 +272,41 @@ def ablations(L: Tensor, F: Tensor, ks: list[int], data: ModularData) -> list[di
     """Loss and accuracy (all valid inputs, and test) after ablating frequencies in the logits'
     2D Fourier basis: none, each key frequency, all key frequencies, all non-key frequencies."""
     p = F.shape[0]
-    y, v, t = data.all_y, data.valid_mask, data.test_mask
     key = freq_set_mask(p, ks)
-    cases: list[tuple[str, Tensor | None]] = [("none", None)]
-    cases += [(f"remove key {k}", freq_set_mask(p, [k])) for k in ks]
-    cases += [("remove all key", key)]
     nonkey = ~key
     nonkey[0, 0] = False  # keep the constant term
-    cases += [("remove all non-key", nonkey)]
-    rows = []
-    for name, zero in cases:
-        La = L.double() if zero is None else ablate_2d(L, F, zero)
-        loss, acc = loss_acc(La[v], y[v])
-        tl, ta = loss_acc(La[t], y[t]) if t.any() else (None, None)
-        rows.append({"name": name, "loss": loss, "acc": acc, "test_loss": tl, "test_acc": ta})
-    return rows
+    zeros = [(f"remove key {k}", freq_set_mask(p, [k])) for k in ks]
+    zeros += [("remove all key", key), ("remove all non-key", nonkey)]
+    return loss_rows([("none", L.double())] + [(name, ablate_2d(L, F, z)) for name, z in zeros], data)
 
 
 # ------------------------------------------------------------------------------- the model
+@dataclass
+class Grid:
+    """One forward pass over all p*p inputs, at the `=` position."""
+
+    L: Tensor  # logits [p*p, p] float64
+    post: Tensor | None  # the last layer's MLP activations [p*p, d_mlp], None when attention-only
+    resid_mid: Tensor | None  # the last layer's residual stream before its MLP [p*p, d_model]
+    attn: Tensor  # attention from `=` to `a` [n_layers*n_heads, p, p]
+    scores: Tensor  # the same before the softmax [n_layers*n_heads, p, p]
+
+
 @torch.no_grad()
-def run_grid(model: Transformer, data: ModularData) -> tuple[Tensor, Tensor | None, Tensor]:
-    """One forward pass over all p*p inputs -> (logits [p*p, p] at `=`, the last layer's MLP
-    activations at `=` [p*p, d_mlp] or None, attention from `=` to `a` [n_layers*n_heads, p, p])."""
+def run_grid(model: Transformer, data: ModularData) -> Grid:
+    """Run the model once over every input and keep what the measures read."""
     model.eval()
     logits, cache = model.run_with_cache(data.all_x)
-    L = logits[:, -1].double()
-    n_layers = model.cfg.n_layers
+    n_layers, p = model.cfg.n_layers, data.p
+    last = f"blocks.{n_layers - 1}"
     post = None if model.cfg.attn_only else cache["post", n_layers - 1][:, -1].double()
-    p = data.p
-    pats = [cache[f"blocks.{layer}.attn.hook_pattern"][:, :, -1, 0] for layer in range(n_layers)]
-    attn = torch.cat(pats, dim=1).T.reshape(-1, p, p).double()  # [layers*heads, p, p]
-    return L, post, attn
+    mid = None if model.cfg.attn_only else cache[f"{last}.hook_resid_mid"][:, -1].double()
+
+    def per_head(hook: str) -> Tensor:
+        x = [cache[f"blocks.{layer}.attn.{hook}"][:, :, -1, 0] for layer in range(n_layers)]
+        return torch.cat(x, dim=1).T.reshape(-1, p, p).double()  # [layers*heads, p, p]
+
+    return Grid(logits[:, -1].double(), post, mid, per_head("hook_pattern"), per_head("hook_attn_scores"))
 
 
 def weights(model: Transformer) -> dict[str, Tensor]:
@@ -271,74 +320,151 @@ def model_wl(model: Transformer, p: int) -> Tensor | None:
     return neuron_logit_map(model.blocks[-1].mlp.W_out.detach(), model.unembed.W_U.detach(), p)
 
 
-def frequency_shares(L: Tensor, post: Tensor | None, W_L: Tensor | None, data: ModularData,
-                     F: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:
-    """(shares [n_freqs], neuron fve [n_freqs, d_mlp] or None, neuron var [d_mlp] or None): the
-    per-frequency shares the key rule reads (module docstring), from neurons when there are any."""
-    p = data.p
-    if post is None or W_L is None:
-        return logit_freq_shares(L, p, data.sign), None, None
-    fve, var = grid_fve(post.T.reshape(-1, p, p).permute(1, 2, 0), F)
+def neuron_grid_fve(post: Tensor, F: Tensor) -> tuple[Tensor, Tensor]:
+    """(fve [n_freqs, d_mlp], var [d_mlp]) of each neuron's p x p activation grid."""
+    p = F.shape[0]
+    return grid_fve(post.T.reshape(-1, p, p).permute(1, 2, 0), F)
+
+
+def neuron_shares(post: Tensor, W_L: Tensor, F: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(shares [n_freqs], fve [n_freqs, d_mlp], var [d_mlp]): the `neurons` rule's shares."""
+    fve, var = neuron_grid_fve(post, F)
     weight = var * centre_outputs(W_L).pow(2).sum(1)  # what each neuron sends to the logits
     return neuron_freq_shares(fve, weight), fve, var
 
 
-def find_key_frequencies(model: Transformer, data: ModularData) -> list[int]:
+def rule_shares(g: Grid, W_L: Tensor | None, data: ModularData, F: Tensor, rule: str) -> tuple[str, Tensor]:
+    """(the rule actually applied, per-frequency shares) -- attention-only models fall back to the logits."""
+    if g.post is None or W_L is None:
+        return "logits", logit_freq_shares(g.L, data.p, data.sign)
+    if rule == "wl":
+        return "wl", wl_freq_shares(W_L, F)
+    key_threshold(rule, data.p)  # validates the name
+    return "neurons", neuron_shares(g.post, W_L, F)[0]
+
+
+def keys_from(applied: str, shares: Tensor, p: int) -> list[int]:
+    return key_frequencies(shares, key_threshold("wl" if applied == "logits" else applied, p))
+
+
+def find_key_frequencies(model: Transformer, data: ModularData, rule: str = "wl") -> list[int]:
     """Only the key frequencies of the loaded checkpoint (the rule in the module docstring)."""
     F, _ = fr.fourier_basis(data.p)
-    L, post, _ = run_grid(model, data)
-    shares, _, _ = frequency_shares(L, post, model_wl(model, data.p), data, F)
-    return key_frequencies(shares)
+    applied, shares = rule_shares(run_grid(model, data), model_wl(model, data.p), data, F, rule)
+    return keys_from(applied, shares, data.p)
+
+
+def loss_rows(cases: list[tuple[str, Tensor]], data: ModularData) -> list[dict]:
+    """[{name, loss, acc, test_loss, test_acc}] for named logits [p*p, p] (all valid inputs, and test)."""
+    y, v, t = data.all_y, data.valid_mask, data.test_mask
+    rows = []
+    for name, La in cases:
+        loss, acc = loss_acc(La[v], y[v])
+        tl, ta = loss_acc(La[t], y[t]) if t.any() else (None, None)
+        rows.append({"name": name, "loss": loss, "acc": acc, "test_loss": tl, "test_acc": ta})
+    return rows
+
+
+def mlp_ablations(model: Transformer, g: Grid, W_L: Tensor, F: Tensor, ks: list[int], freq: Tensor,
+                  explained: Tensor, data: ModularData) -> tuple[list[dict], list[dict]]:
+    """Section 4.4's neuron and direction ablations, and Table 6's final skip-connection ablations."""
+    assert g.post is not None and g.resid_mid is not None
+    last = model.blocks[-1].mlp
+    W_out, b_out, W_U = last.W_out.detach(), last.b_out.detach(), model.unembed.W_U.detach()[:, : data.p]
+
+    def logits(post: Tensor, mid: Tensor | None = None) -> Tensor:
+        return mlp.logits_from_mlp(g.resid_mid if mid is None else mid, post, W_out, b_out, W_U)
+
+    U, _ = mlp.wl_directions(W_L, F, ks)
+    neurons = [
+        ("none", logits(g.post)),
+        ("explained neurons -> degree-2 polynomial of their frequency",
+         logits(mlp.polynomial_ablation(g.post, F, freq, explained))),
+        ("all neurons -> key cos/sin(w(a+b)) terms", logits(mlp.sum_term_ablation(g.post, ks, data.sign))),
+        ("activations projected onto the W_L key directions", logits(mlp.direction_ablation(g.post, U))),
+        ("activations projected onto their null space", logits(mlp.direction_ablation(g.post, U, null=True))),
+    ]
+    mid = g.resid_mid
+    skip = [
+        ("none", logits(g.post)),
+        ("final skip connection zero-ablated", logits(g.post, torch.zeros_like(mid))),
+        ("final skip connection mean-ablated", logits(g.post, mid.mean(0, keepdim=True).expand_as(mid))),
+    ]
+    return loss_rows(neurons, data), loss_rows(skip, data)
 
 
 def reverse_engineer(model: Transformer, data: ModularData, ks: list[int] | None = None,
-                     n_show: int = 8) -> tuple[dict, dict[str, Tensor]]:
+                     n_show: int = 8, key_rule: str = "wl") -> tuple[dict, dict[str, Tensor]]:
     """Analyse one checkpoint. Returns (summary fields, figure arrays); see analysis/__init__.py.
 
-    ks: the key frequencies to use; None finds them on this checkpoint.
+    ks: the key frequencies to use; None finds them on this checkpoint by `key_rule`.
     """
     p, sign = data.p, data.sign
+    key_threshold(key_rule, p)
     F, _ = fr.fourier_basis(p)
-    L, post, attn = run_grid(model, data)
+    g = run_grid(model, data)
+    L, post = g.L, g.post
     W_L = model_wl(model, p)
     e_spec = embed_spectrum(model.embed.W_E.detach(), F)
     out: dict = {}
     figs: dict[str, Tensor] = {"embed_spectrum": e_spec}
 
-    # neurons: FVE per frequency, weighted by what each neuron sends to the logits
-    shares, fve, var = frequency_shares(L, post, W_L, data, F)
-    if fve is not None:
-        freq, best, explained = neuron_frequencies(fve)
-        out["neuron_fve"] = float(explained.double().mean())
-        out["neurons_explained"] = int(explained.sum())
-        out["neuron_fve_mean"] = float(best.mean())
-        # the same share weighted by what each neuron sends to the logits (var * |W_L row|^2):
-        # during cleanup many small leftover neurons are unexplained but carry little
-        out["neuron_fve_weighted"] = float(shares.sum())
-        out["key_rule"] = (f"neurons with max_k FVE_k > {FVE_THRESHOLD}, weighted by var * |W_L row|^2; "
-                           f"key = frequencies holding >= {MIN_SHARE} of that weight")
-    else:
-        out["neuron_fve"] = None
-        out["neurons_explained"] = None
-        out["neuron_fve_mean"] = None
-        out["neuron_fve_weighted"] = None
-        out["key_rule"] = (f"attention-only: key = frequencies holding >= {MIN_SHARE} of the centred "
-                           "logits' energy in their cos/sin(w(a+b)) directions")
-    found = key_frequencies(shares)
+    # key frequencies: the chosen rule, and every other rule's answer beside it
+    applied, shares = rule_shares(g, W_L, data, F, key_rule)
+    found = keys_from(applied, shares, p)
     ks = found if ks is None else sorted(ks)
     out["key_frequencies"] = ks
     out["key_frequencies_found_here"] = found
+    out["key_rule"] = KEY_RULE_TEXT[applied]
+    out["key_rule_name"] = applied
     out["frequency_shares"] = {int(k) + 1: float(s) for k, s in enumerate(shares) if s > 0.005}
+    fve = var = None
+    if post is not None and W_L is not None:
+        n_shares, fve, var = neuron_shares(post, W_L, F)
+        w_shares = wl_freq_shares(W_L, F)
+        out["key_frequencies_wl"] = key_frequencies(w_shares, key_threshold("wl", p))
+        out["key_frequencies_neurons"] = key_frequencies(n_shares, key_threshold("neurons", p))
+        out["wl_frequency_shares"] = {int(k) + 1: float(s) for k, s in enumerate(w_shares) if s > 0.005}
+    else:
+        out["key_frequencies_wl"] = out["key_frequencies_neurons"] = None
+        out["wl_frequency_shares"] = None
+
+    # neurons: the paper's FVE (best key frequency), and the best over all frequencies beside it
+    if fve is not None and var is not None and W_L is not None:
+        freq, best, explained = neuron_frequencies(fve, ks=ks)
+        _, best_all, explained_all = neuron_frequencies(fve)
+        out["neuron_fve"] = float(explained.double().mean())
+        out["neurons_explained"] = int(explained.sum())
+        out["neuron_fve_mean"] = float(best.mean())
+        out["neuron_fve_all_freqs"] = float(explained_all.double().mean())
+        out["neuron_fve_all_freqs_mean"] = float(best_all.mean())
+        # the share of the neuron->logit weight (var * |W_L row|^2) on neurons explained by any
+        # frequency: during cleanup many small leftover neurons are unexplained but carry little
+        weight = var * centre_outputs(W_L).pow(2).sum(1)
+        out["neuron_fve_weighted"] = float(neuron_freq_shares(fve, weight).sum())
+        comps = mlp.mlp_fve(post, W_L, F, ks, sign)
+        vals = torch.tensor([c["fve"] for c in comps], dtype=torch.float64)
+        out["mlp_fve"] = float(vals.mean()) if len(comps) else None
+        out["mlp_fve_std"] = float(vals.std(correction=0)) if len(comps) else None
+        out["mlp_fve_components"] = comps
+        out["mlp_ablations"], out["skip_ablations"] = mlp_ablations(model, g, W_L, F, ks, freq, explained, data)
+    else:
+        for key in ("neuron_fve", "neurons_explained", "neuron_fve_mean", "neuron_fve_all_freqs",
+                    "neuron_fve_all_freqs_mean", "neuron_fve_weighted", "mlp_fve", "mlp_fve_std"):
+            out[key] = None
+        out["mlp_fve_components"] = out["mlp_ablations"] = out["skip_ablations"] = []
 
     # spectra and Gini
     out["gini_W_E"] = spectrum_gini(e_spec, p)
+    out["gini_W_E_rows"] = gini(e_spec[1:])
     if W_L is not None:
         w_spec = wl_spectrum(W_L, F)
         figs["wl_spectrum"] = w_spec
         out["gini_W_L"] = spectrum_gini(w_spec, p)
+        out["gini_W_L_rows"] = gini(w_spec[1:])
         out["wl_residual"] = wl_residual(W_L, F, ks)
     else:
-        out["gini_W_L"] = out["wl_residual"] = None
+        out["gini_W_L"] = out["gini_W_L_rows"] = out["wl_residual"] = None
     out["gini_basis"] = GINI_BASIS
 
     # logits: losses, cos(w(a+b-c)) fit, 2D Fourier norms, ablations
@@ -353,18 +479,21 @@ def reverse_engineer(model: Transformer, data: ModularData, ks: list[int] | None
     figs["logit_fourier_norm"] = fr.fourier_2d(L.view(p, p, p), F).norm(dim=-1)
     out["ablations"] = ablations(L, F, ks, data)
 
-    # attention heads: single-frequency fit of the attention from `=` to `a`
-    afve, avar = grid_fve(attn.permute(1, 2, 0), F)
+    # attention heads: the paper's fit of the pre-softmax score (C.1.3), and the post-softmax
+    # pattern's single-frequency block share beside it
+    fits = at.score_fits(g.scores, F)
+    afve, avar = grid_fve(g.attn.permute(1, 2, 0), F)
     afreq, abest, _ = neuron_frequencies(afve)
     n_heads = model.cfg.n_heads
     out["attention_heads"] = [
-        {"head": f"{h // n_heads}.{h % n_heads}", "freq": int(afreq[h]), "fve": float(abest[h]),
+        {"head": f"{h // n_heads}.{h % n_heads}", **fits[h],
+         "pattern_freq": int(afreq[h]), "pattern_fve": float(abest[h]),
          "std": float((avar[h] / (p * p)).sqrt())}
-        for h in range(attn.shape[0])
+        for h in range(g.attn.shape[0])
     ]
-    figs["attention"] = attn
+    figs["attention"] = g.attn
 
-    if post is not None and fve is not None:
+    if post is not None and fve is not None and var is not None and W_L is not None:
         acts = post.T.reshape(-1, p, p)  # [d_mlp, p, p]
         ids = show_neurons(freq, var, explained, ks, n_show)
         figs["neuron_ids"] = ids
@@ -430,10 +559,11 @@ def paper_tables(out: dict, e_spec: Tensor, w_spec: Tensor | None, p: int) -> di
         })
     summary = [{
         "test_loss": out["test_loss"], "gini_W_E": out["gini_W_E"], "gini_W_L": out["gini_W_L"],
-        "key_frequencies": out["key_frequencies"], "logit_fve": out["logit_fve"],
-        "neuron_fve": out["neuron_fve"], "neuron_fve_mean": out["neuron_fve_mean"],
+        "key_frequencies": out["key_frequencies"], "logit_fve": out["logit_fve"], "mlp_fve": out["mlp_fve"],
+        "mlp_fve_std": out["mlp_fve_std"], "neuron_fve": out["neuron_fve"], "neuron_fve_mean": out["neuron_fve_mean"],
         "neuron_fve_weighted": out["neuron_fve_weighted"],
         "loss_key_removed": abl["remove all key"]["loss"], "loss_nonkey_removed": abl["remove all non-key"]["loss"],
     }]
     return {"key_frequencies": key_rows, "ablations": out["ablations"], "attention_heads": out["attention_heads"],
-            "model": summary}
+            "model": summary, "mlp_fve": out["mlp_fve_components"], "mlp_ablations": out["mlp_ablations"],
+            "skip_ablations": out["skip_ablations"]}

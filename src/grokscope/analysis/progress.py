@@ -5,6 +5,9 @@ checkpoint over every input:
 - restricted loss: L_R = P_K L + mean_inputs(L) (P_K L has zero mean over inputs), cross-entropy
   on all valid inputs, and on the train and test inputs alone; restricted accuracy likewise;
 - excluded loss: L_E = L - P_K L on the train set, for all of K and for each k in K alone;
+- the paper's model-independent variant (Appendix C.2, footnote 3): the excluded loss of every
+  frequency alone, maximised over frequencies (`excluded_loss_max`, and the frequency that gives
+  it). It needs no key frequencies, so it serves runs that find none (weight decay 0, Figure 26);
 - Gini of the W_E and W_L spectra per frequency (circuits.GINI_BASIS);
 - the sum of squared weights; the coefficient of each cos(w_k(a+b-c)) term in L.
 
@@ -36,18 +39,26 @@ class Context:
     F: Tensor  # [p, p] Fourier basis
     U: Tensor  # [p*p, m] unit directions of K (m = 2|K| for odd p)
     cols: dict[int, list[int]]  # frequency -> its columns in U
+    U_all: Tensor  # [p*p, M] the directions of every frequency, for the footnote's variant
+    cols_all: dict[int, list[int]]
 
 
-def make_context(data: ci.ModularData, ks: list[int]) -> Context:
-    p = data.p
-    F, _ = fr.fourier_basis(p)
-    U = fr.sum_directions(p, ks, data.sign)
+def direction_columns(p: int, ks: list[int]) -> dict[int, list[int]]:
+    """frequency -> its columns in `fourier.sum_directions(p, ks)`."""
     cols, j = {}, 0
     for k in ks:
         n = len(fr.freq_rows(p, k))
         cols[k] = list(range(j, j + n))
         j += n
-    return Context(data, list(ks), F, U, cols)
+    return cols
+
+
+def make_context(data: ci.ModularData, ks: list[int]) -> Context:
+    p = data.p
+    F, _ = fr.fourier_basis(p)
+    every = list(range(1, fr.n_freqs(p) + 1))
+    return Context(data, list(ks), F, fr.sum_directions(p, ks, data.sign), direction_columns(p, ks),
+                   fr.sum_directions(p, every, data.sign), direction_columns(p, every))
 
 
 @torch.no_grad()
@@ -86,7 +97,21 @@ def restricted_excluded(L: Tensor, ctx: Context) -> dict[str, float]:
     Utr = ctx.U[tr]
     for k, cols in ctx.cols.items():
         row[f"excluded_loss_k{k}"], _ = ci.loss_acc(Ltr - Utr[:, cols] @ C[cols], ytr)
+    row["excluded_loss_max"], row["excluded_loss_max_freq"] = excluded_loss_max(L, ctx)
     return row
+
+
+def excluded_loss_max(L: Tensor, ctx: Context) -> tuple[float, int]:
+    """The largest train loss after removing one frequency's (a+b) directions, and that frequency."""
+    tr, y = ctx.data.train_mask, ctx.data.all_y[ctx.data.train_mask]
+    C = ctx.U_all.T @ L
+    Ltr, Utr = L[tr], ctx.U_all[tr]
+    best, best_k = -1.0, 0
+    for k, cols in ctx.cols_all.items():
+        loss, _ = ci.loss_acc(Ltr - Utr[:, cols] @ C[cols], y)
+        if loss > best:
+            best, best_k = loss, k
+    return best, best_k
 
 
 def progress_row(model: Transformer, ctx: Context) -> dict[str, float]:

@@ -2,7 +2,8 @@
 
 One row per run folder directly inside DIR: its swept settings (from DIR/sweep.json when the
 folder is a sweep; otherwise the config fields whose values differ between its runs), status, epochs trained, test loss and accuracy, Gini(W_E), Gini(W_L), key
-frequencies, logit FVE and neuron FVE (from `analysis/summary.json` when the run was analysed;
+frequencies, logit FVE, MLP FVE (Table 5's column: mean and std over the key components) and
+neuron FVE (from `analysis/summary.json` when the run was analysed;
 empty otherwise), and the epoch of grokking (first epoch with test accuracy above 99%, from
 run.json) and the same as an optimiser step (which compares minibatch runs across data sizes).
 A copy-LM run's row has instead its last evaluation's tokens, losses, copy accuracies, ICL and
@@ -27,7 +28,8 @@ from grokscope.store import Run, StoreError, atomic_write_text, read_metrics, sw
 # the last evaluation of a copy-LM run (and, from its summary, when copy accuracy passed 50%)
 LM_COLUMNS = ["tokens", "train_loss", "val_loss", "copy_acc", "copy_token_acc", "rcopy_acc", "rcopy_token_acc",
               "icl_score", "induction_max"]
-SUMMARY_COLUMNS = ["test_loss", "test_acc", "gini_W_E", "gini_W_L", "key_frequencies", "logit_fve", "neuron_fve"]
+SUMMARY_COLUMNS = ["test_loss", "test_acc", "gini_W_E", "gini_W_L", "key_frequencies", "logit_fve", "mlp_fve", "mlp_fve_std",
+                   "neuron_fve"]
 
 
 def runs_in(folder: Path) -> list[Path]:
