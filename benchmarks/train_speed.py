@@ -152,7 +152,7 @@ def timed(step_fn, start: int, steps: int) -> float:
 
 
 def loss_curve(step_fn, model, x, y, start: int, epochs: int, every: int = 25) -> list[float]:
-    from grokscope.train.loss import loss_and_acc
+    from grokscope.models.loss import loss_and_acc
 
     out = []
     for s in range(start, start + epochs + 1):

@@ -102,3 +102,33 @@ def test_kills_at_random_moments_then_resume_end_bit_identical(reference, tmp_pa
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_many_kills_then_resume_end_bit_identical(reference, tmp_path, seed):
     _kill_and_resume(reference, tmp_path, n_kills=4, seed=seed)
+
+
+def test_sigterm_records_interrupted_and_resume_continues(tmp_path):
+    # a scheduler (or `timeout`) stops a job with SIGTERM: the run must say "interrupted", not
+    # stay "running", and resume must take it on
+    out = tmp_path / "run"
+    sets = [a for o in OVERRIDES[:-3] + ["train.epochs=200000", "train.checkpoint_every=5", "train.eval_every=5"]
+            for a in ("--set", o)]
+    proc = subprocess.Popen([sys.executable, "-m", "grokscope.cli", "train", "mainline", "--out", str(out), *sets, "-q"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 120
+    while len(list((out / "checkpoints").glob("*.safetensors")) if (out / "checkpoints").is_dir() else []) < 2:
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    rc = proc.wait(timeout=120)
+    assert rc == 130, proc.stderr.read().decode() if proc.stderr else rc
+    info = Run(out).read_info()
+    assert info["status"] == "interrupted"
+    # and Ctrl-C says the same
+    proc = subprocess.Popen([sys.executable, "-m", "grokscope.cli", "train", "--resume", str(out), "-q"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    while Run(out).read_info()["status"] != "running":
+        assert proc.poll() is None and time.monotonic() < deadline + 120
+        time.sleep(0.01)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=120) == 130
+    assert "interrupted; continue with" in proc.stderr.read().decode()
+    assert Run(out).read_info()["status"] == "interrupted"

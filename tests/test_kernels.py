@@ -5,8 +5,9 @@ mainline's `a b =` against the plain model.
 Every expected value is computed here, in float64 from the same inputs, by the obvious method
 (einsum, np.add.at, torch autograd, np.exp, torch.logsumexp), never by the kernel itself. Inputs
 are small, seeded and random; each shape is chosen to reach a code path: the mainline's K = 2,
-H = 4 one-pass rows (`_weighted_rows_k2h4`), four-example spreads (`_spread4x4`, H = 4), the
-four-heads-a-pass loops with and without remainders (H = 3, 8), a single key position and head.
+H = 4 one-pass rows (`_weighted_rows_k2h4`), the four-heads-a-pass loops with and without
+remainders (H = 3, 8), a single key position and head; the ReLU inside the kernels and, for other
+activations, without it. The float64 loss of the step (models/loss.py, torch) is checked here too.
 The arrays have the dtypes and layouts the step passes (C-contiguous float32/float64, int64
 indices), so numba's cache serves the signatures the other tests compile.
 """
@@ -22,7 +23,12 @@ import torch.nn.functional as F
 
 from grokscope.config import ModelConfig
 from grokscope.models import kernels, tabulated
-from grokscope.models.loss import FLOAT32_TINY, cross_entropy64, loss_and_acc
+from grokscope.models.loss import (
+    FLOAT32_TINY,
+    cross_entropy64,
+    loss_and_acc,
+    per_example_and_gradient,
+)
 from grokscope.models.reference import ReferenceTransformer, reference_loss
 from grokscope.models.transformer import build
 
@@ -81,14 +87,15 @@ def _abs_scale(P, tok, inv, tab, sh) -> np.ndarray:
 SHAPES = [(2, 4), (2, 3), (3, 8), (1, 1), (5, 4)]
 
 
-# ------------------------------------------------------------------------------------ gather_relu
+# ------------------------------------------------------------------------------------ gather_rows
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize(("K", "H"), SHAPES)
-def test_gather_relu_is_the_relu_of_pattern_weighted_table_rows(K, H, dtype):
+def test_gather_rows_is_the_relu_of_pattern_weighted_table_rows(K, H, dtype):
     n, V, u, m, c = 37, 5, 3, 19, 11
     p = _problem(10 * K + H, n, K, H, V, u, m, c, dtype)
     post, direct = np.full((n, m), np.nan, dtype), np.full((n, c), np.nan, dtype)
-    kernels.gather_relu(p["P"], p["tok"], p["inv"], p["tab_in"], p["sh_in"], p["tab_u"], p["sh_u"], post, direct)
+    args = (p["P"], p["tok"], p["inv"], p["tab_in"], p["sh_in"], p["tab_u"], p["sh_u"])
+    kernels.gather_rows(*args, True, post, direct)
     pre = _weighted_rows_ref(p["P"], p["tok"], p["inv"], p["tab_in"], p["sh_in"])
     want_direct = _weighted_rows_ref(p["P"], p["tok"], p["inv"], p["tab_u"], p["sh_u"])
     # float64: a few ulps of the terms' magnitude; float32: a few float32 ulps of it
@@ -100,13 +107,19 @@ def test_gather_relu_is_the_relu_of_pattern_weighted_table_rows(K, H, dtype):
     # ReLU exactly: negative pre-activations become 0, the direct logits are not clipped
     assert (post[pre < -tol_in] == 0).all() and (pre < -tol_in).any()
     assert (direct < 0).any()
+    # without the ReLU (other activations): the pre-activation itself, the same bits where positive
+    got_pre, direct2 = np.full((n, m), np.nan, dtype), np.full((n, c), np.nan, dtype)
+    kernels.gather_rows(*args, False, got_pre, direct2)
+    assert (np.abs(got_pre - pre) <= tol_in).all() and (got_pre < 0).any()
+    assert np.array_equal(np.maximum(got_pre, 0), post) and np.array_equal(direct2, direct)
 
 
 # ---------------------------------------------------------------------------------- backward_rows
-def _backward_ref(p: dict, d_post: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _backward_ref(p: dict, d_post: np.ndarray, g: np.ndarray, relu: bool = True):
     """(post, d_pre, d_s) by torch autograd in float64 through the real softmax: scores S with
-    softmax(S) = P, post = relu(pre), and L = <d_post, post> + <g, direct>; d_pre = dL/dpre and
-    d_s = dL/dS. (For float32 P, S = log P: its softmax is P / sum P, equal to float32 rounding.)"""
+    softmax(S) = P, post = relu(pre) (or pre itself), and L = <d_post, post> + <g, direct>;
+    d_pre = dL/dpre and d_s = dL/dS. (For float32 P, S = log P: its softmax is P / sum P, equal
+    to float32 rounding.)"""
     t = {k: torch.from_numpy(v) for k, v in p.items()}
     S = torch.log(t["P"].double()).requires_grad_(True)
     P = S.softmax(1)
@@ -123,7 +136,7 @@ def _backward_ref(p: dict, d_post: np.ndarray, g: np.ndarray) -> tuple[np.ndarra
 
     pre = rows(t["tab_in"], t["sh_in"])
     direct = rows(t["tab_u"], t["sh_u"])
-    post = torch.relu(pre)
+    post = torch.relu(pre) if relu else pre
     loss = (torch.from_numpy(d_post).double() * post).sum() + (torch.from_numpy(g).double() * direct).sum()
     d_S, d_pre = torch.autograd.grad(loss, [S, pre])
     return post.detach().numpy(), d_pre.numpy(), d_S.numpy()
@@ -140,8 +153,8 @@ def test_backward_rows_is_the_relu_and_softmax_backward_of_the_gather(K, H, dtyp
     post = post64.astype(dtype)
     assert (post == 0).any() and (post > 0).any()  # the mask does something
     got_d_pre, d_s = d_post.copy(), np.full((n, K + 1, H), np.nan, dtype)
-    kernels.backward_rows(got_d_pre, post, g, p["P"], p["tok"], p["inv"], p["tab_in"], p["sh_in"], p["tab_u"],
-                          p["sh_u"], d_s)
+    tables = (p["P"], p["tok"], p["inv"], p["tab_in"], p["sh_in"], p["tab_u"], p["sh_u"])
+    kernels.backward_rows(got_d_pre, post, g, *tables, True, d_s)
     # the ReLU backward in place, exactly: d_post where post > 0, else 0
     assert np.array_equal(got_d_pre, np.where(post > 0, d_post, 0).astype(dtype))
     # d_s: each dL/dP entry is a dot of m + c terms of size ~1, then the softmax backward
@@ -149,6 +162,14 @@ def test_backward_rows_is_the_relu_and_softmax_backward_of_the_gather(K, H, dtyp
     tol = 1e-12 if dtype == np.float64 else 2e-6  # (float32: observed 1-2e-7)
     assert np.abs(d_s - want_d_s).max() <= tol * scale, np.abs(d_s - want_d_s).max() / scale
     assert np.abs(d_s.sum(1)).max() <= 10 * tol * scale  # a softmax's gradient sums to zero over positions
+    # without the ReLU (other activations: the caller passes d_pre): no mask, the same softmax backward
+    _, want_d_pre, want_d_s = _backward_ref(p, d_post, g, relu=False)
+    assert np.array_equal(want_d_pre, d_post.astype(np.float64))
+    got_d_pre, d_s = d_post.copy(), np.full((n, K + 1, H), np.nan, dtype)
+    kernels.backward_rows(got_d_pre, post, g, *tables, False, d_s)
+    assert np.array_equal(got_d_pre, d_post)
+    scale = np.abs(want_d_s).max()
+    assert np.abs(d_s - want_d_s).max() <= tol * scale, np.abs(d_s - want_d_s).max() / scale
 
 
 # ----------------------------------------------------------------------------------- scatter_rows
@@ -258,28 +279,7 @@ def test_shared_sums_keep_float64_precision_across_chunks():
     assert (out_u == 0).all()
 
 
-# ---------------------------------------------------------------------------------- logits_shift
-def test_logits_shift_adds_the_direct_logits_and_subtracts_the_row_maximum_exactly():
-    r = _rng(19)
-    n, c = 40, 23
-    logits, direct = r.normal(size=(n, c)) * 30, r.normal(size=(n, c))
-    logits[3, 7] = np.nan  # a NaN row: NaN maximum, NaN shift
-    logits[5, :] = -np.inf  # no finite entry: maximum -inf, the shift is NaN (-inf - -inf)
-    logits[6, 2] = np.inf  # an infinite maximum
-    want_total = logits + direct
-    with np.errstate(invalid="ignore"):
-        want_max = want_total.max(1)  # NaN where the row has one
-        want_shift = want_total - want_max[:, None]
-    lg, shifted, mx = logits.copy(), np.empty((n, c)), np.empty(n)
-    kernels.logits_shift(lg, direct, shifted, mx)
-    # a float64 add, max and subtract: no rounding of its own, so bit for bit
-    assert np.array_equal(lg, want_total, equal_nan=True)
-    assert np.array_equal(mx, want_max, equal_nan=True)
-    assert np.array_equal(shifted, want_shift, equal_nan=True)
-    assert np.isnan(mx[3]) and np.isnan(shifted[3]).all() and mx[6] == np.inf and mx[5] == -np.inf
-
-
-# --------------------------------------------------------------------------- cross_entropy_finish
+# ------------------------------------------------------------------- the float64 loss (models/loss.py)
 def _labels_with_ties(r, logits, c):
     """Labels, with rows 0-9 tied between classes 2 and 6 at the maximum: rows 0-4 labelled 6 (the
     later of the tie: wrong for torch.argmax), 5-9 labelled 2 (the first: right)."""
@@ -289,34 +289,37 @@ def _labels_with_ties(r, logits, c):
     return labels
 
 
-def test_cross_entropy_finish_is_float64_log_softmax_with_its_gradient():
+def test_float64_rows_are_torchs_cross_entropy_with_its_gradient():
+    # The tabulated step's loss for a model that is not float32 (models/loss.per_example_and_gradient)
+    # against torch's own cross-entropy and autograd: per-example loss, the gradient of the mean
+    # over a larger batch, first-maximum accuracy with planted ties, and a NaN row.
     r = _rng(23)
     n, c, n_batch = 60, 17, 250
     logits = r.normal(size=(n, c)) * np.logspace(-1, 2.6, n)[:, None]  # spreads up to ~1,500
     labels = _labels_with_ties(r, logits, c)
     logits[11, 4] = logits[11, 9] = np.nan
     labels[11] = 4
-    mx = np.where(np.isnan(logits).any(1), np.nan, np.nanmax(logits, 1))
-    e = np.exp(logits - mx[:, None])  # what torch's exp of logits_shift's output gives
-    tiny = 1e-250  # the float64 step passes 0.0; any threshold is applied the same way
-    g, losses, correct = np.empty((n, c)), np.empty(n), np.empty(n, np.bool_)
-    kernels.cross_entropy_finish(e, logits, mx, labels, tiny, n_batch, g, losses, correct)
     lt, yt = torch.from_numpy(logits), torch.from_numpy(labels)
-    want_loss = (torch.logsumexp(lt, 1) - lt.gather(1, yt[:, None])[:, 0]).numpy()
-    want_g = ((lt.softmax(1) - F.one_hot(yt, c)) / n_batch).numpy()
-    ok = np.ones(n, bool)
+    losses, correct, g = per_example_and_gradient(lt, yt, n_batch)
+    assert losses.dtype == g.dtype == torch.float64 and correct.dtype == torch.bool
+    x = lt.clone().requires_grad_(True)
+    want_loss = F.cross_entropy(x, yt, reduction="none")
+    (want_loss.sum() / n_batch).backward()
+    ok = torch.ones(n, dtype=torch.bool)
     ok[11] = False
-    assert np.allclose(losses[ok], want_loss[ok], rtol=1e-13, atol=1e-13)
-    big, small = np.abs(want_g) > 1.01 * tiny, np.abs(want_g) < 0.99 * tiny
-    assert small[ok].any() and (g[ok & small.any(1)] == 0).any()
-    assert (g[small] == 0).all()  # below the threshold: exactly zero
-    # (p - 1) / n_batch at the label cancels when p is near 1, in both: an absolute error there
-    tol = 1e-12 * np.abs(want_g) + 4 * np.finfo(np.float64).eps / n_batch * F.one_hot(yt, c).numpy()
-    assert (np.abs(g - want_g) <= tol)[big & ok[:, None]].all()
-    assert np.array_equal(correct[ok], (lt.argmax(1) == yt).numpy()[ok])
+    assert torch.allclose(losses[ok], want_loss.detach()[ok], rtol=1e-13, atol=1e-13)
+    # p = exp(logit - logsumexp) carries the rounding of the logsumexp, |lse| ulps: relative to p,
+    # and absolute in (p - 1) / n_batch at the label, which cancels when p is near 1
+    lse = torch.logsumexp(lt, 1, keepdim=True).abs()
+    tol = 1e-12 * x.grad.abs() + 4 * np.finfo(np.float64).eps * (1 + lse) / n_batch * F.one_hot(yt, c)
+    assert ((g - x.grad).abs() <= tol)[ok].all()
+    assert torch.equal(correct[ok], (lt.argmax(1) == yt)[ok])
     assert not correct[:5].any() and correct[5:10].all()  # the first maximum, as torch.argmax
-    assert np.isnan(losses[11]) and np.isnan(g[11]).all()  # a NaN row stays NaN
-    assert correct[11] and lt[11].argmax() == 4  # torch.argmax picks the first NaN, and so does the kernel
+    assert torch.isnan(losses[11]) and torch.isnan(g[11]).all()  # a NaN row stays NaN
+    assert correct[11] and lt[11].argmax() == 4  # torch.argmax picks the first NaN
+    # a float32 model's gradient would be cast with its subnormals zeroed (loss.cast_gradient)
+    _, _, g32 = per_example_and_gradient(lt[ok].float() * 60, yt[ok], n_batch)
+    assert g32.dtype == torch.float32 and ((g32 == 0) | (g32.abs() >= FLOAT32_TINY)).all() and (g32 == 0).any()
 
 
 # ----------------------------------------------------------------------------- cross_entropy_rows
@@ -431,8 +434,8 @@ REF_NAMES |= {f"blocks.0.mlp.{k}": k for k in ("W_in", "b_in", "W_out", "b_out")
 
 
 # (n_ctx, input length, heads, activation): K = 5 with the four-head kernel paths; K = 4 in a
-# longer context (the unused positions' W_pos rows get zero gradient); K = 1; GELU, K = 6 (torch's
-# sparse products instead of the kernels)
+# longer context (the unused positions' W_pos rows get zero gradient); K = 1; GELU, K = 6 (the
+# kernels without their ReLU, torch's GELU and its backward between them)
 LONG = [(6, 6, 4, "relu"), (9, 5, 3, "relu"), (4, 2, 4, "relu"), (7, 7, 2, "gelu")]
 
 
@@ -462,7 +465,7 @@ def test_tabulated_step_with_other_key_counts_equals_the_plain_model_in_float64(
 
 
 def test_tabulated_step_with_five_key_positions_in_float32_is_float32_accurate():
-    # The float32 kernels on the general-K path (gather_relu's general rows, cross_entropy_rows),
+    # The float32 kernels on the general-K path (gather_rows's general rows, cross_entropy_rows),
     # against float64 truth; the plain float32 model's own error is the yardstick.
     model = _model(6, 4, "relu", seed=1)
     gen = torch.Generator().manual_seed(1)

@@ -165,3 +165,73 @@ def test_per_token_accuracy_is_that_of_greedy_decoding():
     assert greedy["copy_token_acc"] == pytest.approx(4 / 9)
     assert score_copy(bigram(tokens), cs)["copy_token_acc"] == pytest.approx(5 / 9)  # teacher-forced
     assert greedy["copy_acc"] == 0.0
+
+
+# ------------------------------------------------------------------ the paper's variant (the headline)
+def grams(seq: list[int], k: int) -> list[tuple[int, ...]]:
+    return [tuple(seq[i:i + k]) for i in range(len(seq) - k + 1)]
+
+
+def test_paper_variant_layout_lengths_and_unique_prefixes(char):
+    from grokscope.lm.copytest import PREFIX_LEN, SUFFIX_LEN
+
+    assert (PREFIX_LEN, SUFFIX_LEN) == (12, 6)
+    cs = build_copy_set(char, context=200, n_samples=15, max_lines=50, n_queries=5, seed=0, kind="paper")
+    assert cs.n_lines == (200 - 17) // 18  # 18 ids a line, no separator; the query is 12 + 5 ids
+    assert cs.query_lines == query_lines(cs.n_lines, 5)
+    seen = set()
+    for i in range(15):
+        valid = int(cs.pos[i, cs.mask[i]].max()) + 1
+        seq = cs.tokens[i][:valid].tolist()
+        assert len(seq) == 18 * cs.n_lines + 12 + 5
+        body = seq[:18 * cs.n_lines]
+        lines = [body[j * 18:(j + 1) * 18] for j in range(cs.n_lines)]
+        prefixes, suffixes = [tuple(ln[:12]) for ln in lines], [tuple(ln[12:]) for ln in lines]
+        assert all(grams(body, 12).count(p) == 1 for p in prefixes)  # once, in no other place of the body
+        assert len(set(suffixes)) == cs.n_lines
+        q = int(cs.query[i])
+        assert seq[18 * cs.n_lines:] == lines[q - 1][:17]  # the prefix again, then the suffix (teacher forcing)
+        assert int(cs.mask[i].sum()) == 6 and cs.targets[i].tolist() == lines[q - 1][12:]
+        assert [seq[p + 1] for p in cs.pos[i].tolist()[:5]] == lines[q - 1][12:17]
+        seen |= set(body)
+    assert seen == set(range(char.vocab_size))  # drawn over the whole vocabulary, separators included
+    again = build_copy_set(char, context=200, n_samples=15, max_lines=50, n_queries=5, seed=0, kind="paper")
+    assert torch.equal(again.tokens, cs.tokens)
+
+
+def test_paper_lines_keep_prefixes_unique_over_a_tiny_vocabulary():
+    from grokscope.lm.copytest import paper_lines
+
+    for seed in range(3):
+        lines = paper_lines(3, 40, torch.Generator().manual_seed(seed))
+        body = [t for p, s, e in lines for t in p + s + e]
+        assert all(len(p) == 12 and len(s) == 6 and e == [] for p, s, e in lines)
+        assert all(grams(body, 12).count(tuple(p)) == 1 for p, _, _ in lines)
+        assert max(body) == 2 and min(body) == 0
+
+
+def test_paper_variant_known_answers(char, bpe):
+    """An exact copier (matching the last 12 tokens) scores 1.0; one that always answers the
+    wrong token scores 0.0; greedy decoding of the copier agrees."""
+    from grokscope.lm.copytest import evaluate_copy
+
+    for tok in (char, bpe):
+        cs = build_copy_set(tok, context=128, n_samples=20, max_lines=50, n_queries=5, seed=4, kind="paper")
+        v = tok.vocab_size
+        copier = oracle_logits(cs.tokens, v, k=12)
+        res = score_copy(copier, cs)
+        assert res["copy_acc"] == res["copy_token_acc"] == 1.0
+        assert all(res[f"copy_acc_q{q}"] == 1.0 for q in cs.query_lines)
+        assert evaluate_copy(lambda x, v=v: oracle_logits(x, v, k=12), cs, prefix="pcopy")["pcopy_acc"] == 1.0
+        never = copier.roll(1, dims=-1)  # the copied token + 1: always wrong where copying is asked for
+        res = score_copy(never, cs)
+        assert res["copy_acc"] == res["copy_token_acc"] == 0.0
+        assert evaluate_copy(lambda x, v=v: oracle_logits(x, v, k=12).roll(1, dims=-1), cs)["copy_acc"] == 0.0
+
+
+def test_paper_variant_needs_room_for_two_lines(char):
+    with pytest.raises(ValueError, match="too short"):
+        build_copy_set(char, context=52, n_samples=2, max_lines=50, n_queries=5, seed=0, kind="paper")
+    build_copy_set(char, context=53, n_samples=2, max_lines=50, n_queries=5, seed=0, kind="paper")
+    with pytest.raises(ValueError, match="kind"):
+        build_copy_set(char, context=128, n_samples=2, max_lines=50, n_queries=5, seed=0, kind="nope")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import platform
 import random
 import struct
 import zlib
@@ -255,3 +256,100 @@ def test_repeat_random_config_checks():
                 {"repeat_random": 0.5, "repeat_frac": 0.0}, {"repeat_symbols": 10}):
         with pytest.raises(ValidationError):
             C.TextTask(**{**base, **bad})
+
+
+# ------------------------------------------------------------------- the standard library as a corpus
+def fake_stdlib(root: Path) -> Path:
+    """A standard-library-shaped folder: sources, test folders, site-packages, a non-ASCII comment."""
+    files = {
+        "os.py": "import sys\n\ndef walk(top):\n    return top\n",
+        "json/__init__.py": "from .decoder import JSONDecoder\n# caf\u00e9 \u2019quoted\u2019\n",
+        "json/decoder.py": "class JSONDecoder:\n    def decode(self, s):\n        return s\r\n",
+        "test/test_os.py": "import os\n",
+        "unittest/test/test_case.py": "x = 1\n",
+        "lib2to3/tests/data/fixers.py": "y = 2\n",
+        "idlelib/idle_test/htest.py": "z = 3\n",
+        "site-packages/thirdparty.py": "w = 4\n",
+        "__pycache__/os.cpython-311.py": "junk\n",
+        "README.txt": "not python\n",
+    }
+    for rel, body in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(body.encode())
+    return root
+
+
+def test_stdlib_sources_skip_tests_and_are_ascii(tmp_path):
+    root = fake_stdlib(tmp_path / "lib")
+    docs = text.stdlib_sources(root)
+    assert list(docs) == ["stdlib/json/__init__.py", "stdlib/json/decoder.py", "stdlib/os.py"]
+    assert docs["stdlib/json/__init__.py"].endswith("# caf\\xe9 \\u2019quoted\\u2019\n")  # kept as ASCII escapes
+    assert all(t.isascii() for t in docs.values()) and "\r" not in docs["stdlib/json/decoder.py"]
+    assert text.stdlib_sources(root) == docs  # deterministic
+    with pytest.raises(ConfigError, match="GROKSCOPE_STDLIB"):
+        text.stdlib_sources(tmp_path / "empty")
+
+
+def test_stdlib_hash_follows_the_file_set(tmp_path):
+    root = fake_stdlib(tmp_path / "lib")
+    before = text.corpus_sha256(text.stdlib_sources(root))
+    assert text.corpus_sha256(text.stdlib_sources(root)) == before
+    (root / "test" / "test_new.py").write_text("ignored = 1\n")  # a new test changes nothing
+    assert text.corpus_sha256(text.stdlib_sources(root)) == before
+    (root / "abc.py").write_text("class ABC:\n    pass\n")
+    added = text.corpus_sha256(text.stdlib_sources(root))
+    assert added != before
+    (root / "abc.py").rename(root / "abd.py")  # the same text under another name
+    assert text.corpus_sha256(text.stdlib_sources(root)) not in (before, added)
+
+
+def test_this_interpreters_stdlib_is_found_without_its_tests():
+    root = text.stdlib_root()
+    files = text.stdlib_files(root)
+    rel = [f.relative_to(root).parts for f in files]
+    assert len(files) > 200 and ("json", "decoder.py") in rel
+    assert not any(set(p[:-1]) & {"test", "tests", "idle_test", "site-packages"} for p in rel)
+
+
+def test_mixed_corpus_honours_the_shares_and_records_the_hash(tmp_path, monkeypatch):
+    root = fake_stdlib(tmp_path / "lib")
+    for i in range(40):  # enough code that the books part is the scarce one
+        (root / f"mod{i}.py").write_text("".join(f"def f{i}_{j}(x):\n    return x + {j}\n" for j in range(30)))
+    monkeypatch.setenv("GROKSCOPE_STDLIB", str(root))
+    books = corpus(tmp_path)
+    spec = f"{books}+stdlib"
+    for shares in ([0.5, 0.5], [0.2, 0.8]):
+        task = TextTask(corpus=spec, corpus_shares=shares, tokenizer="char", cache_dir=str(tmp_path / "cache"),
+                        val_book="two")
+        data = text.prepare(task)
+        parts = data.corpus["parts"]
+        assert [p["corpus"] for p in parts] == [str(books), "stdlib"]
+        for p, want in zip(parts, shares, strict=True):
+            assert p["train_share"] == pytest.approx(want, abs=0.01)
+        assert parts[0]["train_characters"] == sum(len(t) for k, t in text.load_corpus(str(books)).items() if k != "two")
+        assert parts[1]["sha256"] == text.corpus_sha256(text.stdlib_sources(root))
+        assert data.corpus["python"] == platform.python_version() and data.corpus["stdlib_root"] == str(root)
+        assert data.val_name == "two" and data.corpus["shares"] == shares
+        stream = data.tokenizer.decode(list(map(int, data.train)))
+        assert "def f" in stream and "return x +" in stream
+        again = text.prepare(task)  # deterministic: the same texts, so the same cache folder
+        assert again.folder == data.folder and again.corpus == data.corpus
+    unmixed = text.prepare(TextTask(corpus=spec, tokenizer="char", cache_dir=str(tmp_path / "cache"), val_book="two"))
+    assert unmixed.corpus["parts"][1]["train_documents"] == 43  # everything, no shares
+
+
+def test_mix_documents_cuts_at_line_ends():
+    parts = [{"a": "x" * 9 + "\n"}, {f"d{i}": "abc\n" * 10 for i in range(10)}]
+    out = text.mix_documents(parts, [0.25, 0.75])
+    assert out[0] == ["x" * 9 + "\n"]  # the scarce part whole: 10 characters are 25%
+    assert sum(map(len, out[1])) == 28 and all(t.endswith("\n") for t in out[1])  # 30 wanted, cut at a line end
+    assert text.mix_documents(parts, [0.25, 0.75]) == out
+    assert text.mix_documents(parts, [1.0, 0.0]) == [["x" * 9 + "\n"], []]
+
+
+def test_corpus_shares_config_checks():
+    with pytest.raises(ValueError, match="one share per part"):
+        TextTask(corpus="default+stdlib", corpus_shares=[1.0])
+    with pytest.raises(ValueError, match="sum to 1"):
+        TextTask(corpus="default+stdlib", corpus_shares=[0.5, 0.6])
+    assert TextTask(corpus="default+stdlib", corpus_shares=[0.3, 0.7]).corpus_shares == [0.3, 0.7]

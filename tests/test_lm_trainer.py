@@ -55,8 +55,11 @@ def test_tiny_run_end_to_end_and_analysis(tmp_path):
     assert m["step"].iloc[-1] == 8 and m["tokens"].iloc[-1] == 8 * 512
     assert m["val_loss"].iloc[-1] < m["val_loss"].iloc[0]  # it learns something
     for col in ("train_loss", "icl_score", "repeat_gain", "copy_acc", "copy_token_acc", "copy_loss", "rcopy_acc", "induction_l0",
-                "prefix_matching_l0", "previous_token_l0"):
+                "prefix_matching_l0", "previous_token_l0", "pcopy_acc", "pcopy_token_acc", "pcopy_loss"):
         assert col in m
+    assert info["paper_copy_lines"] == (64 - 17) // 18 and info["paper_copy_query_lines"][-1] == info["paper_copy_lines"]
+    part = info["corpus"]["parts"][0]
+    assert len(part["sha256"]) == 64 and part["train_share"] == 1.0 and info["corpus"]["python"] == info["versions"]["python"]
     heads = run.metrics("heads")
     assert set(heads.columns) >= {"step", "layer", "head", "induction", "prefix_matching", "copying", "previous_token"}
     assert len(heads) == 2 * len(m)  # one row per head per evaluation
@@ -66,6 +69,8 @@ def test_tiny_run_end_to_end_and_analysis(tmp_path):
     assert s["induction_score"] == [pytest.approx(last["induction"].max())]
     assert s["copy_accuracy"] == m["copy_acc"].iloc[-1] and s["copy_token_accuracy"] == m["copy_token_acc"].iloc[-1]
     assert s["icl_score"] == pytest.approx(m["icl_score"].iloc[-1])
+    assert s["paper_copy_accuracy"] == m["pcopy_acc"].iloc[-1] and s["claim1"]["copy_column"] == "pcopy_acc"
+    assert len(s["claim3"]["thresholds"]["0.3"]["formed"]) == 1
 
 
 def test_resume_replays_the_uninterrupted_run(tmp_path, monkeypatch):

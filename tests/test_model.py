@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from grokscope import config as C
+from grokscope.models.loss import FLOAT32_TINY, cross_entropy64
 from grokscope.models.reference import ReferenceTransformer, reference_loss
 from grokscope.models.transformer import build
 from grokscope.tasks import make_task
-from grokscope.train.loss import FLOAT32_TINY, cross_entropy64
 
 # TransformerLens's names and shapes for a 1-layer model (d_vocab 114, d_model 128, 4 heads of 32,
 # d_mlp 512, n_ctx 3, d_vocab_out 113), as HookedTransformer.state_dict() lists them.

@@ -36,7 +36,7 @@ def test_fourier_model_restricted_close_to_full_and_excluded_near_chance():
         assert row[f"coef_k{k}"] == pytest.approx(12.0, rel=0.08)
     # footnote 3's variant: the worst single frequency is one of the keys, and equals its own column
     assert row["excluded_loss_max_freq"] in KS
-    assert row["excluded_loss_max"] == pytest.approx(max(row[f"excluded_loss_k{k}"] for k in KS), rel=1e-12)
+    assert row["excluded_loss_max"] == pytest.approx(max(row[f"excluded_loss_k{k}"] for k in KS), rel=1e-5)  # float32
 
 
 def test_excluded_loss_max_needs_no_key_frequencies():

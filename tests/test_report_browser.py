@@ -7,6 +7,7 @@ chromium is absent and the CI variable is unset; in CI it must run.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -183,4 +184,40 @@ def test_lm_report_draws_every_figure_in_chromium(tiny_lm_run, browser):
             assert drawn[f.key]["heatmaps"] == len(f.heatmaps), (f.key, drawn[f.key])
     assert log["errors"] == []
     assert [u for u in log["requests"] if not u.startswith("file://")] == []
+    page.close()
+
+
+def test_replication_page_in_chromium(tiny_run, browser, tmp_path):
+    """The replication page (`reproduce --all`) opens offline, lists every claim, shows hostile text
+    as text, sorts by verdict, and its figure links lead to the run's report."""
+    from grokscope.report.claims import CLAIMS, VERDICTS
+    from grokscope.report.replication import write_replication
+    from tests.test_replication import make_sweep
+
+    root = tmp_path / "runs"
+    shutil.copytree(tiny_run, root / "mainline")
+    write_report(root / "mainline", png=False)
+    make_sweep(root / "l1", [({"optim.l1": 1e-5}, {"grok": None})], "l1")
+    info = json.loads((root / "l1" / "sweep.json").read_text())  # a setting's value is text a user wrote
+    info["trials"][0]["settings"]["note"] = EVIL
+    (root / "l1" / "sweep.json").write_text(json.dumps(info))
+    path = write_replication(root)["html"]
+    page, log = open_page(browser, path.as_uri())
+    assert page.locator("#claims tbody tr").count() == len(CLAIMS)
+    assert EVIL in page.inner_text("#claims") and page.locator("#claims td b:text('x')").count() == 0
+    assert page.evaluate("typeof window.__pwned") == "undefined" and not log["dialogs"]
+
+    def verdicts():
+        return page.evaluate("[...document.querySelectorAll('#claims tbody tr')].map(r => r.cells[5].dataset.v)")
+
+    page.locator("#claims th").filter(has_text="verdict").click()
+    got = [int(v) for v in verdicts()]
+    assert got == sorted(got) and set(got) <= set(range(len(VERDICTS)))
+    details = page.locator("#claims details").first
+    details.locator("summary").click()
+    assert details.evaluate("d => d.open")
+    page.locator("#claims tr[id='mainline.logit-fve'] a").click()
+    page.wait_for_load_state("load")
+    assert page.url.endswith("/mainline/report/index.html#logit_fourier")
+    assert log["errors"] == [] and [u for u in log["requests"] if not u.startswith("file://")] == []
     page.close()

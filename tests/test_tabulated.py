@@ -3,8 +3,9 @@
 tests/test_model.py checks loss and gradients against the plain model in float64 (1e-10) for
 ReLU (the numba kernels) and GELU (torch's sparse products); here: ReLU in float32, dropout,
 thread-count independence, a query token that varies, head counts other than the mainline's
-four (the kernels' general paths), the layout cache, the evaluation path (loss and
-first-maximum accuracy, NaN included), and the float32 loss kernel against torch in float64.
+four (the kernels' general paths), explicit layouts (held by the trainer, refused for other tokens),
+the evaluation path (loss and first-maximum accuracy, NaN included), and the float32 loss kernel
+against torch in float64.
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ import torch
 
 from grokscope import config as C
 from grokscope.models import kernels, tabulated
+from grokscope.models.loss import cross_entropy64
 from grokscope.models.reference import ReferenceTransformer, reference_loss
 from grokscope.models.transformer import build
 from grokscope.tasks import make_task
-from grokscope.train.loss import cross_entropy64
 
 
 def _model(seed: int, *extra: str):
@@ -81,7 +82,7 @@ def test_dropout_kernels_match_the_differentiable_path_with_the_same_mask():
     x, y = task.train_x, task.train_y[:, 0]
     gen = lambda: torch.Generator().manual_seed(7)  # noqa: E731
     loss_k, g_k = _grads(model, lambda m: m.loss_last(x, y, gen()))
-    loss_a, g_a = _grads(model, lambda m: cross_entropy64(m.forward_last(x, gen()), y))  # autograd, torch sparse
+    loss_a, g_a = _grads(model, lambda m: cross_entropy64(m.forward_last(x, gen()), y))  # autograd: the plain forward
     assert abs(loss_k - loss_a) < 1e-12
     for k in g_k:
         assert (g_k[k] - g_a[k]).abs().max() <= 1e-10 * g_a[k].abs().max(), k
@@ -118,17 +119,39 @@ def test_head_counts_other_than_four_take_the_general_kernel_paths(n_heads):
     _assert_fast_equals_plain_in_float64(model, task.train_x, task.train_y[:, 0])
 
 
-def test_layout_cache_sees_views_and_in_place_changes():
+def test_a_layout_passed_in_gives_the_same_bits_and_one_of_other_tokens_is_refused():
     task, model = _model(0)
-    x, y = task.train_x.clone(), task.train_y[:, 0]
-    before = model.loss_last(x, y).item()
-    assert len(model._layouts.entries) == 1
-    model.loss_last(x.chunk(1)[0], y)  # a new view of the same data: no new layout
-    assert len(model._layouts.entries) == 1
-    x[:, 0] = (x[:, 0] + 1) % (task.d_vocab - 1)  # in place: the old layout must not be reused
-    after = model.loss_last(x, y).item()
-    assert len(model._layouts.entries) == 2
-    assert abs(after - cross_entropy64(model(x)[:, -1], y).item()) < 1e-5 and after != before
+    x, y = task.train_x, task.train_y[:, 0]
+    layout = model.layout(x)
+    want_loss, want = _grads(model, lambda m: m.loss_last(x, y))  # built for the call
+    loss, got = _grads(model, lambda m: m.loss_last(x, y, layout=layout))
+    assert loss == want_loss and all(torch.equal(got[k], want[k]) for k in want)
+    with torch.no_grad():
+        assert torch.equal(model.forward_last(x, layout=layout), model.forward_last(x))
+    assert model.loss_and_acc_last([(x, y)], [layout]) == model.loss_and_acc_last([(x, y)])
+    with pytest.raises(ValueError, match="belongs to other tokens"):
+        model.loss_last(task.test_x, task.test_y[:, 0], layout=layout)
+
+
+def test_the_trainer_builds_each_datasets_layout_once(monkeypatch):
+    # The train and test sets' layouts are built when the trainer sets up its data, one per
+    # micro-batch for the step; steps and evaluations then reuse them.
+    from grokscope.store import Run
+    from grokscope.train.trainer import Trainer
+
+    built = []
+    make = tabulated.make_layout
+    monkeypatch.setattr(tabulated, "make_layout", lambda x, *a: built.append(len(x)) or make(x, *a))
+    for accum, want in ((1, 2), (2, 4)):
+        built.clear()
+        tr = Trainer(C.resolve({}, ["task.p=23", "train.epochs=3", f"train.grad_accum={accum}"]), Run("/nonexistent"),
+                     progress=False)
+        n_train, n_test = len(tr.task.train_x), len(tr.task.test_x)
+        for s in range(3):
+            tr.train_step(s)
+            tr.metrics_row(s, 0.0)
+        assert len(built) == want and sorted(built[:2]) == sorted([n_train, n_test]), built
+        assert sum(built[2:]) == (n_train if accum > 1 else 0)
 
 
 def test_gradient_accumulation_over_shares_of_the_batch_matches_the_whole_batch():
@@ -150,7 +173,7 @@ def test_evaluation_loss_and_accuracy_match_the_plain_model_in_float64(monkeypat
     # logits through loss_and_acc, for ReLU (the kernels, in 8 blocks, the last one short) and
     # GELU (torch's path), with exact ties planted: the accuracy counts the first maximum, as
     # torch.argmax does.
-    from grokscope.train.loss import loss_and_acc
+    from grokscope.models.loss import loss_and_acc
 
     monkeypatch.setattr(tabulated, "BLOCK", 40)
     for act in ("relu", "gelu"):
@@ -175,7 +198,7 @@ def test_evaluation_loss_and_accuracy_match_the_plain_model_in_float64(monkeypat
 def test_a_nan_logit_gives_a_nan_loss_as_torch_does():
     # The loss kernels are compiled without fastmath's no-NaN assumption: a diverged run must log
     # NaN, not a finite-looking loss.
-    from grokscope.train.loss import loss_and_acc
+    from grokscope.models.loss import loss_and_acc
 
     task, model = _model(5)
     model = copy.deepcopy(model)

@@ -102,6 +102,24 @@ def test_repeated_subsequence_labels_are_the_last_copy():
     assert (offset == t.train_y).float().mean() < 0.5
 
 
+def test_repeated_subsequence_paper_layout_by_hand():
+    """E.2's layout: one subsequence, then the same again; the loss reads the second copy after its first token."""
+    cfg = task_cfg({"name": "repeated_subsequence", "vocab": 10, "seq_len": 10, "sub_len": 3, "repeats": 2,
+                    "n_train": 4, "n_test": 3}).task
+    seq, starts = sequences.repeated_sequences(torch.Generator().manual_seed(0), 3, cfg)
+    # checked by hand: [2 3 4] at 4..6 and again at 7..9; [5 2 8] at 1..3, 7..9; [7 8 9] at 3..5, 7..9
+    assert seq.tolist() == [[6, 8, 5, 1, 2, 3, 4, 2, 3, 4], [5, 2, 8, 3, 7, 5, 6, 2, 8, 3],
+                            [6, 3, 0, 7, 8, 9, 4, 7, 8, 9]]
+    assert starts.tolist() == [[4, 7], [1, 7], [3, 7]]
+    t = make_task(task_cfg({"name": "repeated_subsequence", "vocab": 10, "seq_len": 10, "sub_len": 3,
+                            "repeats": 2, "n_train": 4, "n_test": 3}))
+    # the sequence 6 4 9 0 2 3 1 | 4 9 0 (copy of 4 9 0 at 1..3): the input drops the last token; the
+    # logits at 7 (token 4) predict 9 and at 8 (token 9) predict 0
+    assert t.train_x[0].tolist() == [6, 4, 9, 0, 2, 3, 1, 4, 9] and t.train_y[0].tolist() == [9, 0]
+    assert t.label_pos == [7, 8] and t.n_ctx == 9 and t.d_vocab == t.d_vocab_out == 10
+    assert torch.equal(_induction_oracle(t.train_x, t.label_pos), t.train_y)
+
+
 # ------------------------------------------------------------------------------ skip trigram
 def test_skip_trigram_by_hand():
     t = make_task(task_cfg({"name": "skip_trigram", "n_train": 200, "n_test": 100}))
@@ -115,6 +133,66 @@ def test_skip_trigram_by_hand():
     inf = make_task(task_cfg({"name": "skip_trigram", "n_train": None, "n_test": 10}))
     x, y = inf.sample(torch.Generator().manual_seed(3), 5)
     assert x.shape == (5, 16) and torch.equal(x.max(1).values, y[:, 0])
+
+
+def test_skip_trigram_by_hand_literal():
+    t = make_task(task_cfg({"name": "skip_trigram", "vocab": 20, "seq_len": 6, "n_train": 4, "n_test": 3}))
+    # checked by hand: one token >= 10 in each row, and it is the label, read at the last position
+    assert t.train_x.tolist() == [[9, 7, 9, 16, 3, 0], [12, 9, 6, 0, 7, 9], [17, 3, 2, 9, 7, 1],
+                                  [15, 0, 7, 2, 0, 9]]
+    assert t.train_y.tolist() == [[16], [12], [17], [15]] and t.label_pos == [5]
+
+
+def test_short_skip_trigram_test_set_avoids_the_train_set():
+    # 3 tokens: 3 * 10 * 10^2 = 3,000 sequences, so 512 train and 1,024 test draws would share ~170
+    t = make_task(task_cfg({"name": "skip_trigram", "seq_len": 3, "n_train": 512, "n_test": 1024}))
+    train = {tuple(r) for r in t.train_x.tolist()}
+    assert len(t.test_x) == 1024 and not any(tuple(r) in train for r in t.test_x.tolist())
+    assert torch.equal(t.test_x.max(1).values, t.test_y[:, 0])
+
+
+SEQ_TASKS = {
+    "repeated_subsequence": {"name": "repeated_subsequence", "vocab": 32, "seq_len": 16, "sub_len": 4, "repeats": 2,
+                             "n_test": 64},
+    "skip_trigram": {"name": "skip_trigram", "seq_len": 12, "n_test": 64},
+    "digits": {"name": "digits", "n_digits": 5, "n_test": 64},
+}
+
+
+@pytest.mark.parametrize("name", list(SEQ_TASKS))
+def test_finite_and_infinite_data_are_fixed_by_the_seed(name):
+    """One seed fixes the train set, the test set and every fresh batch; another seed changes them all.
+    A finite and an infinite run of one seed are scored on the same test set."""
+    def make(n_train, seed=0):
+        return make_task(C.resolve({"seed": seed, "task": {**SEQ_TASKS[name], "n_train": n_train},
+                                    "train": {"steps": 1}}))
+
+    fin, fin_again, fin_other = make(100), make(100), make(100, seed=1)
+    assert fin.sample is None and fin.n_train == 100
+    assert torch.equal(fin.train_x, fin_again.train_x) and torch.equal(fin.test_x, fin_again.test_x)
+    assert not torch.equal(fin.train_x, fin_other.train_x) and not torch.equal(fin.test_x, fin_other.test_x)
+    inf, inf_other = make(None), make(None, seed=1)
+    assert inf.n_train is None and inf.sample is not None
+    assert torch.equal(inf.test_x, fin.test_x) and torch.equal(inf.test_y, fin.test_y)
+    assert not torch.equal(inf.test_x, inf_other.test_x)
+    g = lambda s: torch.Generator().manual_seed(s)  # noqa: E731
+    a, b, c = inf.sample(g(5), 16), inf.sample(g(5), 16), inf.sample(g(6), 16)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and not torch.equal(a[0], c[0])
+    assert a[0].shape == (16, inf.n_ctx) and a[1].shape == (16, len(inf.label_pos))
+
+
+def test_the_trainer_draws_a_fresh_full_batch_each_step_and_replays_it():
+    """Infinite data: `batch_size` fresh rows a step, the same rows when the step is replayed (resume);
+    finite data at batch_size >= n_train: the whole train set every step (full batch)."""
+    task = {"name": "skip_trigram", "seq_len": 8, "n_test": 32}
+    inf = Trainer(C.resolve({"task": {**task, "n_train": None}, "train": {"steps": 5, "batch_size": 48, "threads": 1}}),
+                  Run("/nonexistent"), progress=False)
+    b0, b0_again, b1 = inf.batch(0), inf.batch(0), inf.batch(1)
+    assert b0.x.shape == (48, 8) and torch.equal(b0.x, b0_again.x) and not torch.equal(b0.x, b1.x)
+    fin = Trainer(C.resolve({"task": {**task, "n_train": 48}, "train": {"steps": 5, "batch_size": 48, "threads": 1}}),
+                  Run("/nonexistent"), progress=False)
+    assert torch.equal(fin.batch(0).x, fin.task.train_x) and torch.equal(fin.batch(3).x, fin.task.train_x)
+    assert fin.steps_per_epoch == 1
 
 
 # ------------------------------------------------------------------------------ tiny models learn

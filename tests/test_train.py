@@ -15,8 +15,8 @@ from safetensors.torch import load_file
 
 from grokscope import config as C
 from grokscope import pipeline
+from grokscope.models.loss import loss_and_acc
 from grokscope.store import Run, StoreError
-from grokscope.train.loss import loss_and_acc
 from grokscope.train.trainer import Trainer, grok_epochs, lr_at
 from tests.conftest import GROK, TINY, config_of, run_cli_here
 

@@ -107,8 +107,17 @@ def reproduce(
     workers: Annotated[int | None, typer.Option("--workers", "-w", help="Sweep experiments: trials at once (default: the number of cores).")] = None,
     threads: Annotated[int | None, typer.Option("--threads", help="Torch threads (per trial of a sweep; default: cores / workers, or train.threads).")] = None,
     quiet: QuietOpt = False,
+    all_: Annotated[bool, typer.Option("--all", help="Run every experiment of the grokking paper into --out DIR (default runs/), then write DIR/replication.html, .json and .md; rerun to continue.")] = False,
+    quick: Annotated[bool, typer.Option("--quick", help="With --all: each experiment at a tiny budget, a small model and one seed (minutes; default --out runs/quick).")] = False,
+    only: Annotated[str | None, typer.Option("--only", help="With --all: these experiments only, comma-separated.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="With --all: print the plan and the time estimate, train nothing.")] = False,
 ) -> None:
-    """Run a named experiment end to end: train, analyze, report."""
+    """Run a named experiment end to end: train, analyze, report. With --all, every experiment and the replication page."""
+    if all_:
+        _reproduce_all(name, list_, out, set_, epochs, resume, overwrite, workers, threads, quiet, quick, only, dry_run)
+        return
+    if quick or only is not None or dry_run:
+        raise BadInput("--quick, --only and --dry-run go with --all")
     if list_ or name is None:
         for n in experiments.names():
             m = experiments.meta(n)
@@ -145,6 +154,30 @@ def reproduce(
     typer.echo(f"report: {write_report(out, experiment=exp)}")
 
 
+def _reproduce_all(name: str | None, list_: bool, out: Path | None, set_: list[str] | None, epochs: int | None,
+                   resume: bool, overwrite: bool, workers: int | None, threads: int | None, quiet: bool, quick: bool,
+                   only: str | None, dry_run: bool) -> None:
+    from grokscope.sweep.suite import run_all
+
+    if name is not None or list_:
+        raise BadInput("--all runs every experiment; drop the experiment NAME (or use --only NAME,...)")
+    if set_ or epochs is not None:
+        raise BadInput("--all runs each experiment with its own settings; --set and --epochs apply to one experiment")
+    if resume or overwrite:
+        raise BadInput("--all continues what its folder holds by itself (no --resume needed) and never replaces runs; "
+                       "use another --out for fresh runs")
+    names = [n.strip() for n in only.split(",") if n.strip()] if only is not None else None
+    if names is not None and not names:
+        raise BadInput("--only needs experiment names, e.g. --only mainline,seeds")
+    out = out or Path("runs/quick" if quick else "runs")
+    manifest = run_all(out, quick=quick, names=names, workers=workers, threads=threads, progress=not quiet,
+                       dry_run=dry_run, echo=typer.echo)
+    if manifest.get("failed"):
+        echo_err(f"grokscope: {len(manifest['failed'])} experiment(s) did not finish ({', '.join(manifest['failed'])}); "
+                 f"{out / 'reproduce.json'} and their folders say why; rerun the same command to continue them")
+        sys.exit(1)
+
+
 # ------------------------------------------------------------------------------------- report
 @app.command()
 def report(
@@ -152,10 +185,19 @@ def report(
     index: Annotated[Path | None, typer.Option("--index", help="Instead: write RUNS_DIR/index.html, a sortable table of every run below RUNS_DIR.")] = None,
     experiment: Annotated[str | None, typer.Option("--experiment", "-e", help="Show this named experiment's paper numbers beside the run's.")] = None,
     no_png: Annotated[bool, typer.Option("--no-png", help="Only the HTML page (faster while a run trains).")] = False,
+    replication: Annotated[Path | None, typer.Option("--replication", help="Instead: rebuild DIR/replication.html, .json and .md from the runs `reproduce --all` wrote into DIR.")] = None,
 ) -> None:
-    """Write a run's report (self-contained HTML that opens offline, plus PNGs), or an index of runs."""
+    """Write a run's report (self-contained HTML that opens offline, plus PNGs), an index of runs, or the replication page."""
     from grokscope.report import write_index, write_report
 
+    if replication is not None:
+        if run is not None or index is not None or experiment is not None or no_png:
+            raise BadInput("--replication DIR takes no RUN, --index, --experiment or --no-png")
+        from grokscope.report.replication import write_replication
+
+        paths = write_replication(replication)
+        typer.echo(f"replication: {paths['html']}  (also {paths['md']}, {paths['json']})")
+        return
     if (run is None) == (index is None):
         raise BadInput("give a RUN folder, or --index RUNS_DIR for an index of runs (not both)")
     if index is not None:
@@ -175,6 +217,10 @@ def analyze(
     per_checkpoint_keys: Annotated[bool, typer.Option("--per-checkpoint-keys", help="Find key frequencies on every checkpoint instead of reusing the analysed one's.")] = False,
     keys: Annotated[str | None, typer.Option("--keys", help="Use these key frequencies, comma-separated (e.g. 14,35,41).")] = None,
     threads: Annotated[int | None, typer.Option("--threads", help="torch threads (default: the run's train.threads).")] = None,
+    key_rule: Annotated[str, typer.Option("--key-rule", help="How key frequencies are found: wl (the paper's: "
+                                          "the DFT of W_L) or neurons (through the neurons' frequencies).")] = "wl",
+    llc: Annotated[bool, typer.Option("--llc", help="Also estimate the local learning coefficient of every checkpoint (SGLD; slow: about a fifth of the training time).")] = False,
+    llc_set: Annotated[list[str] | None, typer.Option("--llc-set", help="An LLC setting: KEY=VALUE (epsilon, gamma, nbeta, chains, burnin, draws, batches, seed), repeatable.")] = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Analyse a run (writes RUN/analysis): a modular-arithmetic run is reverse-engineered and its progress
@@ -183,6 +229,13 @@ def analyze(
 
     if threads is not None and threads < 1:
         raise BadInput(f"--threads must be at least 1 (got {threads})")
+    llc_settings = None
+    if llc_set and not llc:
+        raise BadInput("--llc-set changes the LLC's settings; add --llc")
+    if llc:
+        from grokscope.analysis.llc import Settings
+
+        llc_settings = Settings().with_overrides(llc_set or [])
     ks = None
     if keys is not None:
         try:
@@ -190,11 +243,15 @@ def analyze(
         except ValueError:
             raise BadInput(f"--keys {keys!r}: expected comma-separated frequencies, e.g. --keys 14,35,41") from None
     summary = analyze_run(run, step=step, per_checkpoint_keys=per_checkpoint_keys, keys=ks, threads=threads,
-                          log=None if (quiet or json_) else echo_err)
+                          key_rule=key_rule, log=None if (quiet or json_) else echo_err, llc=llc_settings)
     if json_:
         typer.echo(_json_dump(summary))
     else:
         _print_analysis_summary(summary)
+        if llc:
+            v, sd = summary["llc"], summary["llc_std"]
+            typer.echo(f"LLC at step {summary['step']}: " + ("n/a (the chain diverged)" if v is None else f"{v:.3g}")
+                       + ("" if sd is None else f" (std over chains {sd:.2g})") + "; every checkpoint's is in the `llc` table")
 
 
 def _print_analysis_summary(s: dict) -> None:
@@ -209,6 +266,55 @@ def _print_analysis_summary(s: dict) -> None:
     ph = s["phases"]
     typer.echo("phases: " + ", ".join(f"{k} {'not reached' if v is None else f'{v[0]:.0f}-{v[1]:.0f}'}"
                                       for k, v in ph.items()))
+
+
+# ------------------------------------------------------------------------------------- forecast
+@app.command()
+def forecast(
+    run: Annotated[Path, typer.Argument(help="An analysed run folder (`grokscope analyze RUN`), before it groks.")],
+    at: Annotated[float | None, typer.Option("--at", help="Forecast from the curves up to this epoch (default: the run's latest).")] = None,
+    train_on: Annotated[list[Path] | None, typer.Option("--train-on", help="Fit on the grokked, analysed runs in this run folder or "
+                                                        "folder of runs, repeatable (default: RUN's parent folder and below).")] = None,
+    json_: Annotated[bool, typer.Option("--json", help="Print the forecast as JSON on stdout.")] = False,
+) -> None:
+    """Forecast the epoch at which RUN's test accuracy will pass 99%, with an interval, beside a naive
+    baseline (docs/forecast.md). Fitted on other runs only; reads RUN's rows up to --at only."""
+    import math
+
+    from grokscope.analysis import forecast as fc
+    from grokscope.report.forecast import find_runs, load_curves, load_many
+
+    target = load_curves(run)
+    t = target.last_epoch if at is None else at
+    folders = train_on or [run.resolve().parent]
+    paths = [p for p in find_runs(folders) if p != run.resolve()]
+    curves, _ = load_many(paths)
+    others = [c for c in curves if c.grok_epoch is not None and c.setup != target.setup]
+    try:
+        fc.check_at(target, t)
+        if len(others) < 3:
+            raise fc.ForecastError(f"found {len(others)} other grokked, analysed runs in {', '.join(map(str, folders))}; "
+                                   "the forecast needs 3 to fit on: pass --train-on DIR")
+        model = fc.fit(others, fc.common_features(others + [target]))
+        f = fc.predict(model, target, t)
+    except fc.ForecastError as err:
+        raise BadInput(str(err)) from None
+    actual = target.grok_epoch
+    out = {"run": str(run), "at": t, "forecast": f.epoch, "low": f.low, "high": f.high, "interval": "80%",
+           "baseline": f.baseline if math.isfinite(f.baseline) else None, "baseline_loss": model.loss_at_grok,
+           "actual": actual, "train_runs": len(model.runs), "ridge_lambda": model.lam,
+           "features": {k: v if math.isfinite(v) else None for k, v in f.features.items()},
+           "loro_mean_abs_error_log_ratio": model.loro_mae}
+    if json_:
+        typer.echo(_json_dump(out))
+        return
+    typer.echo(f"{run} at epoch {t:,.0f}: test accuracy passes 99% at epoch {f.epoch:,.0f} "
+               f"(80% interval {f.low:,.0f}-{f.high:,.0f})")
+    base = (f"epoch {f.baseline:,.0f}" if math.isfinite(f.baseline) else "never (test loss is not falling)")
+    typer.echo(f"baseline (log test loss extrapolated linearly to {model.loss_at_grok:.3g}): {base}")
+    typer.echo(f"fitted on {len(model.runs)} other runs; leave-one-run-out error of ln((T - t)/t): {model.loro_mae:.2f}")
+    if actual is not None:
+        typer.echo(f"actual: epoch {actual:,.0f} (the run's rows after epoch {t:,.0f} were not read)")
 
 
 # ------------------------------------------------------------------------------------- sweep
@@ -283,8 +389,16 @@ def show_config(
 
 def main() -> None:
     """Entry point: map bad input to exit 2 with one line, internal errors to exit 1."""
+    from grokscope.sweep.worker import interrupt_on_sigterm
+
+    interrupt_on_sigterm()
     try:
-        app(standalone_mode=False)
+        # typer turns Ctrl-C (and typer.Exit) into a returned exit code when not standalone
+        code = app(standalone_mode=False)
+        if code == 130:
+            raise KeyboardInterrupt
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except (C.ConfigError, StoreError, BadInput) as err:
         echo_err(f"grokscope: {err}")
         sys.exit(2)

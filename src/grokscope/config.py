@@ -184,7 +184,10 @@ class TextTask(_Strict):
     """Next-token prediction on real text, with the copy test (Lv et al. 2024; docs/measures.md, part 2)."""
 
     name: Literal["text"] = "text"
-    corpus: str = "default"  # "default" = Austen + KJV from package registries; or a path / hf:NAME
+    corpus: str = "default"  # "default" = Austen + KJV from package registries; "stdlib"; a path / hf:NAME; A+B mixes
+    corpus_shares: list[float] | None = Field(None, description="share of training characters from each '+'-joined "
+                                              "part of task.corpus, in order (default+stdlib: [0.5, 0.5]); they sum "
+                                              "to 1; null = all of every part")
     tokenizer: Literal["bpe", "char"] = "bpe"
     vocab_size: int = Field(2048, ge=32, le=65536)
     context: int = Field(256, ge=8, le=8192)
@@ -202,6 +205,17 @@ class TextTask(_Strict):
     cache_dir: str | None = Field(None, description="tokenizer/token cache; null = $GROKSCOPE_CACHE or ~/.cache/grokscope")
     eval_windows: int = Field(16, ge=1, le=10000, description="fixed train and val windows for the evaluation losses")
     induction_len: int = Field(100, ge=4, le=4096, description="s: length of each half of the repeated random sequence")
+
+    @model_validator(mode="after")
+    def _shares(self) -> TextTask:
+        if self.corpus_shares is not None:
+            parts = self.corpus.split("+")
+            if len(self.corpus_shares) != len(parts):
+                raise ValueError(f"task.corpus_shares needs one share per part of task.corpus ({len(parts)}: "
+                                 f"{', '.join(parts)}), got {len(self.corpus_shares)}")
+            if any(x < 0 for x in self.corpus_shares) or not math.isclose(sum(self.corpus_shares), 1.0, abs_tol=1e-6):
+                raise ValueError(f"task.corpus_shares must be non-negative and sum to 1 (got {self.corpus_shares})")
+        return self
 
     @model_validator(mode="after")
     def _repeats(self) -> TextTask:

@@ -35,6 +35,7 @@ from torch import Tensor
 from grokscope.analysis import attention as at
 from grokscope.analysis import fourier as fr
 from grokscope.analysis import mlp
+from grokscope.models.loss import loss_and_acc as loss_acc
 from grokscope.models.transformer import Transformer
 
 FVE_THRESHOLD = 0.85  # the paper (Section 4.3): a neuron "is explained" by one frequency above this share
@@ -62,15 +63,6 @@ class ModularData:
 def direction_sign(op: str) -> int:
     """Which combination of a and b the Fourier algorithm rotates by: a-b for sub, else a+b."""
     return -1 if op == "sub" else 1
-
-
-# ------------------------------------------------------------------------------- losses
-def loss_acc(logits: Tensor, labels: Tensor) -> tuple[float, float]:
-    """Float64 cross-entropy and accuracy of logits [n, p] against labels [n]."""
-    lg = logits.double()
-    loss = (lg.logsumexp(-1) - lg.gather(-1, labels[:, None]).squeeze(-1)).mean()
-    acc = (lg.argmax(-1) == labels).double().mean()
-    return float(loss), float(acc)
 
 
 # ------------------------------------------------------------------------------- spectra

@@ -19,12 +19,15 @@ from safetensors.torch import save_file
 
 from grokscope import config as C
 from grokscope.analysis import circuits as ci
+from grokscope.analysis import llc as lc
 from grokscope.analysis import phases as ph
 from grokscope.analysis import progress as pg
 from grokscope.models.transformer import build
 from grokscope.store import Run, StoreError, atomic_write, read_run_config
+from grokscope.train.loop import setup_torch
 
 FIGURES = "figures.safetensors"
+LLC_TRACES = "llc_traces.safetensors"  # SGLD's loss at every step, per checkpoint and chain (--llc)
 
 
 def modular_data(cfg: C.RunConfig) -> ci.ModularData:
@@ -51,17 +54,23 @@ def analysis_supported(cfg: C.RunConfig) -> bool:
 
 
 def analyze_run(run_dir: str | Path, step: int | None = None, per_checkpoint_keys: bool = False,
-                keys: list[int] | None = None, threads: int | None = None,
-                log: Callable[[str], None] | None = None) -> dict[str, Any]:
+                keys: list[int] | None = None, threads: int | None = None, key_rule: str = "wl",
+                log: Callable[[str], None] | None = None, llc: lc.Settings | None = None) -> dict[str, Any]:
     """Analyse the run in `run_dir`; write summary.json, the "progress" table and figures.
 
     step: the checkpoint to reverse-engineer (default: the last); its key frequencies are used
     for every checkpoint unless per_checkpoint_keys, or unless `keys` gives them explicitly.
+    key_rule: how key frequencies are found, "wl" (the paper's: W_L's DFT) or "neurons"
+    (analysis/circuits.py's docstring).
+    llc: also estimate the local learning coefficient of every checkpoint with these settings
+    (analysis/llc.py): the "llc" table, analysis/llc_traces.safetensors and the summary's llc* keys.
     Returns the summary written to RUN/analysis/summary.json.
     """
     t_start = time.perf_counter()
     run = Run(run_dir).require()
     cfg = read_run_config(run)  # an unreadable config.yaml is a StoreError
+    if llc is not None and cfg.task.name != "modular":
+        raise C.ConfigError(f"--llc handles modular-arithmetic runs; {str(run.path)!r} is a {cfg.task.name!r} run")
     if cfg.task.name == "text":
         try:  # the copy-LM analysis lives with the LM code
             from grokscope.lm.analysis import analyze_lm_run
@@ -89,6 +98,8 @@ def analyze_run(run_dir: str | Path, step: int | None = None, per_checkpoint_key
 
     data = modular_data(cfg)
     p = data.p
+    if key_rule not in ci.KEY_RULES:
+        raise C.ConfigError(f"--key-rule {key_rule}: choose one of {', '.join(ci.KEY_RULES)}")
     if keys is not None and not all(1 <= k <= p // 2 for k in keys):
         raise C.ConfigError(f"--keys {','.join(map(str, keys))}: frequencies of p={p} run from 1 to {p // 2}")
     model = build(cfg.model, p + 1, p, 3, cfg.seed)
@@ -96,7 +107,7 @@ def analyze_run(run_dir: str | Path, step: int | None = None, per_checkpoint_key
     # 1. reverse-engineer the chosen checkpoint; its key frequencies serve every checkpoint
     t0 = time.perf_counter()
     run.load_into(model, step)
-    final, figs = ci.reverse_engineer(model, data, ks=keys)
+    final, figs = ci.reverse_engineer(model, data, ks=keys, key_rule=key_rule)
     ks = final["key_frequencies"]
     t_circuits = time.perf_counter() - t0
     nf = final["neuron_fve"]
@@ -110,7 +121,7 @@ def analyze_run(run_dir: str | Path, step: int | None = None, per_checkpoint_key
     for s in steps:
         run.load_into(model, s)
         if per_checkpoint_keys:
-            c = pg.make_context(data, ci.find_key_frequencies(model, data))
+            c = pg.make_context(data, ci.find_key_frequencies(model, data, key_rule))
             row = pg.progress_row(model, c)
             row["key_frequencies"] = ",".join(str(k) for k in c.ks)
         else:
@@ -119,8 +130,20 @@ def analyze_run(run_dir: str | Path, step: int | None = None, per_checkpoint_key
     t_progress = time.perf_counter() - t0
     say(f"progress measures over {len(steps)} checkpoints in {t_progress:.1f} s")
 
+    # 2b. the local learning coefficient of every checkpoint (--llc), on the train set
+    llc_rows, llc_traces, t_llc = [], {}, 0.0
+    if llc is not None:
+        t0 = time.perf_counter()
+        setup_torch(threads or torch.get_num_threads())  # as training does: float32 subnormals flushed (7x faster here)
+        batches = lc.split_batches(data.all_x[data.train_mask], data.all_y[data.train_mask], llc.batches, llc.seed)
+        llc_rows, llc_traces = lc.over_checkpoints(lambda s: run.load_into(model, s), steps, per_epoch, model.loss_last,
+                                                   list(model.parameters()), batches, llc, say)
+        t_llc = time.perf_counter() - t0
+        say(f"LLC over {len(steps)} checkpoints in {t_llc:.1f} s")
+
     # 3. phases from the curves
     phases, rule, evidence = ph.locate_phases(rows)
+    phases_tl, rule_tl, _ = ph.locate_phases(rows, rule="test_loss")
     at = next(r for r in rows if r["step"] == step)
 
     summary: dict[str, Any] = {
@@ -141,6 +164,8 @@ def analyze_run(run_dir: str | Path, step: int | None = None, per_checkpoint_key
         "phases": phases,
         "phase_rule": rule,
         "phase_evidence": evidence,
+        "phases_test_loss": phases_tl,
+        "phase_rule_test_loss": rule_tl,
         "train_loss": final["train_loss"],
         "train_acc": final["train_acc"],
         "restricted_acc": at["restricted_acc"],
@@ -149,7 +174,20 @@ def analyze_run(run_dir: str | Path, step: int | None = None, per_checkpoint_key
         "neurons_explained": final["neurons_explained"],
         "neuron_fve_mean": final["neuron_fve_mean"],
         "neuron_fve_weighted": final["neuron_fve_weighted"],
+        "neuron_fve_all_freqs": final["neuron_fve_all_freqs"],
+        "neuron_fve_all_freqs_mean": final["neuron_fve_all_freqs_mean"],
+        "mlp_fve": final["mlp_fve"],
+        "mlp_fve_std": final["mlp_fve_std"],
+        "mlp_fve_components": final["mlp_fve_components"],
+        "mlp_ablations": final["mlp_ablations"],
+        "skip_ablations": final["skip_ablations"],
         "key_rule": final["key_rule"],
+        "key_rule_name": final["key_rule_name"],
+        "key_frequencies_wl": final["key_frequencies_wl"],
+        "key_frequencies_neurons": final["key_frequencies_neurons"],
+        "wl_frequency_shares": final["wl_frequency_shares"],
+        "gini_W_E_rows": final["gini_W_E_rows"],
+        "gini_W_L_rows": final["gini_W_L_rows"],
         "key_frequencies_source": "given" if keys is not None else f"found on step {step}",
         "per_checkpoint_keys": per_checkpoint_keys,
         "frequency_shares": final["frequency_shares"],
@@ -167,9 +205,16 @@ def analyze_run(run_dir: str | Path, step: int | None = None, per_checkpoint_key
                            "total": time.perf_counter() - t_start},
     }
 
+    if llc is not None:
+        summary.update(lc.summary(llc_rows, step, llc, int(data.train_mask.sum())))
+        summary["timing_seconds"]["llc"] = t_llc
+
     # 4. write: figures, then the table, then the summary (its presence = analysis complete)
     write_figures(run, figs)
     run.replace_table("progress", rows)
+    if llc is not None:
+        run.replace_table("llc", llc_rows)
+        atomic_write(run.analysis_dir / LLC_TRACES, lambda tmp: save_file(llc_traces, tmp))
     run.write_summary(summary)
     return summary
 

@@ -1,27 +1,33 @@
 """The context-copying test of Lv et al. 2024 (docs/measures.md, 'Copy test'), scaled to the model's context.
 
-A sample joins lines of random lowercase hexadecimal, each a 12-character prefix, a 6-character
-suffix and a newline, with prefixes unique and suffixes unique within the sample; then the
-prefix of line i is appended and the model must continue with that line's suffix. A sample is
-correct when the whole suffix is reproduced by greedy decoding; with teacher forcing that is the
-same as the argmax being right at every suffix token (greedy decoding only feeds back tokens
-that were right), so one forward pass scores a sample. Per-token accuracy (the share of
-suffix tokens greedy decoding produces correctly) differs: after a sample's first wrong token
-greedy decoding feeds back its own token, so those samples are decoded on (`greedy_suffix`), one
-forward pass per later suffix token. Reported: exact-match accuracy, per-token accuracy and the
-suffix's (teacher-forced) cross-entropy, overall and by query line.
+Three variants share one layout and one scorer: a sample is a run of lines, each a 12-token
+prefix and a 6-token suffix, with prefixes unique within the sample; then the prefix of line i
+is given again and the model must continue with that line's suffix. A sample is correct when
+the whole suffix is reproduced by greedy decoding; with teacher forcing that is the same as the
+argmax being right at every suffix token (greedy decoding only feeds back tokens that were
+right), so one forward pass scores a sample. Per-token accuracy (the share of suffix tokens
+greedy decoding produces correctly) differs: after a sample's first wrong token greedy decoding
+feeds back its own token, so those samples are decoded on (`greedy_suffix`), one forward pass
+per later suffix token. Reported: exact-match accuracy, per-token accuracy and the suffix's
+(teacher-forced) cross-entropy, overall and by query line.
+
+- ``paper`` (the headline, metrics keys ``pcopy_*``): the paper's construction. Each line is 18
+  token ids drawn uniformly from the whole vocabulary (12 prefix + 6 suffix), and the lines are
+  concatenated with nothing between them, as random token subsequences are in the paper. Every
+  prefix occurs exactly once as a 12-token run anywhere in the sample's lines (not only among the
+  prefixes: also not across a line boundary), so the continuation asked for is unambiguous, and
+  suffixes are distinct.
+- ``hex`` (``copy_*``): lines of random lowercase hexadecimal written as text, each ended by a
+  newline; 12 + 6 characters, so 12 + 6 tokens with the character tokenizer. Suffixes are
+  unique too. With BPE a line whose prefix does not end on a token boundary (a token would cross
+  the prefix/suffix boundary) is resampled, so that the query is exactly the prefix's tokens.
+  Lines are encoded one at a time and joined, which for the byte-level BPE equals encoding the
+  whole text (its pre-tokenizer splits before each newline and at letter/digit runs).
+- ``ids`` (``rcopy_*``): 12 + 6 random ids (never the newline's) and the newline token.
 
 Scaling: the paper fits 50 lines in a 1024-token context; here a set uses as many lines (up to
 `copy_lines`) as fit in the context with the query. Query lines are spread evenly, `copy_queries`
 of them (the paper: i = 5, 10, ..., 50); sample j asks for query line j mod the number of queries.
-
-Tokenisation: lines are encoded one at a time and joined, which for the byte-level BPE equals
-encoding the whole text (its pre-tokenizer splits before each newline and at letter/digit runs).
-A line whose prefix does not end on a token boundary (a token would cross the prefix/suffix
-boundary) is resampled, so that the query is exactly the prefix's tokens.
-
-The random-token variant writes lines of random token ids instead (12 + 6 ids and the newline
-token), which tests copying without any help from the tokenizer.
 """
 
 from __future__ import annotations
@@ -31,8 +37,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-PREFIX_CHARS, SUFFIX_CHARS = 12, 6
+PREFIX_LEN, SUFFIX_LEN = 12, 6  # the paper's 12-token prefixes and 6-token suffixes
+PREFIX_CHARS, SUFFIX_CHARS = PREFIX_LEN, SUFFIX_LEN  # the hex variant's, one token per character with chars
 HEX = "0123456789abcdef"
+KINDS = ("paper", "hex", "ids")
+
+# A line: (prefix ids, suffix ids, separator ids after the suffix; empty in the paper's variant).
+Line = tuple[list[int], list[int], list[int]]
 
 
 @dataclass
@@ -57,9 +68,9 @@ def _hex(gen: torch.Generator, n: int) -> str:
     return "".join(HEX[i] for i in torch.randint(0, 16, (n,), generator=gen).tolist())
 
 
-def _hex_lines(tok, n_lines: int, gen: torch.Generator) -> list[tuple[list[int], list[int]]]:
-    """n_lines of (prefix ids, suffix+newline ids) with unique prefixes and suffixes."""
-    lines: list[tuple[list[int], list[int]]] = []
+def _hex_lines(tok, n_lines: int, gen: torch.Generator) -> list[Line]:
+    """n_lines of (prefix ids, suffix ids, [newline id]) with unique prefixes and suffixes."""
+    lines: list[Line] = []
     seen_p: set[str] = set()
     seen_s: set[str] = set()
     while len(lines) < n_lines:
@@ -72,12 +83,13 @@ def _hex_lines(tok, n_lines: int, gen: torch.Generator) -> list[tuple[list[int],
             continue
         seen_p.add(p)
         seen_s.add(s)
-        lines.append((pids, ids[len(pids):]))
+        rest = ids[len(pids):]
+        lines.append((pids, rest[:-1], rest[-1:]))
     return lines
 
 
-def _random_lines(vocab: int, newline: int, n_lines: int, gen: torch.Generator) -> list[tuple[list[int], list[int]]]:
-    lines: list[tuple[list[int], list[int]]] = []
+def _random_lines(vocab: int, newline: int, n_lines: int, gen: torch.Generator) -> list[Line]:
+    lines: list[Line] = []
     seen_p: set[tuple[int, ...]] = set()
     seen_s: set[tuple[int, ...]] = set()
     while len(lines) < n_lines:
@@ -88,8 +100,43 @@ def _random_lines(vocab: int, newline: int, n_lines: int, gen: torch.Generator) 
             continue
         seen_p.add(p)
         seen_s.add(s)
-        lines.append((list(p), list(s) + [newline]))
+        lines.append((list(p), list(s), [newline]))
     return lines
+
+
+def paper_lines(vocab: int, n_lines: int, gen: torch.Generator, max_tries: int = 100_000) -> list[Line]:
+    """The paper's lines: PREFIX_LEN + SUFFIX_LEN ids uniform over [0, vocab), concatenated.
+
+    A candidate line is kept only if, with it appended, every prefix still occurs exactly once as
+    a PREFIX_LEN-token run in the concatenation (so no prefix recurs inside another line or
+    across a line boundary) and its suffix differs from the others.
+    """
+    if vocab < 2:
+        raise ValueError("the copy test needs a vocabulary of at least 2 ids")
+    k, width = PREFIX_LEN, PREFIX_LEN + SUFFIX_LEN
+    lines: list[Line] = []
+    body: list[int] = []
+    grams: dict[tuple[int, ...], int] = {}  # every k-run of `body` and how often it occurs
+    prefixes: set[tuple[int, ...]] = set()
+    suffixes: set[tuple[int, ...]] = set()
+    for _ in range(max_tries):
+        if len(lines) == n_lines:
+            return lines
+        ids = torch.randint(0, vocab, (width,), generator=gen).tolist()
+        p, s = tuple(ids[:k]), tuple(ids[k:])
+        ext = body[-(k - 1):] + ids if body else ids
+        new = [tuple(ext[i:i + k]) for i in range(len(ext) - k + 1)]  # the k-runs the line adds
+        if s in suffixes or p in grams or new.count(p) != 1 or any(g in prefixes for g in new):
+            continue
+        lines.append((list(p), list(s), []))
+        body += ids
+        prefixes.add(p)
+        suffixes.add(s)
+        for g in new:
+            grams[g] = grams.get(g, 0) + 1
+    if len(lines) == n_lines:
+        return lines
+    raise ValueError(f"could not draw {n_lines} copy-test lines with unique prefixes over {vocab} ids")
 
 
 def query_lines(n_lines: int, n_queries: int) -> list[int]:
@@ -99,21 +146,31 @@ def query_lines(n_lines: int, n_queries: int) -> list[int]:
 
 
 def build_copy_set(tok, context: int, n_samples: int, max_lines: int, n_queries: int, seed: int,
-                   random_ids: bool = False) -> CopySet:
-    """A copy-test set for a tokenizer (`encode(str) -> ids`, `vocab_size`), fitted to `context`."""
+                   random_ids: bool = False, kind: str | None = None) -> CopySet:
+    """A copy-test set for a tokenizer (`encode(str) -> ids`, `vocab_size`), fitted to `context`.
+
+    kind: "paper", "hex" or "ids" (see the module docstring); default "hex", or "ids" with
+    random_ids=True (the older spelling).
+    """
+    kind = kind or ("ids" if random_ids else "hex")
+    if kind not in KINDS:
+        raise ValueError(f"copy-test kind {kind!r} is not one of {', '.join(KINDS)}")
     gen = torch.Generator().manual_seed(seed)
-    newline = tok.encode("\n")[0]
-    samples = []
+    samples: list[list[Line]] = []
     for _ in range(n_samples):
-        if random_ids:
-            samples.append(_random_lines(tok.vocab_size, newline, max_lines, gen))
+        if kind == "paper":
+            samples.append(paper_lines(tok.vocab_size, max_lines, gen))
+        elif kind == "ids":
+            samples.append(_random_lines(tok.vocab_size, tok.encode("\n")[0], max_lines, gen))
         else:
             samples.append(_hex_lines(tok, max_lines, gen))
-    # As many lines as fit for every sample: lines + the longest query (prefix + suffix - 1).
+    # As many lines as fit for every sample: its lines, then the longest line less one token (the
+    # query: a prefix and its suffix but the last token; for hex and ids lines that leaves one
+    # token spare, as the line counts of existing runs always had).
     n_lines = max_lines
     while n_lines > 1:
-        fits = all(sum(len(p) + len(s) for p, s in smp[:n_lines]) + max(len(p) + len(s) for p, s in smp[:n_lines]) - 1
-                   <= context for smp in samples)
+        fits = all(sum(len(p) + len(s) + len(e) for p, s, e in smp[:n_lines])
+                   + max(len(p) + len(s) + len(e) for p, s, e in smp[:n_lines]) - 1 <= context for smp in samples)
         if fits:
             break
         n_lines -= 1
@@ -123,9 +180,8 @@ def build_copy_set(tok, context: int, n_samples: int, max_lines: int, n_queries:
     rows, pos, tgt, query = [], [], [], []
     for j, smp in enumerate(samples):
         q = qlines[j % len(qlines)]
-        body = [t for p, s in smp[:n_lines] for t in p + s]
-        qp, qs = smp[q - 1]
-        suffix = qs[:-1]  # the newline after the suffix is not asked for
+        body = [t for p, s, e in smp[:n_lines] for t in p + s + e]
+        qp, suffix, _ = smp[q - 1]  # the separator after the suffix is not asked for
         seq = body + qp + suffix[:-1]
         start = len(body) + len(qp) - 1  # the logit at this position predicts suffix[0]
         rows.append(seq)

@@ -7,10 +7,21 @@ default corpus installs from package registries and needs no network at run time
 - Jane Austen's six novels from Debian's ``r-cran-janeaustenr`` (R lazy-load data, read by
   ``grokscope.lm.rdata`` without R).
 
+``task.corpus: stdlib`` is code instead: the Python standard library's own source files, which
+every Python installation carries (``stdlib_sources``: this interpreter's ``*.py`` files outside
+test folders and site-packages, one document each). Identifiers, keywords and whole lines recur
+within a few hundred characters, so copying from context pays in it far more than in the books.
+Its content depends on the interpreter, so a run records the interpreter's version and the
+corpus's content hash (``TextData.corpus``, in ``run.json``).
+
 ``task.corpus`` may also name a text file, a folder of ``*.txt`` files (one document each), or
-``hf:NAME[:CONFIG]`` for a Hugging Face dataset (needs ``datasets`` and network). Validation is a
-whole held-out document (``task.val_book``; default Austen's *Persuasion*), so validation loss
-measures generalisation to unseen text rather than to unseen windows of seen text.
+``hf:NAME[:CONFIG]`` for a Hugging Face dataset (needs ``datasets`` and network). Parts joined
+by ``+`` are mixed (``default+stdlib``); ``task.corpus_shares`` then states each part's share of
+the training characters, met by taking whole documents of each part, in an order fixed by their
+names' hashes, until its quota is reached (the last one cut at a line end), so the larger part is
+subsampled and nothing is repeated. Validation is a whole held-out document (``task.val_book``;
+default Austen's *Persuasion*), so validation loss measures generalisation to unseen text rather
+than to unseen windows of seen text.
 
 Tokenizers: ``bpe`` is a byte-level BPE trained offline with Hugging Face ``tokenizers`` on the
 training documents; ``char`` makes each character one token (each hex digit of the copy test is
@@ -26,12 +37,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import platform
 import re
 import shutil
 import sqlite3
+import sysconfig
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -44,6 +58,8 @@ FORMAT_VERSION = 1  # bump when the cache layout or text normalisation changes
 AUSTEN_BOOKS = ("sensesensibility", "prideprejudice", "mansfieldpark", "emma", "northangerabbey", "persuasion")
 R_LIB_DIRS = ("/usr/lib/R/site-library", "/usr/local/lib/R/site-library", "/usr/lib/R/library",
               "/usr/local/lib/R/library")
+# Folders of the standard library that are not its sources: its tests, and installed third-party packages.
+STDLIB_SKIP = frozenset({"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"})
 
 
 def cache_root(cfg_dir: str | None = None) -> Path:
@@ -101,8 +117,93 @@ def austen_books() -> dict[str, str]:
     return {name: "\n".join(s or "" for s in data[name]).strip() + "\n" for name in AUSTEN_BOOKS}
 
 
+def stdlib_root() -> Path:
+    """$GROKSCOPE_STDLIB, else this interpreter's standard library folder (sysconfig's "stdlib")."""
+    return Path(os.environ.get("GROKSCOPE_STDLIB") or sysconfig.get_paths()["stdlib"])
+
+
+def stdlib_files(root: Path) -> list[Path]:
+    """The ``*.py`` files under `root` outside STDLIB_SKIP folders, sorted by relative path."""
+    return sorted(p for p in root.rglob("*.py")
+                  if p.is_file() and not STDLIB_SKIP.intersection(p.relative_to(root).parts[:-1]))
+
+
+def stdlib_sources(root: Path | None = None) -> dict[str, str]:
+    """The standard library's non-test sources, one document each, named ``stdlib/REL/PATH.py``.
+
+    Text is kept as ASCII (``backslashreplace``): CPython 3.11's 12.1M characters hold 777
+    non-ASCII ones (curly quotes in comments, a few letters), which would otherwise add ~140
+    rare symbols to a character vocabulary, and with them to the copy test's random ids.
+    """
+    root = root or stdlib_root()
+    files = stdlib_files(root) if root.is_dir() else []
+    if not files:
+        raise ConfigError(f"task.corpus=stdlib found no Python sources under {str(root)!r}; set $GROKSCOPE_STDLIB "
+                          "to a standard library folder")
+    out = {}
+    for f in files:
+        text = f.read_bytes().decode("utf-8", errors="replace").replace("\r\n", "\n")
+        out["stdlib/" + f.relative_to(root).as_posix()] = text.encode("ascii", "backslashreplace").decode("ascii")
+    return out
+
+
+def corpus_sha256(docs: dict[str, str]) -> str:
+    """A content hash of documents: their names and texts, in order."""
+    h = hashlib.sha256()
+    for name, text in docs.items():
+        h.update(hashlib.sha256(name.encode()).digest() + hashlib.sha256(text.encode()).digest())
+    return h.hexdigest()
+
+
+def corpus_parts(spec: str) -> list[tuple[str, dict[str, str]]]:
+    """(part, its documents) for each ``+``-joined part of `task.corpus` (one part if no ``+``)."""
+    parts = [spec] if "+" not in spec or Path(spec).expanduser().exists() else spec.split("+")
+    out = [(part, load_corpus(part)) for part in parts]
+    seen: set[str] = set()
+    for part, docs in out:
+        if seen & docs.keys():
+            raise ConfigError(f"task.corpus {spec!r}: part {part!r} repeats documents of another part "
+                              f"({', '.join(sorted(seen & docs.keys())[:3])})")
+        seen |= docs.keys()
+    return out
+
+
+def mix_documents(parts: list[dict[str, str]], shares: list[float]) -> list[list[str]]:
+    """Each part's training texts, cut so that part i holds shares[i] of all their characters.
+
+    The total is the largest the parts allow without repeating text (min over parts of
+    characters / share). A part contributes whole documents, in the order of their names'
+    SHA-256 (fixed, and unrelated to topic or file order), until its quota; the last one is cut
+    at its last line end within the quota, so the shares are met to within a line.
+    """
+    sizes = [sum(map(len, p.values())) for p in parts]
+    if any(sh > 0 and n == 0 for sh, n in zip(shares, sizes, strict=True)):
+        raise ConfigError("task.corpus_shares gives a share to a part of task.corpus that has no training text")
+    total = min(n / sh for n, sh in zip(sizes, shares, strict=True) if sh > 0)
+    out = []
+    for docs, share in zip(parts, shares, strict=True):
+        left, texts = round(share * total), []
+        for name in sorted(docs, key=lambda k: hashlib.sha256(k.encode()).hexdigest()):
+            if left <= 0:
+                break
+            text = docs[name]
+            if len(text) > left:  # the last document: up to its last line end within the quota
+                cut = text.rfind("\n", 0, left) + 1 or (0 if texts else left)  # no line end: cut mid-line only if alone
+                if cut:
+                    texts.append(text[:cut])
+                break
+            texts.append(text)
+            left -= len(text)
+        out.append(texts)
+    return out
+
+
 def load_corpus(spec: str) -> dict[str, str]:
-    """Documents by name for `task.corpus` (see module docstring)."""
+    """Documents by name for `task.corpus` (see module docstring); ``A+B`` merges the parts' documents."""
+    if "+" in spec and not Path(spec).expanduser().exists():
+        return {k: v for _, docs in corpus_parts(spec) for k, v in docs.items()}
+    if spec == "stdlib":
+        return stdlib_sources()
     if spec == "default":
         return {**kjv_books(), **austen_books()}
     if spec == "austen":
@@ -121,7 +222,8 @@ def load_corpus(spec: str) -> dict[str, str]:
         if len(files) < 2:
             raise ConfigError(f"task.corpus folder {spec!r} needs at least two .txt files (one is held out for validation)")
         return {str(f.relative_to(path).with_suffix("")): f.read_text(encoding="utf-8", errors="replace") for f in files}
-    raise ConfigError(f"task.corpus {spec!r} is not 'default', 'austen', 'kjv', hf:NAME, a text file or a folder of .txt files")
+    raise ConfigError(f"task.corpus {spec!r} is not 'default', 'austen', 'kjv', 'stdlib', hf:NAME, a text file or a "
+                      "folder of .txt files, or parts of these joined by '+'")
 
 
 def _hf_corpus(name: str) -> dict[str, str]:
@@ -229,6 +331,7 @@ class TextData:
     val: np.ndarray  # [n_val_tokens]
     val_name: str
     folder: Path
+    corpus: dict[str, Any] = field(default_factory=dict)  # what the text came from (`describe_corpus`)
 
     @property
     def vocab_size(self) -> int:
@@ -262,10 +365,35 @@ def _encode_stream(tok: Tokenizer, texts: list[str], path: Path) -> None:
             np.asarray(ids, dtype=dtype).tofile(f)
 
 
+def describe_corpus(task: TextTask, parts: list[tuple[str, dict[str, str]]], train: list[list[str]],
+                    val_name: str) -> dict[str, Any]:
+    """What a run's text came from, for run.json: per part its documents, characters, content
+    hash and share of the training characters; the interpreter (whose version fixes the stdlib part)."""
+    n_train = sum(len(t) for texts in train for t in texts) or 1
+    out: dict[str, Any] = {"spec": task.corpus, "shares": task.corpus_shares, "val_document": val_name,
+                           "python": platform.python_version(), "python_implementation": platform.python_implementation(),
+                           "parts": []}
+    for (part, docs), texts in zip(parts, train, strict=True):
+        chars = sum(map(len, texts))
+        out["parts"].append({"corpus": part, "documents": len(docs), "characters": sum(map(len, docs.values())),
+                             "sha256": corpus_sha256(docs), "train_documents": len(texts), "train_characters": chars,
+                             "train_share": chars / n_train})
+        if part == "stdlib":
+            out["stdlib_root"] = str(stdlib_root())
+    return out
+
+
 def prepare(task: TextTask) -> TextData:
     """Load the corpus, train or load the cached tokenizer, and memory-map the token streams."""
-    docs = load_corpus(task.corpus)
+    parts = corpus_parts(task.corpus)
+    docs = {k: v for _, p in parts for k, v in p.items()}
     train_texts, val_text, val_name = split_corpus(docs, task.val_book)
+    if task.corpus_shares is not None:
+        by_part = mix_documents([{k: v for k, v in p.items() if k != val_name} for _, p in parts], task.corpus_shares)
+        train_texts = [t for texts in by_part for t in texts]
+    else:
+        by_part = [[t for k, t in p.items() if k != val_name] for _, p in parts]
+    corpus = describe_corpus(task, parts, by_part, val_name)
     folder = cache_root(task.cache_dir) / "tokens" / _digest(train_texts, val_text, task)
     if not (folder / "meta.json").is_file():
         try:
@@ -293,7 +421,7 @@ def prepare(task: TextTask) -> TextData:
     tok = Tokenizer.load(folder)
     train = np.memmap(folder / "train.bin", dtype=meta["dtype"], mode="r")
     val = np.memmap(folder / "val.bin", dtype=meta["dtype"], mode="r")
-    return TextData(tok, train, val, meta["val_name"], folder)
+    return TextData(tok, train, val, meta["val_name"], folder, corpus | {"token_cache": folder.name})
 
 
 # ------------------------------------------------------------------------------------ windows

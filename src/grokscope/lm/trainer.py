@@ -8,7 +8,8 @@ constant or cosine (`grokscope.train.trainer.lr_at`), gradient clipping, gradien
 
 At each evaluation step (`train.eval_schedule: log` spaces them logarithmically) it records, in
 the run store's `metrics` table: train and validation loss on fixed windows, the in-context
-learning score, the hex copy test (`copy_*`) and its random-token-id variant (`rcopy_*`), and per
+learning score, the paper's copy test (`pcopy_*`: random token ids over the vocabulary; the
+headline), the hex copy test (`copy_*`) and its random-id-with-newline variant (`rcopy_*`), and per
 layer the largest induction score A, A * EP, prefix-matching and previous-token scores; per-head
 scores go to the `heads` table (step, layer, head, induction, prefix_matching, copying,
 induction_copying, previous_token).
@@ -132,9 +133,12 @@ class LMTrainer(TrainerCore):
             self.copy_set = build_copy_set(tok, L, task.copy_samples, task.copy_lines, task.copy_queries, seed + 1)
             self.rcopy_set = build_copy_set(tok, L, task.copy_samples, task.copy_lines, task.copy_queries, seed + 2,
                                             random_ids=True)
+            # seed + 3 draws the induction probes; the paper's test has its own seed
+            self.pcopy_set = build_copy_set(tok, L, task.copy_samples, task.copy_lines, task.copy_queries, seed + 4,
+                                            kind="paper")
         except ValueError as err:
             raise C.ConfigError(f"task.context={L}: {err}; use at least 64") from None
-        for cs in (self.copy_set, self.rcopy_set):
+        for cs in (self.copy_set, self.rcopy_set, self.pcopy_set):
             for name in ("tokens", "pos", "targets", "mask"):
                 setattr(cs, name, getattr(cs, name).to(self.device))
 
@@ -186,7 +190,7 @@ class LMTrainer(TrainerCore):
         return {"metrics": [row], "heads": heads, "timing": [timing]}
 
     def postfix(self, row: dict[str, Any]) -> dict[str, str]:
-        return {"loss": f"{row['batch_loss']:.3g}", "val": f"{row['val_loss']:.3g}", "copy": f"{row['copy_acc']:.2f}",
+        return {"loss": f"{row['batch_loss']:.3g}", "val": f"{row['val_loss']:.3g}", "copy": f"{row['pcopy_acc']:.2f}",
                 "ind": f"{row['induction_max']:.2f}"}
 
     @torch.no_grad()
@@ -208,6 +212,7 @@ class LMTrainer(TrainerCore):
                 row["repeat_gain"] = repeat_gain(losses[0].cpu(), losses[1].cpu(), where)
         row.update(evaluate_copy(model, self.copy_set, prefix="copy"))
         row.update(evaluate_copy(model, self.rcopy_set, prefix="rcopy"))
+        row.update(evaluate_copy(model, self.pcopy_set, prefix="pcopy"))
         scores = head_scores(model, task.induction_len, 4, self.cfg.seed + 3, vocab=self.data.vocab_size)
         heads = []
         n_layers, n_heads = scores["induction"].shape
@@ -250,7 +255,8 @@ class LMTrainer(TrainerCore):
             ended=None, last_step=0, n_params=n_params(self.model), d_vocab=self.vocab,
             tokenizer_vocab=self.data.vocab_size, train_tokens=len(self.data.train), val_tokens=len(self.data.val),
             val_book=self.data.val_name, world_size=self.world, copy_lines=self.copy_set.n_lines,
-            copy_query_lines=self.copy_set.query_lines,
+            copy_query_lines=self.copy_set.query_lines, paper_copy_lines=self.pcopy_set.n_lines,
+            paper_copy_query_lines=self.pcopy_set.query_lines, corpus=self.data.corpus,
             versions={"grokscope": grokscope.__version__, "torch": torch.__version__,
                       "python": platform.python_version()},
             threads=torch.get_num_threads(), device=str(self.device))
@@ -260,6 +266,8 @@ class LMTrainer(TrainerCore):
 
     def after_resume(self, step: int) -> None:
         m = self.run.metrics()
+        if len(m) and "pcopy_acc" not in m:  # logged before the paper's copy test was added
+            self.run.update_info(paper_copy_from_step=step)
         if len(m) and "induction_copying_max" not in m:
             # logged before the induction score became A and per-token copy accuracy greedy:
             # rows up to here keep the old meanings; say where they change

@@ -55,8 +55,10 @@ def _start_pool(x):  # pragma: no cover - compiled
 
 
 @_kernel(_JIT)
-def gather_relu(P, tok, inv, tab_in, sh_in, tab_u, sh_u, post, direct):  # pragma: no cover - compiled
-    """post[i] = relu(sum of P-weighted rows of tab_in/sh_in); direct[i] likewise from tab_u/sh_u.
+def gather_rows(P, tok, inv, tab_in, sh_in, tab_u, sh_u, relu, post, direct):  # pragma: no cover - compiled
+    """post[i] = the sum of P-weighted rows of tab_in/sh_in, through a ReLU if `relu` (otherwise
+    the pre-activation, for the caller's activation); direct[i] likewise from tab_u/sh_u, never
+    clipped.
 
     P [n, K+1, H] attention of the final position (entry K is itself); tok [n, K]; inv [n].
     The examples come sorted by token (tabulated.Layout), so neighbours share table rows in cache.
@@ -65,15 +67,16 @@ def gather_relu(P, tok, inv, tab_in, sh_in, tab_u, sh_u, post, direct):  # pragm
     H = P.shape[2]
     for i in prange(n):
         q = inv[i]
-        if K == 2 and H == 4:  # the mainline's shape: all twelve rows in one pass (1.3x faster)
+        if K == 2 and H == 4:
             _weighted_rows_k2h4(P[i], tok[i], sh_in[q], tab_in, post[i])
             _weighted_rows_k2h4(P[i], tok[i], sh_u[q], tab_u, direct[i])
         else:
             _weighted_rows(P[i], tok[i], sh_in[q], tab_in, post[i])
             _weighted_rows(P[i], tok[i], sh_u[q], tab_u, direct[i])
-        out = post[i]
-        for j in range(len(out)):
-            out[j] = max(out[j], 0.0)
+        if relu:
+            out = post[i]
+            for j in range(len(out)):
+                out[j] = max(out[j], 0.0)
 
 
 @njit(inline="always", **_JIT_SERIAL)
@@ -100,9 +103,12 @@ def _weighted_rows(p, t, sh, tab, out):  # pragma: no cover - compiled
 
 @njit(inline="always", **_JIT_SERIAL)
 def _weighted_rows_k2h4(p, t, sh, tab, out):  # pragma: no cover - compiled
-    """_weighted_rows for K = 2, H = 4 in one pass over out instead of three: fewer loads and
-    stores of out. The terms are written in _weighted_rows' order; with the pinned numba it gave
-    bit-identical parameters over 100 training steps."""
+    """_weighted_rows for the mainline's K = 2, H = 4, in one pass over out instead of three.
+
+    Kept beside the general loop because it is the mainline's speed: timed alone on the
+    mainline step's blocks (1 thread), gather_rows took 2.1-2.7 ms a step with it against
+    3.2-3.4 ms without. The terms are written in _weighted_rows' order: on those blocks the two
+    gave the same bits."""
     a0, a1, a2, a3 = tab[0, 0, t[0]], tab[1, 0, t[0]], tab[2, 0, t[0]], tab[3, 0, t[0]]
     b0, b1, b2, b3 = tab[0, 1, t[1]], tab[1, 1, t[1]], tab[2, 1, t[1]], tab[3, 1, t[1]]
     s0, s1, s2, s3, own = sh[0], sh[1], sh[2], sh[3], sh[4]
@@ -172,49 +178,6 @@ def _first_max(row, m):  # pragma: no cover - compiled
             break
         first += 1
     return first
-
-
-@_kernel(_JIT_LOSS)
-def logits_shift(logits, direct, shifted, mx):  # pragma: no cover - compiled
-    """logits += direct in place; mx [n] = the row maxima (float64; NaN if the row has a NaN) and
-    shifted [n, c] = logits - mx, computed in float64 and stored in shifted's dtype."""
-    n, c = logits.shape
-    for i in prange(n):
-        row, d = logits[i], direct[i]
-        for j in range(c):
-            row[j] += d[j]
-        top, nan = _row_max(row)
-        t = np.nan if nan else np.float64(top)
-        mx[i] = t
-        for j in range(c):
-            shifted[i, j] = np.float64(row[j]) - t  # rounded to shifted's dtype
-
-
-@_kernel(_JIT_LOSS)
-def cross_entropy_finish(e, logits, mx, labels, tiny, n_batch, g, losses, correct):  # pragma: no cover - compiled
-    """Per-example float64 cross-entropy into losses [n], the gradient of their mean into g, and
-    into correct [n] whether the label is the first of the row's maxima (torch.argmax's choice;
-    a row with a NaN gets a NaN loss). The float64 model's path, after logits_shift and torch's
-    exp (float32 takes cross_entropy_rows, which says why the sums are float64).
-
-    e [n, c] = exp(logits - mx); mx [n] the row maxima. g = (softmax - onehot) / n_batch (the whole
-    batch: e may be one block of it) is stored in g's dtype with entries below `tiny` set to zero.
-    """
-    n, c = e.shape
-    inv_n = 1.0 / n_batch
-    for i in prange(n):
-        s = 0.0
-        for j in range(c):
-            s += np.float64(e[i, j])
-        y = labels[i]
-        losses[i] = mx[i] + math.log(s) - np.float64(logits[i, y])
-        correct[i] = _first_max(logits[i], mx[i]) == y
-        scale = inv_n / s
-        for j in range(c):
-            v = np.float64(e[i, j]) * scale
-            if j == y:
-                v -= inv_n
-            g[i, j] = 0.0 if abs(v) < tiny else v  # a NaN stays NaN
 
 
 # Cephes' expf: exp(x) = 2^k p(r), x = k ln 2 + r, |r| <= ln2 / 2, p a degree-7 minimax polynomial
@@ -287,12 +250,13 @@ def cross_entropy_rows(logits, direct, labels, tiny, n_batch, g, losses, correct
 
 
 @_kernel(_JIT)
-def backward_rows(d_post, post, g, P, tok, inv, tab_in, sh_in, tab_u, sh_u, d_s):  # pragma: no cover
-    """ReLU backward in place (d_post becomes d_pre), then the attention scores' gradient d_s.
+def backward_rows(d_post, post, g, P, tok, inv, tab_in, sh_in, tab_u, sh_u, relu, d_s):  # pragma: no cover
+    """If `relu`, the ReLU's backward in place (d_post becomes d_pre; otherwise d_post is d_pre
+    already, from the caller's activation), then the attention scores' gradient d_s.
 
     d_s [n, K+1, H]: softmax backward of dL/dP[i, k, h] = d_pre[i] . row_in + g[i] . row_u,
     with the dot products accumulated in the tables' dtype, as a plain model's GEMMs would.
-    (One row per dot: four rows a pass, as in gather_relu, is 1.2x slower here. The shared rows'
+    (One row per dot: four rows a pass, as in gather_rows, is 1.2x slower here. The shared rows'
     sums stay in their own pass (shared_sums): done here, per chunk, they would save only 0.3 ms of
     a 29 ms step for the bookkeeping they add.)
     """
@@ -301,9 +265,10 @@ def backward_rows(d_post, post, g, P, tok, inv, tab_in, sh_in, tab_u, sh_u, d_s)
     for i in prange(n):
         q = inv[i]
         d_pre, gi, out = d_post[i], g[i], post[i]
-        for j in range(len(d_pre)):
-            if out[j] <= 0.0:
-                d_pre[j] = 0.0
+        if relu:
+            for j in range(len(d_pre)):
+                if out[j] <= 0.0:
+                    d_pre[j] = 0.0
         d_p = np.zeros((K + 1, H), dtype=P.dtype)
         for h in range(H):
             d_p[K, h] = _dot(gi, sh_u[q, h], _dot(d_pre, sh_in[q, h], d_p[K, h]))
@@ -319,30 +284,6 @@ def backward_rows(d_post, post, g, P, tok, inv, tab_in, sh_in, tab_u, sh_u, d_s)
                 d_s[i, k, h] = P[i, k, h] * (d_p[k, h] - dot)
 
 
-@njit(inline="always", **_JIT_SERIAL)
-def _spread4(x, w0, w1, w2, w3, y0, y1, y2, y3):  # pragma: no cover - compiled
-    for j in range(len(x)):
-        xj = x[j]
-        y0[j] += w0 * xj
-        y1[j] += w1 * xj
-        y2[j] += w2 * xj
-        y3[j] += w3 * xj
-
-
-@njit(inline="always", **_JIT_SERIAL)
-def _spread4x4(x0, x1, x2, x3, w0, w1, w2, w3, y0, y1, y2, y3):  # pragma: no cover - compiled
-    """y_h += sum over four examples e of w_e[h] x_e (H = 4): one load and store of each y per four
-    examples. Observed, not guaranteed: with the pinned numba (fastmath may reassociate) it
-    compiled to the chain of FMAs that four one-example passes make, and training gave
-    bit-identical parameters over 100 steps."""
-    for j in range(len(y0)):
-        a, b, c, d = x0[j], x1[j], x2[j], x3[j]
-        y0[j] += (w0[0] * a + w1[0] * b) + (w2[0] * c + w3[0] * d)
-        y1[j] += (w0[1] * a + w1[1] * b) + (w2[1] * c + w3[1] * d)
-        y2[j] += (w0[2] * a + w1[2] * b) + (w2[2] * c + w3[2] * d)
-        y3[j] += (w0[3] * a + w1[3] * b) + (w2[3] * c + w3[3] * d)
-
-
 @_kernel(_JIT)
 def scatter_rows(d_pre, g, P, d_s, inv, t_start, t_examples, K, d_tab_in, d_tab_u, d_scores):  # pragma: no cover
     """Gradients of the per-token rows and scores: a sum over the examples that read each row.
@@ -356,27 +297,19 @@ def scatter_rows(d_pre, g, P, d_s, inv, t_start, t_examples, K, d_tab_in, d_tab_
     for r in prange(n_kv):
         k, v = r // V, r % V
         first, end = t_start[r], t_start[r + 1]
-        while H == 4 and first + 4 <= end:  # four examples per load and store of each row (1.8x faster)
+        while first + 4 <= end:  # four examples per pass over each row (a load and store of it)
             i0, i1, i2, i3 = t_examples[first], t_examples[first + 1], t_examples[first + 2], t_examples[first + 3]
             w0, w1, w2, w3 = P[i0, k], P[i1, k], P[i2, k], P[i3, k]
-            _spread4x4(d_pre[i0], d_pre[i1], d_pre[i2], d_pre[i3], w0, w1, w2, w3,
-                       d_tab_in[0, k, v], d_tab_in[1, k, v], d_tab_in[2, k, v], d_tab_in[3, k, v])
-            _spread4x4(g[i0], g[i1], g[i2], g[i3], w0, w1, w2, w3,
-                       d_tab_u[0, k, v], d_tab_u[1, k, v], d_tab_u[2, k, v], d_tab_u[3, k, v])
+            for h in range(H):
+                _axpy4(w0[h], w1[h], w2[h], w3[h], d_pre[i0], d_pre[i1], d_pre[i2], d_pre[i3], d_tab_in[h, k, v])
+                _axpy4(w0[h], w1[h], w2[h], w3[h], g[i0], g[i1], g[i2], g[i3], d_tab_u[h, k, v])
             first += 4
         for e in range(first, end):
             i = t_examples[e]
             w = P[i, k]
-            h = 0
-            while h + 4 <= H:
-                _spread4(d_pre[i], w[h], w[h + 1], w[h + 2], w[h + 3],
-                         d_tab_in[h, k, v], d_tab_in[h + 1, k, v], d_tab_in[h + 2, k, v], d_tab_in[h + 3, k, v])
-                _spread4(g[i], w[h], w[h + 1], w[h + 2], w[h + 3],
-                         d_tab_u[h, k, v], d_tab_u[h + 1, k, v], d_tab_u[h + 2, k, v], d_tab_u[h + 3, k, v])
-                h += 4
-            for hr in range(h, H):
-                _axpy(w[hr], d_pre[i], d_tab_in[hr, k, v])
-                _axpy(w[hr], g[i], d_tab_u[hr, k, v])
+            for h in range(H):
+                _axpy(w[h], d_pre[i], d_tab_in[h, k, v])
+                _axpy(w[h], g[i], d_tab_u[h, k, v])
         for e in range(t_start[r], end):
             i = t_examples[e]
             for h in range(H):
@@ -399,11 +332,11 @@ def shared_sums(d_pre, g, P, chunk_start, chunk_q, parts_in, parts_u, out_in, ou
         a_in[:] = 0.0
         a_u[:] = 0.0
         f, end = chunk_start[ch], chunk_start[ch + 1]
-        while H == 4 and f + 4 <= end:  # four examples per load and store of each sum
+        while f + 4 <= end:  # four examples per pass over each sum
             w0, w1, w2, w3 = P[f, K], P[f + 1, K], P[f + 2, K], P[f + 3, K]
-            _spread4x4(d_pre[f], d_pre[f + 1], d_pre[f + 2], d_pre[f + 3], w0, w1, w2, w3,
-                       a_in[0], a_in[1], a_in[2], a_in[3])
-            _spread4x4(g[f], g[f + 1], g[f + 2], g[f + 3], w0, w1, w2, w3, a_u[0], a_u[1], a_u[2], a_u[3])
+            for h in range(H):
+                _axpy4(w0[h], w1[h], w2[h], w3[h], d_pre[f], d_pre[f + 1], d_pre[f + 2], d_pre[f + 3], a_in[h])
+                _axpy4(w0[h], w1[h], w2[h], w3[h], g[f], g[f + 1], g[f + 2], g[f + 3], a_u[h])
             _add4(d_pre[f], d_pre[f + 1], d_pre[f + 2], d_pre[f + 3], a_in[H])
             _add4(g[f], g[f + 1], g[f + 2], g[f + 3], a_u[H])
             f += 4

@@ -13,13 +13,13 @@ the mainline, where it is `=`). Per example what remains is
 
 (W_L is held transposed, [d_vocab, d_mlp]: timed alone, its three products ran 5-10% faster so.)
 
-With ReLU the per-example loops run as fused numba kernels (models/kernels.py), one pass over
-each [n, d_mlp] operand, and the loss's forward and backward run together in blocks of examples
-(`_relu_blocks`): the loss computes its own gradient anyway, and a block's operands are used
-while they are still in cache. Other activations use torch's sparse CSR products (the weighted gather
-is a CSR matrix with pos x head entries per example times the row table, its transpose scatters
-the gradient back), and the same numba sums for the shared rows' gradients. The sparsity pattern
-depends only on the tokens, so it is built once per batch and cached.
+The per-example loops run as fused numba kernels (models/kernels.py), one pass over each
+[n, d_mlp] operand, and the loss's forward and backward run together in blocks of examples
+(`_blocks`): the loss computes its own gradient anyway, and a block's operands are used while they
+are still in cache. ReLU is applied and differentiated inside the kernels; GELU and SiLU by torch
+between the same kernels. Which table rows each example reads depends only on the tokens: it is a
+`Layout`, built once per token batch (`make_layout`) and held by whoever reuses the batch (the
+trainer builds its train and test sets' layouts when it sets up the data).
 
 `build_tables` makes the tables from the parameters (small tensors: thousands of rows, not
 examples), with its backward written out too. `TabulatedLoss` runs the per-example part
@@ -27,17 +27,17 @@ examples), with its backward written out too. `TabulatedLoss` runs the per-examp
 activation is materialised twice and nothing per example goes through autograd. What remains
 costly is what the loss needs: the three [n, d_mlp] x [d_mlp, d_vocab] products of
 `act(pre) @ W_L` and its two gradients. `loss_and_accuracy` is the same forward for evaluation
-(no graph, no float64 copy of the logits).
+(no graph, no float64 copy of the logits). None of this builds an autograd graph per example:
+a caller that needs one uses the plain forward (Transformer.forward_last does).
 
 Accuracy: sums over all examples (gradients of the shared rows and of the query's self-score)
 are accumulated in float64: a float32 sum of thousands of nearly cancelling terms lost three
 digits. The float64 loss's gradient is cast back to float32 with subnormals zeroed (see
-models/loss.py).
+models/loss.py). The derivation of every step is docs/fast-step.md.
 """
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from grokscope.models import kernels
-from grokscope.models.loss import FLOAT32_TINY, cast_gradient
+from grokscope.models.loss import FLOAT32_TINY, per_example_and_gradient
 
 
 @dataclass
@@ -77,7 +77,8 @@ CHUNK = 64  # examples summed in float32 before the float64 sum of the shared ro
 
 @dataclass
 class Layout:
-    """The sparsity of one token batch: which table rows each example reads.
+    """The sparsity of one token batch: which table rows each example reads. It describes the
+    tokens it was built from (`make_layout`); a batch whose tokens change needs a new one.
 
     Everything here, and every per-example tensor of the tabulated step, is in sorted order:
     example s is the batch's example perm[s], and the examples are sorted by their query token,
@@ -100,16 +101,6 @@ class Layout:
     kv_start: Tensor  # [K*V + 1] examples with token v at key position k: kv_examples[kv_start[k*V + v]:...]
     kv_examples: Tensor  # [n * K], ascending within each (k, v)
     chunk_start: Tensor  # [n_chunks + 1] runs of at most CHUNK examples with one query token
-    # CSR form for the torch path: the gather matrix [n, K*V*H] and its transpose.
-    crow: Tensor
-    col: Tensor  # [n * K*H], ascending within an example: entries (h, k)
-    t_crow: Tensor
-    t_col: Tensor
-    t_order: Tensor  # where each transposed entry sits in the example-major order
-
-    @property
-    def n_rows(self) -> int:
-        return self.n_key * self.d_vocab * self.n_heads
 
 
 def make_layout(tokens: Tensor, n_heads: int, d_vocab: int) -> Layout:
@@ -125,53 +116,18 @@ def make_layout(tokens: Tensor, n_heads: int, d_vocab: int) -> Layout:
     uniq, inv = torch.unique(tokens[:, K], return_inverse=True)
     tok = tokens[:, :K].contiguous()
     heads = torch.arange(H)
-    rows = (heads[None, None, :] * K + torch.arange(K)[None, :, None]) * V + tok[:, :, None]  # [n, K, H]
     score_idx = ((inv[:, None, None] * K + torch.arange(K)[None, :, None]) * H + heads) * V + tok[:, :, None]
     kv = (torch.arange(K) * V + tok).reshape(-1)  # [n * K]
     examples = torch.arange(n).repeat_interleave(K)
     kv_order = torch.argsort(kv * n + examples)
     kv_start = torch.zeros(K * V + 1, dtype=torch.int64)
     kv_start[1:] = torch.bincount(kv, minlength=K * V).cumsum(0)
-    flat = rows.transpose(1, 2).reshape(-1)  # entries (h, k): ascending columns
-    per_entry = torch.arange(n).repeat_interleave(K * H)
-    t_order = torch.argsort(flat * n + per_entry)
-    t_crow = torch.zeros(K * V * H + 1, dtype=torch.int64)
-    t_crow[1:] = torch.bincount(flat, minlength=K * V * H).cumsum(0)
     # chunks for the shared rows' sums: cut every CHUNK examples and where the query token changes
     cuts = torch.cat([torch.arange(0, n, CHUNK), torch.nonzero(inv[1:] != inv[:-1]).flatten() + 1])
     chunk_start = torch.cat([torch.unique(cuts), torch.tensor([n])])
     return Layout(n=n, n_key=K, n_heads=H, d_vocab=V, uniq=uniq, inv=inv, tok=tok, perm=perm,
                   query=F.one_hot(inv, len(uniq)), score_idx=score_idx, kv_start=kv_start,
-                  kv_examples=examples[kv_order], chunk_start=chunk_start,
-                  crow=torch.arange(0, n * K * H + 1, K * H), col=flat,
-                  t_crow=t_crow, t_col=per_entry[t_order], t_order=t_order)
-
-
-class LayoutCache:
-    """Layouts of the few token batches a run reuses (the train and test sets and their chunks).
-
-    Keyed by where the tokens live (storage, offset, shape, strides) and their version counter,
-    so a fresh view of the same data (`x.chunk(1)`) hits and an in-place change misses. Holding
-    the tokens keeps their storage, and so the key, from being reused by other data.
-    """
-
-    def __init__(self, size: int = 8):
-        self.size = size
-        self.entries: list[tuple[tuple, Tensor, Layout]] = []
-
-    @staticmethod
-    def key(tokens: Tensor, n_heads: int, d_vocab: int) -> tuple:
-        return (tokens.untyped_storage().data_ptr(), tokens.storage_offset(), tuple(tokens.shape), tokens.stride(),
-                tokens._version, tokens.dtype, n_heads, d_vocab)
-
-    def get(self, tokens: Tensor, n_heads: int, d_vocab: int) -> Layout:
-        key = self.key(tokens, n_heads, d_vocab)
-        for k, _, layout in self.entries:
-            if k == key:
-                return layout
-        layout = make_layout(tokens, n_heads, d_vocab)
-        self.entries = [(key, tokens, layout), *self.entries][: self.size]
-        return layout
+                  kv_examples=examples[kv_order], chunk_start=chunk_start)
 
 
 def build_tables(model, uniq: Tensor, n_key: int) -> Tables:
@@ -264,33 +220,10 @@ class _TablesFn(torch.autograd.Function):
                 d_own_x.sum(0), d_W_U)
 
 
-def _csr(crow: Tensor, col: Tensor, values: Tensor, size: tuple[int, int]) -> Tensor:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
-        return torch.sparse_csr_tensor(crow, col, values, size)
-
-
-def _gather_matrix(layout: Layout, pattern: Tensor) -> Tensor:
-    """[n, H*K*V]: example i reads row (h, k, tok[i, k]) with weight pattern[i, k, h]."""
-    return _csr(layout.crow, layout.col, _entries(layout, pattern), (layout.n, layout.n_rows))
-
-
-def _entries(layout: Layout, pattern: Tensor) -> Tensor:
-    """The key positions' attention weights [n * H*K] in the gather matrix's (h, k) entry order."""
-    return pattern[:, : layout.n_key].transpose(1, 2).reshape(-1)
-
-
 def _pattern(layout: Layout, scores: Tensor, self_scores: Tensor) -> Tensor:
     """Attention pattern of the final position: [n, K + 1, H] (the last entry is itself)."""
     s = torch.cat([scores.reshape(-1)[layout.score_idx], self_scores[layout.inv][:, None]], dim=1)
     return s.softmax(dim=1)
-
-
-def _shared_weights(layout: Layout, pattern: Tensor) -> Tensor:
-    """Weights of the shared rows [n, u*(H+1)]: the attention to itself per head, then 1."""
-    q = layout.query.to(pattern.dtype)
-    a = torch.cat([pattern[:, -1], pattern.new_ones(len(q), 1)], dim=1)  # [n, H + 1]
-    return (q[:, :, None] * a[:, None, :]).reshape(len(q), -1)
 
 
 def _np(x: Tensor):
@@ -304,43 +237,33 @@ def _kernel_args(layout: Layout, t: Tables, pattern: Tensor) -> tuple:
             _np(t.shared_u).reshape(u, H + 1, -1))
 
 
-def _forward(layout: Layout, t: Tables, act: str, keep: Tensor | None):
-    """pattern, post-activation (dropout applied) [n, m], pre-activation (torch path), the direct
-    logits (embedding and attention through W_U) and the MLP's logits post @ W_L [n, c]."""
-    pattern = _pattern(layout, t.scores, t.self_scores)
-    n, m, c = layout.n, t.tab_in.shape[1], t.tab_u.shape[1]
-    differentiable = torch.is_grad_enabled() and t.tab_in.requires_grad  # the kernels are not
-    if act == "relu" and not differentiable:
-        post, direct = pattern.new_empty(n, m), pattern.new_empty(n, c)
-        kernels.gather_relu(*_kernel_args(layout, t, pattern), _np(post), _np(direct))
-        pre = None
-    else:
-        mat, a_q = _gather_matrix(layout, pattern), _shared_weights(layout, pattern)
-        pre = torch.addmm(a_q @ t.shared_in, mat, t.tab_in)
-        direct = torch.addmm(a_q @ t.shared_u, mat, t.tab_u)
-        post = _ACT[act](pre)
+# The activations the tabulated step applies in torch, between the kernels (ReLU is the kernels' own).
+_ACT = {"gelu": F.gelu, "silu": F.silu}
+_ACT_BACKWARD = {"gelu": torch.ops.aten.gelu_backward, "silu": torch.ops.aten.silu_backward}
+
+
+def _gather(args: tuple, act: str, post: Tensor, direct: Tensor) -> tuple[Tensor | None, Tensor]:
+    """Fill post with act(pre) and direct with the direct logits (kernels.gather_rows; args as
+    _kernel_args gives them, for these rows). Returns (pre, post): pre is None for ReLU, whose
+    kernel applies it in place; otherwise post is a new tensor and pre the filled buffer."""
+    relu = act == "relu"
+    kernels.gather_rows(*args, relu, _np(post), _np(direct))
+    return (None, post) if relu else (post, _ACT[act](post))
+
+
+@torch.no_grad()
+def logits(layout: Layout, tables: Tables, act: str, keep: Tensor | None = None) -> Tensor:
+    """Final-position logits [n, c] in the batch's order, without a graph; `keep` is an MLP
+    dropout multiplier [n, d_mlp] (or None)."""
+    pattern = _pattern(layout, tables.scores, tables.self_scores)
+    n, m, c = layout.n, tables.tab_in.shape[1], tables.tab_u.shape[1]
+    post, direct = pattern.new_empty(n, m), pattern.new_empty(n, c)
+    _, post = _gather(_kernel_args(layout, tables, pattern), act, post, direct)
+    keep = _sorted(layout, keep)
     if keep is not None:
         post = post * keep
-    return pattern, post, pre, direct, post @ t.W_LT.T
-
-
-_ACT = {"relu": torch.relu, "gelu": F.gelu, "silu": F.silu}
-
-
-def _act_backward(kind: str, grad: Tensor, pre: Tensor) -> Tensor:
-    if kind == "relu":
-        return torch.ops.aten.threshold_backward(grad, pre, 0.0)
-    if kind == "gelu":
-        return torch.ops.aten.gelu_backward(grad, pre)
-    return torch.ops.aten.silu_backward(grad, pre)
-
-
-def logits(layout: Layout, tables: Tables, act: str, keep: Tensor | None = None) -> Tensor:
-    """Final-position logits [n, c] in the batch's order; `keep` is an MLP dropout multiplier
-    [n, d_mlp] (or None)."""
-    _, _, _, direct, from_mlp = _forward(layout, tables, act, _sorted(layout, keep))
     out = torch.empty_like(direct)
-    out[layout.perm] = from_mlp + direct
+    out[layout.perm] = post @ tables.W_LT.T + direct
     return out
 
 
@@ -364,70 +287,42 @@ class TabulatedLoss(torch.autograd.Function):
     """Mean float64 cross-entropy of the final position, from the tables; backward by hand.
 
     forward(layout, labels, act, keep, *tables) -> float64 scalar; the gradients flow to the
-    tables (and from there, through _TablesFn, to the parameters).
+    tables (and from there, through _TablesFn, to the parameters). They are computed with the
+    loss (`_blocks`); backward only multiplies them by the incoming gradient when it is not 1 (a
+    micro-batch's share in gradient accumulation, or a scaled loss).
     """
 
     @staticmethod
     def forward(ctx, layout: Layout, labels: Tensor, act: str, keep: Tensor | None,  # type: ignore[override]
                 *tables: Tensor):
-        t = Tables(*tables)
         labels, keep = _sorted(layout, labels), _sorted(layout, keep)
-        ctx.grads = None
-        if act == "relu":
-            loss, _, ctx.grads = _relu_blocks(layout, t, labels, keep, any(ctx.needs_input_grad[4:]))
-            return loss
-        pattern, post, pre, g, losses, _ = _torch_path_loss(layout, t, act, labels, keep)
-        ctx.save_for_backward(pattern, post, pre, g, keep, *tables)
-        ctx.layout, ctx.act = layout, act
-        return losses.sum() / layout.n
+        loss, _, ctx.grads = _blocks(layout, Tables(*tables), labels, keep, act, any(ctx.needs_input_grad[4:]))
+        return loss
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):  # type: ignore[override]
-        if ctx.grads is not None:  # computed with the loss
-            scale = float(grad_out)
-            grads = ctx.grads if scale == 1.0 else tuple(d * scale for d in ctx.grads)
-            return None, None, None, None, *grads
-        pattern, post, pre, g, keep, *tables = ctx.saved_tensors
-        t, lay = Tables(*tables), ctx.layout
-        if float(grad_out) != 1.0:  # a share of the batch (gradient accumulation) or a scaled loss
-            g = cast_gradient(g.double() * grad_out, g.dtype)
-        d_W_LT = g.T @ post
-        d_post = g @ t.W_LT
-        if keep is not None:
-            d_post = d_post * keep
-        d_s, d_pre, (d_scores, d_tab_in, d_tab_u) = _backward_sparse(lay, t, pattern, pre, g, d_post, ctx.act)
-        d_self, d_sh_in, d_sh_u = _shared_grads(lay, pattern, d_s, d_pre, g)
-        return None, None, None, None, d_scores, d_self, d_tab_in, d_tab_u, d_sh_in, d_sh_u, d_W_LT
+        scale = float(grad_out)
+        grads = ctx.grads if scale == 1.0 else tuple(d * scale for d in ctx.grads)
+        return None, None, None, None, *grads
 
 
-BLOCK = 1024  # examples per block of the ReLU step: its [block, d_mlp] operands stay in cache
+BLOCK = 1024  # examples per block of the step: its [block, d_mlp] operands stay in cache
 
 
 def _cross_entropy(lg: Tensor, direct: Tensor, labels: Tensor, n_batch: int, g: Tensor, losses: Tensor,
                    correct: Tensor) -> None:
     """The logits are lg + direct (lg is overwritten): per example into losses [b] the float64 loss,
     into correct [b] whether the label is the first maximum, and into g [b, c] the gradient of the
-    mean loss of a batch of n_batch examples (this may be one block of it). Float32 takes one fused
-    kernel (kernels.cross_entropy_rows); float64 three passes, with torch's float64 exp."""
+    mean loss of a batch of n_batch examples (this may be one block of it). Float32 takes the
+    fused kernel (kernels.cross_entropy_rows); other dtypes (float64 in the tests) the same
+    formulas in torch (models/loss.py)."""
     if lg.dtype == torch.float32:
         kernels.cross_entropy_rows(_np(lg), _np(direct), _np(labels), FLOAT32_TINY, n_batch, _np(g), _np(losses),
                                    _np(correct))
         return
-    e, mx = torch.empty_like(lg), torch.empty(len(lg), dtype=torch.float64)
-    kernels.logits_shift(_np(lg), _np(direct), _np(e), _np(mx))  # lg += direct; e = lg - max
-    e.exp_()
-    kernels.cross_entropy_finish(_np(e), _np(lg), _np(mx), _np(labels), 0.0, n_batch, _np(g), _np(losses),
-                                 _np(correct))
-
-
-def _torch_path_loss(layout: Layout, t: Tables, act: str, labels: Tensor, keep: Tensor | None):
-    """Any activation, the whole batch at once: pattern, post, pre, g, per-example losses and
-    whether each label is the first maximum (all in the layout's sorted order)."""
-    pattern, post, pre, direct, lg = _forward(layout, t, act, keep)
-    n, c = lg.shape
-    g, losses, correct = torch.empty_like(lg), torch.empty(n, dtype=torch.float64), torch.empty(n, dtype=torch.bool)
-    _cross_entropy(lg, direct, labels, n, g, losses, correct)
-    return pattern, post, pre, g, losses, correct
+    lg += direct
+    for out, x in zip((losses, correct, g), per_example_and_gradient(lg, labels, n_batch), strict=True):
+        out.copy_(x)
 
 
 @torch.no_grad()
@@ -435,31 +330,26 @@ def loss_and_accuracy(layout: Layout, tables: Tables, labels: Tensor, act: str) 
     """Float64 mean loss and accuracy of the final position against labels [n] (evaluation: no
     dropout, no graph); the same numbers as loss_and_acc of `logits`, without the float64 copy of
     every logit."""
-    labels = _sorted(layout, labels)
-    if act == "relu":
-        loss, correct, _ = _relu_blocks(layout, tables, labels, None, False)
-    else:
-        *_, losses, correct = _torch_path_loss(layout, tables, act, labels, None)
-        loss = losses.sum() / layout.n
+    loss, correct, _ = _blocks(layout, tables, _sorted(layout, labels), None, act, False)
     return float(loss), float(correct.double().mean())
 
 
-def _relu_blocks(lay: Layout, t: Tables, labels: Tensor, keep: Tensor | None, need_grad: bool):
-    """ReLU, numba: the mean float64 loss, whether each example's label is its first maximum (in
-    the layout's sorted order), and (if need_grad) the gradients of all seven tables, forward and
-    backward together (the loss already computes g, its gradient), one block of examples at a time.
+def _blocks(lay: Layout, t: Tables, labels: Tensor, keep: Tensor | None, act: str, need_grad: bool):
+    """The mean float64 loss, whether each example's label is its first maximum (in the layout's
+    sorted order), and (if need_grad) the gradients of all seven tables, forward and backward
+    together (the loss already computes g, its gradient), one block of examples at a time.
 
     Per block: gather the rows (post-activation), the neuron-logit product, the float64 loss and
-    g, then at once the block's share of d_W_LT = g^T post, d_pre = mask (g W_L^T) and the scores'
-    gradient, while the block's operands are still in cache. The post-activation is never held
-    for the whole batch, which is also faster than a forward that saves post for a separate
+    g, then at once the block's share of d_W_LT = g^T post, d_pre = act'(pre) (g W_L^T) and the
+    scores' gradient, while the block's operands are still in cache. The post-activation is never
+    held for the whole batch, which is also faster than a forward that saves post for a separate
     backward pass over it.
     """
     n, K, H, V = lay.n, lay.n_key, lay.n_heads, lay.d_vocab
     dtype, m, c = t.tab_in.dtype, t.tab_in.shape[1], t.tab_u.shape[1]
     pattern = _pattern(lay, t.scores, t.self_scores)
     P, tok, inv, *tabs = _kernel_args(lay, t, pattern)
-    n_blocks = -(-n // BLOCK)
+    n_blocks, relu = -(-n // BLOCK), act == "relu"
     losses, correct = torch.empty(n, dtype=torch.float64), torch.empty(n, dtype=torch.bool)
     # g is needed whole for the backward; for the loss alone one block's worth is scratch
     g = torch.empty(n if need_grad else min(n, BLOCK), c, dtype=dtype)
@@ -472,7 +362,7 @@ def _relu_blocks(lay: Layout, t: Tables, labels: Tensor, keep: Tensor | None, ne
         rows = slice(j * BLOCK, min(n, (j + 1) * BLOCK))
         b = rows.stop - rows.start
         post, direct, lg = torch.empty(b, m, dtype=dtype), torch.empty(b, c, dtype=dtype), torch.empty(b, c, dtype=dtype)
-        kernels.gather_relu(P[rows], tok[rows], inv[rows], *tabs, _np(post), _np(direct))
+        pre, post = _gather((P[rows], tok[rows], inv[rows], *tabs), act, post, direct)
         if keep is not None:
             post.mul_(keep[rows])
         torch.mm(post, W_LT.T, out=lg)
@@ -484,7 +374,10 @@ def _relu_blocks(lay: Layout, t: Tables, labels: Tensor, keep: Tensor | None, ne
         torch.mm(gb, W_LT, out=db)
         if keep is not None:
             db.mul_(keep[rows])
-        kernels.backward_rows(_np(db), _np(post), _np(gb), P[rows], tok[rows], inv[rows], *tabs, _np(d_s[rows]))
+        if not relu:  # the kernel applies ReLU's backward itself
+            db.copy_(_ACT_BACKWARD[act](db, pre))
+        kernels.backward_rows(_np(db), _np(post), _np(gb), P[rows], tok[rows], inv[rows], *tabs, relu,
+                              _np(d_s[rows]))
 
     for j in range(n_blocks):
         block(j)
@@ -506,25 +399,6 @@ def _in_order(parts: Tensor) -> Tensor:
     for p in parts[1:]:
         out += p
     return out
-
-
-def _backward_sparse(lay: Layout, t: Tables, pattern: Tensor, pre: Tensor, g: Tensor, d_post: Tensor, act: str):
-    """Any activation, with torch's sparse CSR products: the scores' gradient [n, K+1, H], d_pre
-    and the gradients of (scores, tab_in, tab_u)."""
-    n, K, H, dtype = lay.n, lay.n_key, lay.n_heads, t.tab_in.dtype
-    d_pre = _act_backward(act, d_post, pre)
-    # The pattern's gradient: a gather-dot of (d_pre, g) with the rows each example read.
-    mat = _gather_matrix(lay, pattern)
-    d_p = torch.empty_like(pattern)
-    d_p[:, :K] = (torch.sparse.sampled_addmm(mat, d_pre, t.tab_in.T, beta=0.0).values()
-                  + torch.sparse.sampled_addmm(mat, g, t.tab_u.T, beta=0.0).values()).view(n, H, K).transpose(1, 2)
-    d_aq = (d_pre @ t.shared_in.T + g @ t.shared_u.T).view(n, -1, H + 1)
-    d_p[:, K] = (d_aq[:, :, :H] * lay.query[:, :, None]).sum(1)
-    d_s = pattern * (d_p - (pattern * d_p).sum(1, keepdim=True))  # softmax backward
-    d_scores = torch.zeros(t.scores.numel(), dtype=dtype)
-    d_scores.index_add_(0, lay.score_idx.reshape(-1), d_s[:, :K].reshape(-1))
-    t_mat = _csr(lay.t_crow, lay.t_col, _entries(lay, pattern)[lay.t_order], (lay.n_rows, n))
-    return d_s, d_pre, (d_scores.view_as(t.scores), t_mat @ d_pre, t_mat @ g)
 
 
 def tabulated_loss(tables: Tables, layout: Layout, labels: Tensor, act: str, keep: Tensor | None = None) -> Tensor:

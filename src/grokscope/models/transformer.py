@@ -12,7 +12,9 @@ Two forward passes compute the same function:
   the loss itself. For a 1-layer model without normalisation they tabulate everything that
   depends on one (position, token) pair (models/tabulated.py), so the per-example work is a
   sparse gather, a softmax over 3 positions, the MLP and one neuron-logit product; `loss_last`
-  runs that part forward and backward by hand. Training uses it.
+  runs that part forward and backward by hand. Training uses it. Which table rows each example
+  reads is the batch's `layout`: a caller that reuses a batch (the trainer, its train and test
+  sets) builds it once with `Transformer.layout` and passes it in; without one it is built per call.
 """
 
 from __future__ import annotations
@@ -169,7 +171,6 @@ class Transformer(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.ln_final = make_norm(cfg.normalization, cfg.d_model)
         self.unembed = Unembed(cfg.d_model, d_vocab_out)
-        self._layouts = tabulated.LayoutCache()
 
     def init_weights(self, seed: int) -> None:
         """N(0, 1/d_model) for weights (or init_std), N(0, 1/d_vocab) for W_U, zero biases."""
@@ -226,18 +227,25 @@ class Transformer(nn.Module):
         """The tabulated path needs 1 layer, no normalisation, and an MLP."""
         return self.cfg.n_layers == 1 and self.cfg.normalization == "none" and not self.cfg.attn_only
 
-    def forward_last(self, tokens: Tensor, gen: torch.Generator | None = None) -> Tensor:
-        """tokens [batch, pos] -> logits at the final position [batch, d_vocab_out]."""
-        if not self.tabulable:
-            return self._run(tokens, None, gen, last_only=True)[:, -1]
-        return self._tabulated_last(tokens, gen)
+    def layout(self, tokens: Tensor) -> tabulated.Layout:
+        """The tabulated path's gather pattern of tokens [batch, pos]: which table rows each example
+        reads. Build it once for a batch that is used again, and pass it to forward_last,
+        loss_last and loss_and_acc_last; it describes these tokens only."""
+        return tabulated.make_layout(tokens, self.cfg.n_heads, self.d_vocab)
 
-    def _tabulated_last(self, tokens: Tensor, gen: torch.Generator | None) -> Tensor:
-        """Logits at the last position from per-(position, token) tables (see models/tabulated.py)."""
-        layout, tables, keep = self._tabulate(tokens, gen)
+    def forward_last(self, tokens: Tensor, gen: torch.Generator | None = None,
+                     layout: tabulated.Layout | None = None) -> Tensor:
+        """tokens [batch, pos] -> logits at the final position [batch, d_vocab_out].
+
+        The tabulated path computes logits without an autograd graph; when one is being recorded
+        (grad enabled and the parameters require it), this is the plain forward instead."""
+        if not self.tabulable or (torch.is_grad_enabled() and self.embed.W_E.requires_grad):
+            return self._run(tokens, None, gen, last_only=True)[:, -1]
+        layout, tables, keep = self._tabulate(tokens, gen, layout)
         return tabulated.logits(layout, tables, self.cfg.act_fn, keep)
 
-    def loss_last(self, tokens: Tensor, labels: Tensor, gen: torch.Generator | None = None) -> Tensor:
+    def loss_last(self, tokens: Tensor, labels: Tensor, gen: torch.Generator | None = None,
+                  layout: tabulated.Layout | None = None) -> Tensor:
         """Mean float64 cross-entropy of the last position against labels [batch].
 
         On the tabulated path the per-example forward and backward are hand-written (one fused
@@ -245,28 +253,39 @@ class Transformer(nn.Module):
         """
         if not self.tabulable:
             return cross_entropy64(self.forward_last(tokens, gen), labels)
-        layout, tables, keep = self._tabulate(tokens, gen)
+        layout, tables, keep = self._tabulate(tokens, gen, layout)
         return tabulated.tabulated_loss(tables, layout, labels, self.cfg.act_fn, keep)
 
     @torch.no_grad()
-    def loss_and_acc_last(self, batches: list[tuple[Tensor, Tensor]]) -> list[tuple[float, float]]:
+    def loss_and_acc_last(self, batches: list[tuple[Tensor, Tensor]],
+                          layouts: list[tabulated.Layout | None] | None = None) -> list[tuple[float, float]]:
         """Float64 loss and accuracy of the last position for each (tokens, labels [batch]) pair,
         without dropout: evaluation. On the tabulated path the tables are built once for all the
-        batches that share their query tokens (the train and test sets, in modular arithmetic)."""
+        batches that share their query tokens (the train and test sets, in modular arithmetic);
+        `layouts` are the batches' layouts where the caller holds them."""
         if not self.tabulable:
             return [loss_and_acc(self.forward_last(x), y) for x, y in batches]
         out, tables = [], {}
-        for x, y in batches:
-            layout = self._layouts.get(x, self.cfg.n_heads, self.d_vocab)
+        for (x, y), layout in zip(batches, layouts or [None] * len(batches), strict=True):
+            layout = self._layout_of(x, layout)
             key = (tuple(layout.uniq.tolist()), layout.n_key)
             if key not in tables:
                 tables[key] = tabulated.build_tables(self, layout.uniq, layout.n_key)
             out.append(tabulated.loss_and_accuracy(layout, tables[key], y, self.cfg.act_fn))
         return out
 
-    def _tabulate(self, tokens: Tensor, gen: torch.Generator | None):
+    def _layout_of(self, tokens: Tensor, layout: tabulated.Layout | None) -> tabulated.Layout:
+        """The layout the caller passed (checked against the batch's shape), or a new one."""
+        if layout is None:
+            return self.layout(tokens)
+        if (layout.n, layout.n_key + 1) != tuple(tokens.shape):
+            raise ValueError(f"a layout of {layout.n} examples of {layout.n_key + 1} tokens was passed with a batch "
+                             f"of shape {tuple(tokens.shape)}: it belongs to other tokens")
+        return layout
+
+    def _tabulate(self, tokens: Tensor, gen: torch.Generator | None, layout: tabulated.Layout | None):
         """The batch's layout, the tables, and the MLP dropout multiplier [batch, d_mlp] (or None)."""
-        layout = self._layouts.get(tokens, self.cfg.n_heads, self.d_vocab)
+        layout = self._layout_of(tokens, layout)
         keep = dropout_keep((tokens.shape[0], self.cfg.d_mlp), self.mlp_dropout, gen, self.embed.W_E.dtype)
         return layout, tabulated.build_tables(self, layout.uniq, layout.n_key), keep
 

@@ -167,6 +167,31 @@ def progress_losses(d: RunData) -> Figure | Missing:
                   x_label=_x_label(p), y_label="loss", log_y=True, phases=d.phases, section="Progress measures")
 
 
+def local_learning_coefficient(d: RunData) -> list[Figure]:
+    """The LLC per checkpoint (the `llc` table of `analyze --llc`), drawn beside restricted/excluded loss."""
+    t = d.other_tables.get("llc")
+    if t is None or not has(t, "llc"):
+        return []  # optional (`analyze --llc`): nothing missing without it
+    chains = _k_columns(t, "llc_chain")
+    series = [Series("LLC" if len(chains) < 2 else "LLC (mean over chains)", _x(t), floats(t, "llc"))]
+    if len(chains) > 1:
+        series += [Series(f"chain {c}", _x(t), floats(t, col), dash=True, hidden=True) for c, col in chains]
+    if has(t, "llc_drift"):
+        series.append(Series("drift (second half of the draws - first)", _x(t), floats(t, "llc_drift"), dash=True,
+                             hidden=True))
+    s = (d.summary or {}).get("llc_settings") or {}
+    how = (f" SGLD: step {s['epsilon']:g}, localisation {s['gamma']:g}, n*beta {s['nbeta']:.4g}, {s['chains']} chains "
+           f"of {s['burnin']} + {s['draws']} steps." if {"epsilon", "gamma", "nbeta", "chains", "burnin", "draws"} <= set(s)
+           else "")
+    return [Figure("llc", "Local learning coefficient", "Estimated local learning coefficient of each checkpoint "
+                   "on the train set (Lau et al. 2023; analysis/llc.py), to read against the restricted and excluded "
+                   "loss above: the effective number of parameters the training loss pins down near the checkpoint, "
+                   "at the stated localisation (log scale: a negative estimate, from a checkpoint that is not a minimum, shows "
+                   "on the linear one). Shaded: the phases analysis located from those losses." + how,
+                   "lines", series, x_label=_x_label(t), y_label="LLC", log_y=True, phases=d.phases,
+                   section="Progress measures")]
+
+
 def test_over_restricted(d: RunData) -> Figure | Missing:
     p = d.progress
     title = "Test loss / restricted loss"
@@ -404,6 +429,8 @@ def other_tables(d: RunData) -> list[Figure]:
     for t, df in d.other_tables.items():
         if d.is_lm and t == "heads":
             continue  # the LM's per-head scores have their own heatmaps (grokscope.report.lm)
+        if t == "llc" and d.is_modular:
+            continue  # drawn by local_learning_coefficient
         cols = [c for c in df.columns if c not in ("step", "epoch") and pd.api.types.is_numeric_dtype(df[c]) and has(df, c)]
         if not cols:
             continue
@@ -416,7 +443,7 @@ def other_tables(d: RunData) -> list[Figure]:
 
 GENERIC: list[Builder] = [loss_curves, accuracy_curves, per_position("train", "loss"), per_position("test", "loss"),
                           per_position("test", "acc"), weight_norm]
-MODULAR: list[Builder] = [progress_losses, test_over_restricted, gini, key_coefficients, excluded_per_frequency,
+MODULAR: list[Builder] = [progress_losses, local_learning_coefficient, test_over_restricted, gini, key_coefficients, excluded_per_frequency,
                           embed_spectrum, wl_spectrum, logit_fourier, attention, neuron_activations, neuron_fourier,
                           neuron_fve_histogram, neuron_clusters, cluster_wl]
 EXTRA: list[Builder] = [other_progress_columns, other_metric_columns, other_tables]

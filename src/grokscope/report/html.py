@@ -106,8 +106,9 @@ def table(rows: Iterable[Mapping[str, Any]], cls: str = "") -> str:
 
 
 # ------------------------------------------------------------------------------------ run page
-SUMMARY_KEYS = ("step", "key_frequencies", "key_frequencies_source", "neuron_fve", "neurons_explained",
-                "neuron_fve_mean", "logit_fve", "wl_residual", "logit_fit_loss", "logit_fit_acc", "restricted_loss",
+SUMMARY_KEYS = ("step", "key_frequencies", "key_frequencies_source", "key_frequencies_neurons", "neuron_fve",
+                "neurons_explained", "neuron_fve_mean", "neuron_fve_all_freqs", "mlp_fve", "mlp_fve_std", "logit_fve",
+                "wl_residual", "logit_fit_loss", "logit_fit_acc", "restricted_loss",
                 "restricted_acc", "excluded_loss", "test_loss", "test_acc", "gini_W_E", "gini_W_L", "gini_basis",
                 "key_rule", "phase_rule")
 
@@ -233,10 +234,13 @@ def summary_section(d: RunData) -> str:
         paper_phases = ((d.paper or {}).get("paper") or {}).get("phases") or {}
         paper_phases = paper_phases if isinstance(paper_phases, Mapping) else {}
         rows = []
+        alt = s.get("phases_test_loss") if isinstance(s.get("phases_test_loss"), Mapping) else {}
         for name, span in phases.items():
             ok = isinstance(span, list | tuple) and len(span) == 2  # null: the run did not reach it
             row = {"phase": str(name).replace("_", " "), "start epoch": span[0] if ok else None,
                    "end epoch": span[1] if ok else None}
+            if alt:
+                row["test-loss rule"] = fmt(alt.get(name))
             if paper_phases:
                 row["the paper"] = fmt(paper_phases.get(name))
             rows.append(row)
@@ -252,7 +256,7 @@ def summary_section(d: RunData) -> str:
             parts.append(f"<h3>Table: {esc(str(name).replace('_', ' '))}</h3>" + table(rows))
         elif isinstance(rows, list) and not rows:
             parts.append(f"<h3>Table: {esc(str(name).replace('_', ' '))}</h3><p class='src'>empty</p>")
-    shown = (*SUMMARY_KEYS, "phases", "ablations", "attention_heads", "clusters", "tables")
+    shown = (*SUMMARY_KEYS, "phases", "phases_test_loss", "ablations", "attention_heads", "clusters", "tables")
     rest = {k: v for k, v in s.items() if k not in shown}
     flat = {k: v for k, v in rest.items() if not _nested(v) and not _rows(v)}
     if flat:
@@ -301,7 +305,7 @@ def run_page(d: RunData, figs: list[Figure], specs: Mapping[str, str], missing: 
     body.append(f"<h2 id='config'>Config</h2><pre>{esc(d.config_text)}</pre>")
     if d.info:
         body.append(f"<h2 id='runinfo'>run.json</h2><pre>{esc(json.dumps(d.info, indent=2))}</pre>")
-    return _page(f"grokscope report: {d.name}", "".join(body),
+    return page(f"grokscope report: {d.name}", "".join(body),
                  scripts=[plotly_js, DRAW_JS] if figs else [])
 
 
@@ -313,7 +317,8 @@ def _task_line(d: RunData) -> str:
     return f"{describe_task(d.task)}; model {describe_model(dict(d.config.get('model') or {}))}"
 
 
-def _page(title: str, body: str, scripts: list[str], wide: bool = False) -> str:
+def page(title: str, body: str, scripts: list[str], wide: bool = False) -> str:
+    """A whole self-contained HTML page: the report's style sheet, `body`, then `scripts` inlined."""
     js = "".join(f"<script>{s}</script>" for s in scripts)
     main = "<main class='wide'>" if wide else "<main>"
     return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
@@ -362,4 +367,4 @@ def index_page(rows: list[dict[str, Any]], root: Path, built: str) -> str:
     content = (f"<h1>Runs in {esc(root)}</h1><p class='meta'>{len(rows)} runs; click a column header to sort. "
                f"Built {esc(built)}.</p><table class='sortable' id='runs'><thead><tr>{head}</tr></thead>"
                f"<tbody>{''.join(body)}</tbody></table>")
-    return _page(f"grokscope runs: {root}", content, scripts=[SORT_JS], wide=True)
+    return page(f"grokscope runs: {root}", content, scripts=[SORT_JS], wide=True)

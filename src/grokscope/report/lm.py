@@ -1,13 +1,16 @@
 """The figures of a copy-LM run (Lv et al. 2024; docs/measures.md, part 2), taken straight from the store.
 
 The LM trainer (`grokscope.lm.trainer`) writes every measure at each evaluation step: the
-`metrics` table (losses, the in-context-learning score, the hex copy test `copy_*` and its
-random-token-id variant `rcopy_*`, per layer the largest induction score, A * EP, prefix-matching and
-previous-token score) and the `heads` table (one row per evaluation, layer and head). These
-builders only pick columns; no measure is computed here.
+`metrics` table (losses, the in-context-learning score, the paper's copy test `pcopy_*`, the hex
+copy test `copy_*` and its random-id variant `rcopy_*`, per layer the largest induction score,
+A * EP, prefix-matching and previous-token score) and the `heads` table (one row per evaluation,
+layer and head). These builders only pick columns; no measure is computed here. The events marked
+on the figures (loss stable, copy surge, a layer's induction head crossing its threshold) are
+those `grokscope.lm.analysis` wrote to the summary.
 
-- Loss, copy accuracy and the ICL score, each against optimiser steps and against tokens: the
-  paper's claim is that copying arrives after a number of updates, not of tokens (its Fig. 3).
+- Loss, copy accuracy (the paper's test first, then the hex and random-id variants) and the ICL
+  score, each against optimiser steps and against tokens: the paper's claim is that copying
+  arrives after a number of updates, not of tokens (its Fig. 3).
 - A heatmap of each head's induction score over training (rows layer.head, columns evaluation
   steps), and the same for previous-token attention, the OV copying score and A * EP.
 - Per layer, the largest induction score, A * EP and previous-token score over training: the
@@ -17,6 +20,7 @@ builders only pick columns; no measure is computed here.
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -31,9 +35,10 @@ AXES = (("step", "steps", "optimiser step"), ("tokens", "tokens", "tokens seen")
 
 # Metric columns the figures below show; `other_metric_columns` skips them.
 CONSUMED = {"step", "tokens", "train_loss", "val_loss", "copy_acc", "copy_token_acc", "rcopy_acc", "rcopy_token_acc",
-            "icl_score", "repeat_gain"}
+            "pcopy_acc", "pcopy_token_acc", "icl_score", "repeat_gain"}
 PER_LAYER = re.compile(r"^(induction|induction_copying|prefix_matching|previous_token)_l\d+$")
-PER_QUERY = re.compile(r"^r?copy_acc_q(\d+)$")
+PER_QUERY = re.compile(r"^([pr]?)copy_acc_q(\d+)$")
+VARIANTS = {"p": "paper test", "": "hex", "r": "random-id"}  # copy-test variants by metrics prefix, headline first
 
 
 def _against_both(key: str, title: str, caption: str, columns: list[tuple[str, str, bool]], y_label: str,
@@ -66,14 +71,46 @@ lm_loss = _against_both(
     [("train_loss", "train loss", False), ("val_loss", "validation loss", False)], "loss", log_y=True,
     section="Training")
 
+def _event_lines(d: RunData, axis: str, events: list[tuple[Any, str]]) -> list[tuple[float, str]]:
+    """Summary events ({step, tokens} dicts) as marked x values on a figure against `axis`."""
+    return [(float(e[axis]), label) for e, label in events if isinstance(e, dict) and e.get(axis) is not None]
+
+
+def paper_copy(d: RunData) -> list[Figure]:
+    """The headline: the paper's copy test against steps and tokens, with claim 1's events marked."""
+    m = d.metrics
+    cols = [(c, name) for c, name in (("pcopy_acc", "exact"), ("pcopy_token_acc", "per token")) if has(m, c)]
+    if not cols or "tokens" not in m:
+        return []  # a run logged before the paper's test: the hex figure below still shows copying
+    c1 = (d.summary or {}).get("claim1") or {}
+    events = [(c1.get("loss_stable"), "loss stable"), (c1.get("copy_surge"), "surge"),
+              (c1.get("copy_token_surge"), "token surge")]
+    rules = c1.get("rules") or {}
+    marks = (f" Marked (from the analysis summary): the loss is stable from the {rules['loss_stable']}; the copy "
+             f"surge is the {rules['copy_surge']}." if rules else " Run `grokscope analyze RUN` to mark when the "
+             "loss stabilised and copying surged.")
+    out = []
+    for axis, word, label in AXES:
+        out.append(Figure(
+            f"paper_copy_{axis}", f"Copy accuracy, the paper's test, against {word}",
+            "Lv et al.'s copy test: lines of 12 + 6 random token ids over the whole vocabulary, concatenated, with "
+            "unique 12-token prefixes; a line's prefix is given again and the model must continue with its 6-token "
+            "suffix by greedy decoding. Exact: the whole suffix right; per token: the share of suffix tokens right. "
+            "The paper: accuracy surges long after the training loss has stabilised." + marks,
+            "lines", [Series(name, floats(m, axis), floats(m, c)) for c, name in cols], x_label=label,
+            y_label="accuracy", toggle_log=False, vlines=_event_lines(d, axis, events), section=SECTION))
+    return out
+
+
 copy_accuracy = _against_both(
-    "copy_accuracy", "Copy accuracy",
-    "The copy test (Lv et al. 2024): lines of random hex, then a line's prefix again; exact = the whole "
-    "suffix right by greedy decoding, per token = the share of suffix tokens right. Dashed: the same test "
-    "with random token ids instead of hex. The paper: copy accuracy surges after a number of steps.",
+    "copy_accuracy", "Copy accuracy, hex and random-id variants",
+    "Two variants of the copy test beside the paper's: lines of random hex written as text, each ended by a "
+    "newline, then a line's prefix again; exact = the whole suffix right by greedy decoding, per token = the "
+    "share of suffix tokens right. Dashed: 12 + 6 random token ids and a newline per line.",
     [("copy_acc", "copy accuracy (exact)", False), ("copy_token_acc", "copy accuracy (per token)", False),
      ("rcopy_acc", "random-id copy accuracy (exact)", True),
      ("rcopy_token_acc", "random-id copy accuracy (per token)", True)], "accuracy")
+
 
 icl = _against_both(
     "icl", "In-context learning score",
@@ -84,18 +121,21 @@ icl = _against_both(
 
 
 def copy_by_query(d: RunData) -> Figure | list[Figure]:
-    """Exact copy accuracy per query line (copy_acc_q{j}: the test asks for line j of the context)."""
+    """Exact copy accuracy per query line ([p|r]copy_acc_q{j}: the test asks for line j of the context)."""
     m = d.metrics
-    cols = sorted((c.startswith("r"), int(g.group(1)), c) for c in m.columns if (g := PER_QUERY.match(c)) and has(m, c))
+    order = list(VARIANTS)
+    cols = sorted((order.index(g.group(1)), int(g.group(2)), c) for c in m.columns
+                  if (g := PER_QUERY.match(c)) and has(m, c))
     if not cols:
         return []
-    n_lines = d.info.get("copy_lines")
+    n_lines = d.info.get("paper_copy_lines") or d.info.get("copy_lines")
     of = f" of the {fmt(n_lines)} lines" if n_lines else ""
-    series = [Series(f"{'random-id ' if r else ''}line {j}", floats(m, "step"), floats(m, c), dash=r, hidden=r)
-              for r, j, c in cols]
+    headline = min(v for v, _, _ in cols)  # the paper's test where the run has it, shown first; the others hidden
+    series = [Series(f"{VARIANTS[order[v]]}, line {j}", floats(m, "step"), floats(m, c), dash=v != headline,
+                     hidden=v != headline) for v, j, c in cols]
     return Figure("copy_by_query", "Copy accuracy by query line", f"Exact copy accuracy per queried line: line j{of} "
                   "in the context is asked for again (a larger j is closer to the query). The paper asks for "
-                  "lines 5, 10, ..., 50 of 50. Dashed, hidden at first: the random-token-id variant.", "lines",
+                  "lines 5, 10, ..., 50 of 50. Dashed, hidden at first: the other variants of the test.", "lines",
                   series, x_label="optimiser step", y_label="accuracy", toggle_log=False, section=SECTION)
 
 
@@ -154,7 +194,22 @@ def _layer_columns(m: pd.DataFrame, prefix: str) -> list[tuple[int, str]]:
     return sorted((int(g.group(1)), c) for c in m.columns if (g := pat.match(c)) and has(m, c))
 
 
-def per_layer(prefix: str, title: str, caption: str):
+def _induction_onsets(d: RunData) -> tuple[list[tuple[float, str]], str]:
+    """Claim 3 from the summary: each layer's crossing of the induction threshold as a marked step, and a sentence."""
+    th = ((d.summary or {}).get("claim3") or {}).get("thresholds") or {}
+    key = "0.3" if "0.3" in th else next(iter(th), None)
+    if key is None:
+        return [], ""
+    got = th[key]
+    events = [(hit, f"layer {n}") for n, hit in enumerate(got.get("formed") or [])]
+    order = str(got.get("order", "")).replace("_", " ")
+    rho = got.get("spearman")
+    text = (f" Marked: the first evaluation at which each layer's largest score exceeds {key} (from the analysis "
+            f"summary); their order over depth: {order}" + (f", Spearman {fmt(rho)}" if rho is not None else "") + ".")
+    return _event_lines(d, "step", events), text
+
+
+def per_layer(prefix: str, title: str, caption: str, onsets: bool = False):
     """Per layer, the largest score of a head over training (metrics columns PREFIX_l{N})."""
     key = f"layers_{prefix}"
 
@@ -164,8 +219,9 @@ def per_layer(prefix: str, title: str, caption: str):
         if not cols:
             return Missing(key, title, TRAIN_HINT, section=HEADS)
         series = [Series(f"layer {n}", floats(m, "step"), floats(m, c)) for n, c in cols]
-        return Figure(key, title, caption, "lines", series, x_label="optimiser step", y_label="largest head score",
-                      toggle_log=False, section=HEADS)
+        vlines, text = _induction_onsets(d) if onsets else ([], "")
+        return Figure(key, title, caption + text, "lines", series, x_label="optimiser step",
+                      y_label="largest head score", toggle_log=False, vlines=vlines, section=HEADS)
 
     build.__name__ = key
     return build
@@ -174,7 +230,7 @@ def per_layer(prefix: str, title: str, caption: str):
 layers_induction = per_layer(
     "induction", "Largest induction score per layer",
     "The largest induction score A of a head in each layer: the paper finds induction heads forming in "
-    "shallow layers first, then deeper ones (chance: about one over the position, ~0.02 here).")
+    "shallow layers first, then deeper ones (chance: about one over the position, ~0.02 here).", onsets=True)
 layers_induction_copying = per_layer(
     "induction_copying", "Largest A * EP per layer",
     "The largest product of the induction score A and the OV copying score EP of a head in each layer: "
@@ -184,7 +240,7 @@ layers_previous = per_layer(
     "The largest attention to the previous token of a head in each layer; an induction head needs one in an "
     "earlier layer than itself.")
 
-BUILDERS = [lm_loss, copy_accuracy, copy_by_query, icl, induction_heatmap, head_score_heatmaps, layers_induction,
+BUILDERS = [lm_loss, paper_copy, copy_accuracy, copy_by_query, icl, induction_heatmap, head_score_heatmaps, layers_induction,
             layers_induction_copying, layers_previous]
 
 

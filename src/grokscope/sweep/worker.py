@@ -23,13 +23,18 @@ def _sigterm(signum, frame):  # noqa: ARG001
     raise KeyboardInterrupt  # lets the trainer record "interrupted" before the process ends
 
 
+def interrupt_on_sigterm() -> None:
+    """Treat SIGTERM (a scheduler's or `timeout`'s stop) like Ctrl-C: the run records "interrupted"."""
+    signal.signal(signal.SIGTERM, _sigterm)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m grokscope.sweep.worker")
     ap.add_argument("config", type=Path)
     ap.add_argument("out", type=Path)
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args(argv)
-    signal.signal(signal.SIGTERM, _sigterm)
+    interrupt_on_sigterm()
     cfg = C.load(args.config)
     try:
         info = run_trial(cfg, args.out, args.threads)

@@ -21,6 +21,7 @@ from torch import Tensor
 import grokscope
 from grokscope import config as C
 from grokscope.models.loss import cross_entropy64, loss_and_acc, per_position, sum_sq_weights
+from grokscope.models.tabulated import Layout
 from grokscope.models.transformer import Transformer, build
 from grokscope.store import RUN_FORMAT, Run
 from grokscope.tasks import make_task
@@ -44,6 +45,7 @@ from grokscope.train.loop import (  # noqa: F401 - eval_steps, setup_torch: the 
 class Batch:
     x: Tensor
     y: Tensor
+    layouts: list[Layout] | None = None  # one per micro-batch, when the batch is the fixed train set
 
 
 class Trainer(TrainerCore):
@@ -65,6 +67,7 @@ class Trainer(TrainerCore):
         self.progress = progress
         self.callbacks = callbacks or []
         self.last_only = t.label_pos == [t.n_ctx - 1]
+        self.eval_layouts, self.step_layouts = self._data_layouts()
         self.step = 0
         stop = cfg.train.stop
         if stop is not None and stop.metric not in self.metric_names():
@@ -80,6 +83,20 @@ class Trainer(TrainerCore):
                 names |= {f"{split}_{m}_pos{j}" for m in ("loss", "acc") for j in range(len(self.task.label_pos))}
         return names
 
+    def _data_layouts(self) -> tuple[dict[str, Layout], list[Layout] | None]:
+        """The tabulated step's layouts of the fixed data (docs/fast-step.md), built once, here:
+        the train and test sets' for evaluation, and the full-batch step's, one per micro-batch.
+        None of them when the step is not tabulated; a minibatch or a sampled batch gets its
+        layout built with its step."""
+        t, model, b = self.task, self.model, self.cfg.train.batch_size
+        if not (self.last_only and self.cfg.train.fast and model.tabulable):
+            return {}, None
+        evals = {"train": model.layout(t.train_x), "test": model.layout(t.test_x)}
+        if t.sample is not None or (b is not None and b < len(t.train_x)):
+            return evals, None
+        chunks = t.train_x.chunk(self.cfg.train.grad_accum)
+        return evals, [evals["train"]] if len(chunks) == 1 else [model.layout(x) for x in chunks]
+
     # ------------------------------------------------------------------------------ the step
     def logits(self, x: Tensor, gen: torch.Generator | None = None) -> Tensor:
         """Logits at the label positions: [n, n_label, d_vocab_out]."""
@@ -87,10 +104,11 @@ class Trainer(TrainerCore):
             return self.model.forward_last(x, gen)[:, None]
         return self.model(x, gen=gen)[:, self.task.label_pos]
 
-    def loss(self, x: Tensor, y: Tensor, gen: torch.Generator | None = None) -> Tensor:
-        """Mean float64 cross-entropy over the label positions (y [n, n_label])."""
+    def loss(self, x: Tensor, y: Tensor, gen: torch.Generator | None = None, layout: Layout | None = None) -> Tensor:
+        """Mean float64 cross-entropy over the label positions (y [n, n_label]); `layout` is x's,
+        for the tabulated step (built here when not given)."""
         if self.last_only and self.cfg.train.fast:
-            return self.model.loss_last(x, y[:, 0], gen)
+            return self.model.loss_last(x, y[:, 0], gen, layout)
         return cross_entropy64(self.logits(x, gen), y)
 
     def batch(self, step: int) -> Batch:
@@ -100,7 +118,7 @@ class Trainer(TrainerCore):
             return Batch(x, y)
         n = len(t.train_x)
         if b is None or b >= n:
-            return Batch(t.train_x, t.train_y)
+            return Batch(t.train_x, t.train_y, self.step_layouts)
         epoch, i = divmod(step, self.steps_per_epoch)
         perm = torch.randperm(n, generator=step_generator(self.cfg.seed, epoch, 1))
         idx = perm[i * b:(i + 1) * b]
@@ -115,8 +133,9 @@ class Trainer(TrainerCore):
         gen = step_generator(cfg.seed, step, 2) if cfg.optim.dropout > 0 else None
         self.opt.zero_grad(set_to_none=True)
         n_micro = cfg.train.grad_accum
-        for xs, ys in zip(batch.x.chunk(n_micro), batch.y.chunk(n_micro), strict=True):
-            loss = self.loss(xs, ys, gen) * (len(xs) / len(batch.x))
+        xs_all, ys_all = batch.x.chunk(n_micro), batch.y.chunk(n_micro)
+        for xs, ys, layout in zip(xs_all, ys_all, batch.layouts or [None] * len(xs_all), strict=True):
+            loss = self.loss(xs, ys, gen, layout) * (len(xs) / len(batch.x))
             if cfg.optim.l1 > 0:
                 loss = loss + cfg.optim.l1 * sum(p.abs().sum() for p in self.params) / n_micro
             loss.backward()
@@ -142,7 +161,8 @@ class Trainer(TrainerCore):
         if self.last_only and self.cfg.train.fast:
             # one table build for both splits, and the loss without a float64 copy of the logits:
             # evaluation had cost more than a training step
-            scores = self.model.loss_and_acc_last([(x, y[:, 0]) for _, x, y in splits])
+            scores = self.model.loss_and_acc_last([(x, y[:, 0]) for _, x, y in splits],
+                                                  [self.eval_layouts.get(split) for split, _, _ in splits])
             for (split, _, _), (loss, acc) in zip(splits, scores, strict=True):
                 row[f"{split}_loss"], row[f"{split}_acc"] = loss, acc
         else:

@@ -1,0 +1,330 @@
+"""The claim registry and the replication page (report/claims.py, extractors.py, replication.py).
+
+Hand-made run folders with known answers: each extractor must read the number we wrote, and each
+verdict rule must give the verdict those numbers call for, including "not reproduced" (a run
+that did the opposite of the paper) and "not run" (no run, an unfinished run, a missing key).
+No training here: the folders are written through the store, as training and analysis would.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from grokscope import config as C
+from grokscope import experiments
+from grokscope.report import claims as CL
+from grokscope.report.extractors import Measure, outcome, slingshots
+from grokscope.report.replication import replication, to_markdown, write_replication
+from grokscope.report.results import Results
+from grokscope.store import Run, atomic_write_json
+
+BY_ID = {c.id: c for c in CL.CLAIMS}
+
+
+# ------------------------------------------------------------------------------------ fixtures
+def curve(epochs: int, every: int, mem: float, grok: float | None, spike_at: float | None = None) -> list[dict]:
+    """Metrics rows: train accuracy reaches 100% at `mem`, test accuracy at `grok` (None: never)."""
+    rows = []
+    for e in range(0, epochs + 1, every):
+        train_acc = min(1.0, e / mem) if mem else 1.0
+        test_acc = 1.0 if grok is not None and e >= grok else 0.05
+        train_loss = 3.0 * math.exp(-e / (mem / 5)) + 1e-6
+        if spike_at is not None and abs(e - spike_at) < every / 2:
+            train_loss = 5.0  # a slingshot
+        rows.append({"step": e, "epoch": float(e), "train_loss": train_loss, "test_loss": 1e-3 if test_acc == 1 else 6.0,
+                     "train_acc": train_acc, "test_acc": test_acc, "weight_norm": 2000.0 - e / 10})
+    return rows
+
+
+def make_run(path: Path, overrides: list[str] | None = None, *, grok: float | None = 8000.0, mem: float = 300.0,
+             epochs: int = 15000, every: int = 100, summary: dict[str, Any] | None = None, status: str = "completed",
+             progress: list[dict] | None = None, spike_at: float | None = None, base: str = "mainline") -> Run:
+    """A run folder as training (and analysis, when `summary`) leave it."""
+    cfg, _ = experiments.load(base, (overrides or []) + [f"train.epochs={epochs}"])
+    run = Run(path)
+    path.mkdir(parents=True, exist_ok=True)
+    run.write_config(C.to_yaml(cfg))
+    run.mark()
+    run.update_info(status=status, seed=cfg.seed, total_steps=epochs, last_step=epochs, steps_per_epoch=1,
+                    grok_epoch_99=grok, grok_epoch_50=grok)
+    run.append("metrics", curve(epochs, every, mem, grok, spike_at))
+    if progress is not None:
+        run.replace_table("progress", progress)
+    if summary is not None:
+        run.write_summary(summary)
+    return run
+
+
+def make_sweep(folder: Path, trials: list[tuple[dict[str, Any], dict[str, Any]]], base: str) -> None:
+    """A sweep folder: `trials` are (settings, make_run keyword arguments)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    named = []
+    for settings, kw in trials:
+        name = "__".join(f"{k}={C.format_value(v)}" for k, v in settings.items())
+        overrides = [f"{k}={'null' if v is None else v}" for k, v in settings.items()]
+        make_run(folder / name, overrides, base=base, **kw)
+        named.append({"name": name, "settings": settings})
+    atomic_write_json(folder / "sweep.json", {"source": base, "grid": {}, "seeds": None, "trials": named})
+
+
+def mainline_summary(**changes: Any) -> dict[str, Any]:
+    """The summary of a mainline that reproduces the paper (numbers like our measured mainline's)."""
+    s = {
+        "step": 15000, "p": 113, "key_frequencies": [1, 8, 21], "neuron_fve": 0.832, "neurons_explained": 426,
+        "logit_fve": 0.99, "wl_residual": 0.05, "mlp_fve": 0.95, "logit_fit_loss": 1e-8, "test_loss": 1.5e-7,
+        "gini_W_E": 0.73, "gini_W_L": 0.84,
+        "ablations": [{"name": "none", "loss": 1e-7, "acc": 1.0, "test_loss": 1.5e-7, "test_acc": 1.0},
+                      {"name": "remove key 1", "loss": 2.0, "acc": 0.6}, {"name": "remove key 8", "loss": 3.0, "acc": 0.5},
+                      {"name": "remove key 21", "loss": 1.5, "acc": 0.7},
+                      {"name": "remove all key", "loss": 6.0, "acc": 0.01},
+                      {"name": "remove all non-key", "loss": 5e-8, "acc": 1.0, "test_loss": 6e-8, "test_acc": 1.0}],
+        "phases": {"memorization": [0, 1300], "circuit_formation": [1300, 7400], "cleanup": [7400, 10000]},
+        "phase_evidence": {"changes": {
+            "circuit_formation": {"excluded_loss": 4.0, "weight_norm": -600.0, "restricted_loss": -3.0, "test_loss": 0.1},
+            "cleanup": {"excluded_loss": 0.5, "weight_norm": -700.0, "restricted_loss": -0.5, "test_loss": -6.0,
+                        "gini_W_E": 0.3, "gini_W_L": 0.2}}},
+        "attention_heads": [{"head": "0.0", "freq": 8, "fve": 0.99, "alpha": 1.0, "beta": 0.2},
+                            {"head": "0.1", "freq": 21, "fve": 0.95, "alpha": 0.3, "beta": 0.9}],
+    }
+    s.update(changes)
+    return s
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    return tmp_path / "runs"
+
+
+def judge(root: Path, claim_id: str) -> tuple[str, Measure]:
+    c = BY_ID[claim_id]
+    m = c.extract(Results(root))
+    return c.rule(m), m
+
+
+# ------------------------------------------------------------------------------------ the registry
+def test_the_registry_is_well_formed():
+    ids = [c.id for c in CL.CLAIMS]
+    assert len(ids) == len(set(ids)) >= 50
+    names = set(experiments.names())
+    for c in CL.CLAIMS:
+        assert c.section and c.statement and c.rule.text, c.id
+        assert set(c.experiments) <= names, c.id  # every claim reads named experiments
+        assert c.paper == CL.NANDA
+    # the paper's sections are all there
+    sections = " ".join(c.section for c in CL.CLAIMS)
+    for s in ("§3", "§4.1", "§4.2", "§4.3", "§4.4", "§5.2", "§5.3", "C.1.3", "C.2.1", "C.2.2", "C.2.3", "D.1",
+              "D.2", "D.3", "A.1", "E.2", "Table 5"):
+        assert s in sections, s
+
+
+@pytest.mark.parametrize(("rule", "value", "verdict"), [
+    (CL.at_least(0.9, 0.7), 0.95, CL.REPRODUCED), (CL.at_least(0.9, 0.7), 0.8, CL.PARTLY),
+    (CL.at_least(0.9, 0.7), 0.2, CL.NOT_REPRODUCED), (CL.at_least(0.9, 0.7), None, CL.NOT_RUN),
+    (CL.at_least(0.9, 0.7), math.nan, CL.NOT_REPRODUCED),  # measured: the event never happened
+    (CL.at_most(1.0, 2.0), 0.5, CL.REPRODUCED), (CL.at_most(1.0, 2.0), 1.5, CL.PARTLY),
+    (CL.at_most(1.0, 2.0), 3.0, CL.NOT_REPRODUCED),
+    (CL.between(5000, 20000, (1, CL.INF)), 8240, CL.REPRODUCED), (CL.between(5000, 20000, (1, CL.INF)), 30000, CL.PARTLY),
+    (CL.between(5000, 20000, (1, CL.INF)), math.nan, CL.NOT_REPRODUCED),
+    (CL.ALL, 1.0, CL.REPRODUCED), (CL.ALL, 0.4, CL.PARTLY), (CL.ALL, 0.0, CL.NOT_REPRODUCED),
+    (CL.NONE, 0.0, CL.REPRODUCED), (CL.NONE, 0.5, CL.PARTLY), (CL.NONE, 1.0, CL.NOT_REPRODUCED),
+])
+def test_verdict_rules(rule, value, verdict):
+    assert rule(Measure(value)) == verdict
+
+
+# ------------------------------------------------------------------------------------ extractors
+def test_an_empty_folder_is_not_run_everywhere(folder):
+    folder.mkdir()
+    rows = CL.evaluate(Results(folder))
+    assert {r.verdict for r in rows} == {CL.NOT_RUN}
+    assert all(r.measure.note.startswith("not run") for r in rows)
+
+
+def test_a_mainline_like_the_papers_reproduces(folder):
+    make_run(folder / "mainline", grok=8240.0, summary=mainline_summary(),
+             progress=[{"step": e, "epoch": float(e), "restricted_loss": 4.0 if e < 4000 else 0.5,
+                        "test_loss": 6.0 if e < 8000 else 1e-3, "test_acc": 0.05 if e < 8000 else 1.0,
+                        "restricted_acc_test": 0.05 if e < 3000 else 0.9, "excluded_loss": 0.1}
+                       for e in range(0, 15001, 500)])
+    expect = {
+        "mainline.grokking": (CL.REPRODUCED, 8240.0), "mainline.key-frequencies": (CL.REPRODUCED, 3.0),
+        "mainline.neuron-fve": (CL.REPRODUCED, 0.832), "mainline.logit-fve": (CL.REPRODUCED, 0.99),
+        "mainline.mlp-fve": (CL.REPRODUCED, 0.95), "mainline.wl-rank": (CL.REPRODUCED, 0.05),
+        "mainline.memorises-first": (CL.REPRODUCED, 0.05),  # test accuracy when train accuracy reached 99%
+        "mainline.ablate-key-frequency": (CL.REPRODUCED, 1.5 / 1e-7),  # the least harmful key: loss 1.5
+        "mainline.ablate-other-frequencies": (CL.REPRODUCED, 0.5), "mainline.ablate-all-key": (CL.REPRODUCED, 6 / math.log(113)),
+        "mainline.logit-fit-loss": (CL.REPRODUCED, 0.1), "mainline.phase-memorization": (CL.REPRODUCED, 1300.0),
+        "mainline.phase-circuit-formation": (CL.REPRODUCED, 1.0), "mainline.phase-cleanup": (CL.REPRODUCED, 1.0),
+        "mainline.gini-rises": (CL.REPRODUCED, 1.0),
+        "mainline.weight-norm": (CL.REPRODUCED, (700 / 2600) / (600 / 6100)),
+        "mainline.progress-before-grokking": (CL.REPRODUCED, (8000 - 4000) / 8000),
+        "mainline.attention-fit": (CL.REPRODUCED, 0.97),
+    }
+    for cid, (verdict, value) in expect.items():
+        got, m = judge(folder, cid)
+        assert got == verdict, (cid, m)
+        assert m.value == pytest.approx(value, rel=1e-6), (cid, m)
+    # keys analysis does not write: "not run", and the note names the key for the analysis engineer
+    for cid, key in (("mainline.attention-to-self", "attention_heads[].self_attention"),
+                     ("mainline.wl-localised", "clusters[].wl_share"),
+                     ("mainline.ablate-neuron-polynomial", "mlp_ablations")):
+        got, m = judge(folder, cid)
+        assert got == CL.NOT_RUN and "not measured" in m.note and key in m.note, (cid, m)
+
+
+def test_a_mainline_that_does_the_opposite_is_not_reproduced(folder):
+    bad = mainline_summary(key_frequencies=[], neuron_fve=0.02, logit_fve=0.1, mlp_fve=None,
+                           phases={"memorization": [0, 15000], "circuit_formation": None, "cleanup": None})
+    make_run(folder / "mainline", grok=None, mem=300.0, summary=bad)
+    for cid in ("mainline.grokking", "mainline.key-frequencies", "mainline.neuron-fve", "mainline.logit-fve",
+                "mainline.phase-cleanup", "mainline.phase-circuit-formation"):
+        got, m = judge(folder, cid)
+        assert got == CL.NOT_REPRODUCED, (cid, m)
+    assert "never (within 15000 epochs)" in judge(folder, "mainline.grokking")[1].text
+    got, m = judge(folder, "mainline.mlp-fve")  # written as null: no key frequencies, not a missing key
+    assert got == CL.NOT_RUN and "is null" in m.note
+
+
+def test_an_unfinished_run_is_not_run_and_says_where_it_is(folder):
+    make_run(folder / "mainline", status="running", summary=None)
+    got, m = judge(folder, "mainline.grokking")
+    assert got == CL.NOT_RUN and m.note.startswith("not finished") and "running" in m.note
+
+
+def test_seeds_median_and_range(folder):
+    trials = [({"seed": s}, {"grok": g, "summary": mainline_summary(key_frequencies=list(range(1, n + 1)))})
+              for s, (g, n) in enumerate([(7840.0, 3), (4330.0, 5), (9830.0, 4), (None, 3), (6080.0, 4)])]
+    make_sweep(folder / "seeds", trials, "seeds")
+    got, m = judge(folder, "seeds.all-grok")
+    assert got == CL.PARTLY and m.value == pytest.approx(0.8)
+    assert "6,960 [4,330-9,830] over 4 runs, never in 1" in m.text  # median [range], the never-grokked apart
+    got, m = judge(folder, "seeds.key-frequencies")
+    assert got == CL.REPRODUCED and m.value == 1.0
+    got, m = judge(folder, "seeds.table5")  # Gini 0.73/0.84, logit FVE 0.99, MLP FVE 0.95, keys 3-5: all inside
+    assert got == CL.REPRODUCED, m
+
+
+def test_weight_decay_trend_and_no_grokking_without_it(folder):
+    trials = [({"optim.weight_decay": wd}, {"grok": g, "epochs": 25000})
+              for wd, g in [(0.0, None), (0.3, 23400.0), (1.0, 7850.0), (3.0, 2000.0)]]
+    make_sweep(folder / "weight-decay", trials, "weight-decay")
+    assert judge(folder, "weight-decay.less-decay-later")[0] == CL.REPRODUCED
+    assert judge(folder, "weight-decay.none-no-grokking")[0] == CL.REPRODUCED
+    got, m = judge(folder, "weight-decay.epochs")
+    assert got == CL.REPRODUCED and "wd 1: 7,850 (paper 5,000-10,000)" in m.text
+    # no analysis of the wd 0 run: the Fig. 26 claim is not run, and says what it needs
+    got, m = judge(folder, "weight-decay.none-excluded-flat")
+    assert got == CL.NOT_RUN and "excluded_loss_max" in m.note
+
+
+def test_weight_decay_zero_that_groks_is_not_reproduced(folder):
+    make_sweep(folder / "weight-decay", [({"optim.weight_decay": 0.0}, {"grok": 9000.0})], "weight-decay")
+    got, m = judge(folder, "weight-decay.none-no-grokking")
+    assert got == CL.NOT_REPRODUCED and m.value == 1.0
+
+
+def test_excluded_loss_without_weight_decay_reads_the_footnote_variant(folder):
+    flat = [{"step": e, "epoch": float(e), "excluded_loss_max": 3.0 - e / 10000} for e in range(0, 10001, 1000)]
+    rising = [{"step": e, "epoch": float(e), "excluded_loss_max": 0.01 * 10 ** (e / 5000)} for e in range(0, 10001, 1000)]
+    make_sweep(folder / "weight-decay", [({"optim.weight_decay": 0.0}, {"grok": None, "progress": flat})],
+               "weight-decay")
+    assert judge(folder, "weight-decay.none-excluded-flat")[0] == CL.REPRODUCED
+    make_sweep(folder / "wd2", [({"optim.weight_decay": 0.0}, {"grok": None, "progress": rising})], "weight-decay")
+    (folder / "weight-decay").rename(folder / "old")
+    (folder / "wd2").rename(folder / "weight-decay")
+    got, m = judge(folder, "weight-decay.none-excluded-flat")
+    assert got == CL.NOT_REPRODUCED and m.value == pytest.approx(2.0)
+
+
+def test_l1_and_outcomes(folder):
+    make_sweep(folder / "l1", [({"optim.l1": 1e-5}, {"grok": 2100.0, "mem": 300.0}),
+                               ({"optim.l1": 1e-4}, {"grok": None})], "l1")
+    got, m = judge(folder, "l1.no-grokking")
+    assert got == CL.PARTLY and m.value == 0.5
+    runs = Results(folder).runs("l1")
+    assert {r.setting("optim.l1"): outcome(r) for r in runs} == {1e-5: "grokked", 1e-4: "memorised only"}
+
+
+def test_generalising_at_once_is_not_grokking(folder):
+    make_sweep(folder / "data-fraction", [({"task.frac_train": f}, {"grok": g, "mem": 300.0})
+                                          for f, g in [(0.3, 7450.0), (0.4, 1150.0), (0.6, 500.0), (0.9, 350.0)]],
+               "data-fraction")
+    assert judge(folder, "data-fraction.immediate")[0] == CL.REPRODUCED  # 500 and 350 < 3 x 300
+    assert judge(folder, "data-fraction.less-data-later")[0] == CL.REPRODUCED
+
+
+def test_slingshots_are_counted_from_the_train_loss(folder):
+    make_sweep(folder / "two-layer", [({"seed": 0}, {"grok": 9000.0, "spike_at": 5000.0, "epochs": 12000})], "two-layer")
+    run = Results(folder).runs("two-layer")[0]
+    assert slingshots(run) == 1
+    assert judge(folder, "two-layer.slingshots")[0] == CL.REPRODUCED
+    make_sweep(folder / "seeds", [({"seed": 0}, {"grok": 7000.0})], "seeds")
+    assert judge(folder, "slingshots.unnecessary")[0] == CL.REPRODUCED
+
+
+def test_settings_that_differ_from_the_papers_are_listed(folder):
+    make_run(folder / "mainline", ["model.d_model=32", "model.d_head=8"], summary=mainline_summary())
+    diffs = CL.setting_differences(Results(folder), ["mainline"])
+    assert "mainline: model.d_model 32 (paper: 128)" in diffs
+    assert "mainline: train.epochs 15000 (paper: 40000)" in diffs
+    assert not any("weight_decay" in d for d in diffs)  # the mainline's decay is the paper's
+
+
+def test_a_failing_extractor_is_a_not_run_row(folder):
+    folder.mkdir()
+
+    def broken(res):
+        raise KeyError("boom")
+
+    claim = CL.Claim("x.broken", "§0", "a claim", "", ("mainline",), broken, CL.ALL)
+    (row,) = CL.evaluate(Results(folder), [claim])
+    assert row.verdict == CL.NOT_RUN and "KeyError" in row.measure.note
+
+
+# ------------------------------------------------------------------------------------ the page
+def test_write_replication_json_html_markdown(folder):
+    make_run(folder / "mainline", grok=8240.0, summary=mainline_summary())
+    make_sweep(folder / "l1", [({"optim.l1": 1e-5}, {"grok": None})], "l1")
+    atomic_write_json(folder / "reproduce.json", {"quick": True, "experiments": {"l1": {"seconds": 60.0}}})
+    paths = write_replication(folder)
+    data = json.loads(paths["json"].read_text())
+    assert data["quick"] is True and len(data["claims"]) == len(CL.CLAIMS)
+    assert sum(data["counts"].values()) == len(CL.CLAIMS)
+    row = next(c for c in data["claims"] if c["id"] == "l1.no-grokking")
+    assert row["verdict"] == CL.REPRODUCED and row["paper_number"] == "" and row["section"] == "App. D.1"
+    assert "l1: 1 seed(s) per setting (paper: 3)" in row["settings_differ"]
+    assert next(e for e in data["experiments"] if e["name"] == "l1")["seconds"] == 60.0
+    html = paths["html"].read_text()
+    assert html.count("<tr id=") == len(CL.CLAIMS) and "quick runs" in html and "<script src" not in html
+    md = paths["md"].read_text()
+    assert md.startswith("# Replication of Nanda et al. 2023")
+    assert all(f"`{c.id}`" in md for c in CL.CLAIMS)
+    # a `|` in a statement cannot break the table
+    assert "\\|" in to_markdown({**data, "claims": [{**data["claims"][0], "statement": "a | b"}]})
+
+
+def test_a_folder_that_is_not_one_is_a_store_error(tmp_path):
+    from grokscope.store import StoreError
+
+    with pytest.raises(StoreError):
+        replication(tmp_path / "nope")
+
+
+def test_yaml_departures_give_the_reason(folder, monkeypatch):
+    make_run(folder / "mainline", ["model.d_model=32", "model.d_head=8"], summary=mainline_summary())
+    real = experiments.meta
+    monkeypatch.setattr(experiments, "meta", lambda n: {**real(n), "departures": {"model.d_model": "to be quick"}}
+                        if n == "mainline" else real(n))
+    diffs = CL.setting_differences(Results(folder), ["mainline"])
+    assert "mainline: model.d_model 32 (paper: 128): to be quick" in diffs
+
+
+def test_config_yaml_of_fixture_is_valid(folder):
+    make_run(folder / "mainline")
+    assert yaml.safe_load((folder / "mainline" / "config.yaml").read_text())["train"]["epochs"] == 15000
