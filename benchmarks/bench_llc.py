@@ -3,7 +3,7 @@
     OMP_NUM_THREADS=1 python benchmarks/bench_llc.py [--run runs/mainline] [--rounds 3]
         [--epochs 200] [--checkpoints 6] [--threads 1] [--llc-set KEY=VALUE ...]
 
-The target (issue 23): the LLC of all of a run's checkpoints, at the default settings
+The target: the LLC of all of a run's checkpoints, at the default settings
 (analysis/llc.py, `Settings`), costs under 25% of the run's training time.
 
 Both are measured in this process, alternating in rounds so that a busy machine slows both alike:

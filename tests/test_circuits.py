@@ -22,10 +22,15 @@ def test_handbuilt_fourier_model_is_recovered_exactly(p, ks):
     data = grid_data(p)
     out, figs = ci.reverse_engineer(model, data)
     assert out["key_frequencies"] == ks
+    assert out["embed_frequencies"] == ks  # W_E holds exactly the key waves
     assert out["neuron_fve"] == 1.0  # every neuron reads one frequency
     assert out["neuron_fve_mean"] > 0.95
     assert out["neuron_fve_weighted"] == pytest.approx(1.0)
     assert {c["freq"] for c in out["clusters"]} == set(ks)
+    # each cluster writes to the logits through its own frequency only
+    assert all(c["wl_share"] == pytest.approx(1.0, abs=1e-9) for c in out["clusters"])
+    # both heads attend to a or b with a logit gap of 40: to `=` itself ~e^-40
+    assert all(h["self_attention"] < 1e-9 for h in out["attention_heads"])
     assert out["acc_all"] == 1.0 and out["loss_all"] < 0.05
     assert out["logit_fve"] > 0.99
     assert out["wl_residual"] < 1e-6  # W_L lives in the key directions only
@@ -76,6 +81,33 @@ def test_attention_head_that_reads_one_frequency_of_a():
     assert heads["0.0"]["pattern_freq"] == k and heads["0.0"]["pattern_fve"] > 0.99
     assert heads["0.0"]["std"] == pytest.approx(float(expected.std(correction=0)), rel=1e-3)
     assert heads["0.1"]["std"] < 1e-6
+    # the rest of head 0's attention goes to `=` itself
+    assert heads["0.0"]["self_attention"] == pytest.approx(float(1 - expected.mean()), abs=1e-4)
+    assert heads["0.1"]["sigmoid_linear_fve"] is None  # its attention to a never varies
+
+
+def test_sigmoid_linear_fve_known_answers():
+    from grokscope.analysis.attention import sigmoid_linear_fve
+
+    g = torch.Generator().manual_seed(0)
+    sa, sb = torch.randn(31, 31, generator=g), torch.randn(31, 31, generator=g)
+    # an attention that is exactly linear in the score difference, and one unrelated to it
+    assert sigmoid_linear_fve(sa, sb, 0.5 + 0.1 * (sa - sb)) == pytest.approx(1.0, abs=1e-12)
+    assert sigmoid_linear_fve(sa, sb, torch.rand(31, 31, generator=g)) < 0.02
+    # sigmoid(x) for x uniform on [-L, L]: nearly a line for small L, far from one for large L;
+    # the least-squares value in closed form is 1 - SSE/SST, computed here by numpy's lstsq
+    import numpy as np
+
+    for half, lo, hi in ((0.5, 0.999, 1.0), (20.0, 0.5, 0.85)):
+        x = torch.linspace(-half, half, 2001, dtype=torch.float64)
+        y = torch.sigmoid(x)
+        A = np.stack([np.ones(len(x)), x.numpy()], 1)
+        res = np.linalg.lstsq(A, y.numpy(), rcond=None)[1][0]
+        want = 1 - res / float(((y - y.mean()) ** 2).sum())
+        got = sigmoid_linear_fve(x, torch.zeros_like(x), y)
+        assert got == pytest.approx(want, abs=1e-9) and lo < got <= hi
+    # a constant attention has nothing to explain
+    assert sigmoid_linear_fve(sa, sb, torch.full((31, 31), 0.7)) is None
 
 
 def test_handbuilt_subtraction_model_uses_a_minus_b_directions():

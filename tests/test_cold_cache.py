@@ -92,6 +92,7 @@ def test_cold_cache_run_ends_where_warm_cache_run_does(tmp_path: Path) -> None:
     assert first is None, f"the logged metrics differ from step {first[0]} on"
 
 
+@pytest.mark.slow
 def test_kernel_compiled_now_matches_kernel_from_cache(tmp_path: Path) -> None:
     cache = tmp_path / "numba-cache"
     cache.mkdir()

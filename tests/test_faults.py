@@ -104,6 +104,7 @@ def test_many_kills_then_resume_end_bit_identical(reference, tmp_path, seed):
     _kill_and_resume(reference, tmp_path, n_kills=4, seed=seed)
 
 
+@pytest.mark.slow
 def test_sigterm_records_interrupted_and_resume_continues(tmp_path):
     # a scheduler (or `timeout`) stops a job with SIGTERM: the run must say "interrupted", not
     # stay "running", and resume must take it on

@@ -94,7 +94,7 @@ names = st.text(alphabet=st.characters(blacklist_categories=["Cs"], blacklist_ch
 
 
 @FAST
-@given(verb=st.sampled_from(["analyze", "report", "runs", "resume"]), name=names)
+@given(verb=st.sampled_from(["analyze", "report", "runs", "forecast", "resume"]), name=names)
 def test_any_run_path_is_one_line_and_never_writes(verb, name):
     with tempfile.TemporaryDirectory() as d:
         path = str(Path(d) / name.replace("/", "_"))
@@ -111,7 +111,7 @@ flags = st.lists(st.sampled_from(["--overwrite", "--resume", "-q", "--json", "--
 
 
 @FAST
-@given(verb=st.sampled_from(["train", "analyze", "report", "sweep", "runs", "config", "reproduce"]), rest=flags)
+@given(verb=st.sampled_from(["train", "analyze", "report", "sweep", "runs", "config", "reproduce", "forecast"]), rest=flags)
 def test_any_arguments_are_handled_without_a_traceback(verb, rest):
     with tempfile.TemporaryDirectory() as d:
         args = [verb, *(a.replace("x", str(Path(d) / "x")) for a in rest)]

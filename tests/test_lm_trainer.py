@@ -127,6 +127,7 @@ def _ddp_worker(rank: int, world: int, port: int, cfg_json: str, out: str) -> No
         ddp.shutdown()
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_match_one(tmp_path):
     # No dropout: masks are drawn per rank, so only the dropout-free runs are comparable exactly.
     cfg = tiny_cfg(tmp_path, **{"model.attn_dropout": 0.0, "train.steps": 4})

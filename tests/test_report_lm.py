@@ -113,6 +113,7 @@ def test_analyze_json_on_an_lm_run(lm_run):
     assert (lm_run / "analysis" / "summary.json").is_file()
 
 
+@pytest.mark.slow
 def test_copy_sweep_page_plots_against_steps_and_tokens(tmp_path):
     from grokscope.sweep import run_sweep
 

@@ -34,6 +34,7 @@ def quick_subset(tmp_path_factory) -> tuple[Path, dict, list[str]]:
     return out, manifest, lines
 
 
+@pytest.mark.slow
 def test_quick_subset_end_to_end(quick_subset):
     out, manifest, lines = quick_subset
     assert manifest["failed"] == [] and manifest["quick"] is True
@@ -60,6 +61,7 @@ def test_quick_subset_end_to_end(quick_subset):
     assert set(json.loads((out / "reproduce.json").read_text())["experiments"]) == set(SUBSET)
 
 
+@pytest.mark.slow
 def test_a_rerun_trains_nothing_again(quick_subset):
     out, _, _ = quick_subset
     files = sorted(out.rglob("*.safetensors"))
@@ -73,6 +75,7 @@ def test_a_rerun_trains_nothing_again(quick_subset):
     assert any(f"{n} trials ({n} already finished)" in line for line in lines)
 
 
+@pytest.mark.slow
 def test_a_folder_of_other_runs_is_refused_before_anything_trains(quick_subset):
     from grokscope.config import ConfigError
 
@@ -81,6 +84,7 @@ def test_a_folder_of_other_runs_is_refused_before_anything_trains(quick_subset):
         plan_suite(out, quick=False, names=["mainline"])  # the full mainline into the quick runs' folder
 
 
+@pytest.mark.slow
 def test_report_replication_rebuilds_the_page(quick_subset):
     out, _, _ = quick_subset
     (out / "replication.html").unlink()

@@ -347,6 +347,7 @@ def test_metric_names_are_what_evaluate_logs_and_stop_must_name_one(task):
         Trainer(cfg("train.stop={metric: test_accuracy, above: 0.9}"), Run("/nonexistent"))
 
 
+@pytest.mark.slow
 def test_two_thread_runs_of_the_general_path_are_bit_identical():
     # The untabulated model on 2 threads: the embedding's backward must sum repeated tokens in a
     # fixed order (indexing W_E[tokens] did not: two runs of this config differed in the last bits)

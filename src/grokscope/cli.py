@@ -1,4 +1,5 @@
-"""The `grokscope` command: train, analyze, report, reproduce, sweep, runs.
+"""The `grokscope` command: train, reproduce (one experiment, or `reproduce --all` and its replication
+page), analyze, forecast, report (a run, `report --index`, or `report --replication`), sweep, runs, config.
 
 Exit codes: 0 success, 2 bad input with a one-line message, 3 a run that diverged (its loss
 became non-finite; run.json says `diverged`), 130 interrupted, 1 an internal error.

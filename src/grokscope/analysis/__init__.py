@@ -1,7 +1,9 @@
 """Analysis: read a run's checkpoints, compute the mechanistic measures, write them to the store.
 
 docs/measures.md, part 1, defines every measure. Math lives in plain functions over tensors (fourier.py, circuits.py,
-mlp.py, attention.py, progress.py, phases.py); `runner.py` is the only module here that touches the run store.
+mlp.py, attention.py, progress.py, phases.py, llc.py: the local learning coefficient by SGLD, `analyze --llc`);
+forecast.py (the grokking forecast, `grokscope forecast`) works on the stored curves as DataFrames and writes
+nothing. `runner.py` is the only module here that touches the run store.
 
 What analysis writes (the report reads exactly this and computes nothing):
 
@@ -26,6 +28,9 @@ What analysis writes (the report reads exactly this and computes nothing):
         Table 6), key_rule_name, key_frequencies_wl, key_frequencies_neurons,
         wl_frequency_shares, neuron_fve_all_freqs(_mean), gini_W_E_rows, gini_W_L_rows,
         phases_test_loss and phase_rule_test_loss (the cleanup ended by test loss instead).
+        With --llc: llc, llc_std, llc_r_hat, llc_drift (at the analysed checkpoint), llc_diverged
+        [steps whose chains diverged], llc_settings {epsilon, gamma, nbeta (resolved), chains,
+        burnin, draws, batches, seed, n, method}, timing_seconds.llc.
         Attention-only runs: neuron_fve, mlp_fve, gini_W_L, wl_residual are null.
     RUN/metrics.sqlite, table "progress": one row per checkpoint, columns
         step, epoch, train_loss, test_loss, train_acc, test_acc, restricted_loss,
@@ -35,6 +40,10 @@ What analysis writes (the report reads exactly this and computes nothing):
         gini_W_E, gini_W_L, weight_norm (sum of squared weights); also restricted_acc_train,
         restricted_acc_test, excluded_acc, and with --per-checkpoint-keys a text column
         key_frequencies ("14,35,...") naming the K used for that row.
+    RUN/metrics.sqlite, table "llc" (--llc): one row per checkpoint, columns step, epoch, llc,
+        llc_std, llc_init_loss (L_n(w*)), llc_r_hat, llc_drift, llc_chain{c} (each chain's estimate).
+    RUN/analysis/llc_traces.safetensors (--llc): steps [k] int64, trace [k, chains, burnin + draws]
+        float64 (the minibatch loss at every SGLD step).
     RUN/analysis/figures.safetensors: arrays for the final checkpoint's figures:
         embed_spectrum [p] (norm per Fourier basis row), wl_spectrum [p],
         logit_fourier_norm [p, p] (2D Fourier norms of the logits over (a, b)),

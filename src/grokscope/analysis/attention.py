@@ -6,6 +6,12 @@ beta sin(w a) + const. `score_fits` finds, per head, the frequency whose cos/sin
 largest share of the centred score's variance, and returns that share (the FVE), alpha and beta.
 The paper's mainline: 99.0%, 95.2%, 99.1% and 92.4%.
 
+With the attention from `=` to itself trivial (the paper: 0.1-0.4% per head, App. A.1;
+`self_attention` here), the attention to a is sigmoid(s(a) - s(b)), and the paper replaces the
+sigmoid by a line (97.5% of the variance). `sigmoid_linear_fve` is that fit: the share of the
+variance of the attention to a, over the (a, b) grid, explained by a least-squares line in
+s(a) - s(b).
+
 A second, named measure (`pattern_*` in the summary) fits the post-softmax attention from `=`
 to `a` over the whole (a, b) grid by the 2D block {const, cos k, sin k}^2 of one frequency: it
 needs no assumption that the score depends on a alone, so it also serves deeper layers.
@@ -53,3 +59,18 @@ def score_fits(scores: Tensor, F: Tensor) -> list[dict]:
         spread = float((g - s[:, None]).pow(2).sum() / total) if total > 0 else 0.0
         out.append({**wave_fit(s, F), "b_spread": spread})
     return out
+
+
+def sigmoid_linear_fve(score_a: Tensor, score_b: Tensor, attn_a: Tensor) -> float | None:
+    """FVE of attn_a by the least-squares line in score_a - score_b (any matching shapes); None
+    when attn_a does not vary (std below 1e-6: a fit to float noise would mean nothing)."""
+    x = (score_a.double() - score_b.double()).flatten()
+    y = attn_a.double().flatten()
+    yc = y - y.mean()
+    total = yc.pow(2).sum()
+    if total <= 1e-12 * y.numel():
+        return None
+    xc = x - x.mean()
+    sxx = xc.pow(2).sum()
+    slope = (xc * yc).sum() / sxx if sxx > 0 else torch.zeros((), dtype=torch.float64)
+    return float(1 - (yc - slope * xc).pow(2).sum() / total)

@@ -121,6 +121,14 @@ def wl_freq_shares(W_L: Tensor, F: Tensor) -> Tensor:
     return e / total if total > 0 else e
 
 
+def embed_freq_shares(e_spec: Tensor, p: int) -> Tensor:
+    """[n_freqs]: each frequency's share of W_E's Fourier energy (constant row excluded), from
+    `embed_spectrum`."""
+    e = fr.freq_norms(e_spec, p).pow(2)
+    total = e.sum()
+    return e / total if total > 0 else e
+
+
 def spectrum_gini(row_norms: Tensor, p: int) -> float:
     """Gini of a spectrum given per basis row, taken per frequency (see GINI_BASIS)."""
     return gini(fr.freq_norms(row_norms, p))
@@ -282,6 +290,8 @@ class Grid:
     resid_mid: Tensor | None  # the last layer's residual stream before its MLP [p*p, d_model]
     attn: Tensor  # attention from `=` to `a` [n_layers*n_heads, p, p]
     scores: Tensor  # the same before the softmax [n_layers*n_heads, p, p]
+    attn_self: Tensor  # attention from `=` to itself [n_layers*n_heads, p, p]
+    scores_b: Tensor  # the pre-softmax score from `=` to `b` [n_layers*n_heads, p, p]
 
 
 @torch.no_grad()
@@ -294,11 +304,12 @@ def run_grid(model: Transformer, data: ModularData) -> Grid:
     post = None if model.cfg.attn_only else cache["post", n_layers - 1][:, -1].double()
     mid = None if model.cfg.attn_only else cache[f"{last}.hook_resid_mid"][:, -1].double()
 
-    def per_head(hook: str) -> Tensor:
-        x = [cache[f"blocks.{layer}.attn.{hook}"][:, :, -1, 0] for layer in range(n_layers)]
+    def per_head(hook: str, key: int) -> Tensor:
+        x = [cache[f"blocks.{layer}.attn.{hook}"][:, :, -1, key] for layer in range(n_layers)]
         return torch.cat(x, dim=1).T.reshape(-1, p, p).double()  # [layers*heads, p, p]
 
-    return Grid(logits[:, -1].double(), post, mid, per_head("hook_pattern"), per_head("hook_attn_scores"))
+    return Grid(logits[:, -1].double(), post, mid, per_head("hook_pattern", 0), per_head("hook_attn_scores", 0),
+                per_head("hook_pattern", -1), per_head("hook_attn_scores", 1))
 
 
 def weights(model: Transformer) -> dict[str, Tensor]:
@@ -448,6 +459,8 @@ def reverse_engineer(model: Transformer, data: ModularData, ks: list[int] | None
 
     # spectra and Gini
     out["gini_W_E"] = spectrum_gini(e_spec, p)
+    # the paper counts W_E's frequencies by eye (Fig. 3); the same threshold as W_L's key rule
+    out["embed_frequencies"] = key_frequencies(embed_freq_shares(e_spec, p), key_threshold("wl", p))
     out["gini_W_E_rows"] = gini(e_spec[1:])
     if W_L is not None:
         w_spec = wl_spectrum(W_L, F)
@@ -479,6 +492,8 @@ def reverse_engineer(model: Transformer, data: ModularData, ks: list[int] | None
     n_heads = model.cfg.n_heads
     out["attention_heads"] = [
         {"head": f"{h // n_heads}.{h % n_heads}", **fits[h],
+         "self_attention": float(g.attn_self[h].mean()),
+         "sigmoid_linear_fve": at.sigmoid_linear_fve(g.scores[h], g.scores_b[h], g.attn[h]),
          "pattern_freq": int(afreq[h]), "pattern_fve": float(abest[h]),
          "std": float((avar[h] / (p * p)).sqrt())}
         for h in range(g.attn.shape[0])
@@ -497,9 +512,12 @@ def reverse_engineer(model: Transformer, data: ModularData, ks: list[int] | None
         if cl_freq is not None:
             figs["cluster_wl_fourier"] = (W_L[members] @ F.T).T  # [p, m]
             figs["cluster_freq"] = torch.tensor(cl_freq)
+        # wl_share: how local W_L is to each cluster - the share of its neurons' W_L rows'
+        # Fourier energy at the cluster's own frequency
         out["clusters"] = [
             {"freq": int(k), "neurons": int(((freq == k) & explained).sum()),
-             "share": float(shares[k - 1]) if k <= len(shares) else 0.0}
+             "share": float(shares[k - 1]) if k <= len(shares) else 0.0,
+             "wl_share": float(wl_freq_shares(W_L[(freq == k) & explained], F)[k - 1])}
             for k in sorted(set(freq[explained].tolist()))
         ]
     else:

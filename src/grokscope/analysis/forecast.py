@@ -1,4 +1,4 @@
-"""Forecast the grokking epoch from the curves up to an epoch (issue 23, "A grokking forecast").
+"""Forecast the grokking epoch from the curves up to an epoch.
 
 Nanda et al. 2023 close by naming the prediction of the phase transition as open. This module predicts
 T, the first evaluated epoch at which test accuracy passes 99% (`grok_epoch_99`), from what a

@@ -419,19 +419,23 @@ def mainline_memorises(res: Results) -> Measure:
                    f"{fmt_num(acc, 'pct')}", (acc,), runs=names(runs))
 
 
-def key_frequency_count(exp: str) -> Callable[[Results], Measure]:
+def key_frequency_count(exp: str, key: str = "key_frequencies", what: str = "key frequencies"
+                        ) -> Callable[[Results], Measure]:
+    """The number of frequencies in a summary list (`key_frequencies`, `embed_frequencies`)."""
+
     def extract(res: Results) -> Measure:
         runs = res.finished(exp)
         if not runs:
             return missing_runs(res, exp)
-        have = [r for r in runs if isinstance(r.summary.get("key_frequencies"), list)]
+        have = [r for r in runs if isinstance(r.summary.get(key), list)]
         if not have:
-            return no_key("`key_frequencies`", runs)
-        counts = [float(len(r.summary["key_frequencies"])) for r in have]
-        sets = "; ".join(f"{describe(r)}: {r.summary['key_frequencies']}" for r in have)
+            return no_key(f"`{key}`", runs)
+        counts = [float(len(r.summary[key])) for r in have]
+        sets = "; ".join(f"{describe(r)}: {r.summary[key]}" for r in have)
         alt = [f"{k.removeprefix('key_frequencies_')} rule {have[0].summary[k]}" for k in
-               ("key_frequencies_wl", "key_frequencies_neurons") if isinstance(have[0].summary.get(k), list)]
-        return Measure(median(counts), f"{spread(counts)} key frequencies: {sets}"
+               ("key_frequencies_wl", "key_frequencies_neurons")
+               if key == "key_frequencies" and isinstance(have[0].summary.get(k), list)]
+        return Measure(median(counts), f"{spread(counts)} {what}: {sets}"
                        + (f" (by rule, first run: {', '.join(alt)})" if alt else ""), tuple(counts), runs=names(have))
 
     return extract

@@ -1,4 +1,4 @@
-"""The grokking forecast's inputs and its backtest page (issue 23; the method is analysis/forecast.py).
+"""The grokking forecast's inputs and its backtest page (the method is analysis/forecast.py).
 
 `load_curves` reads one run folder through the store (read-only: it writes nothing into the run)
 into the `Curves` the forecast takes; `find_runs` lists the run folders below some folders. The
