@@ -33,6 +33,10 @@ def test_analyze_json_prints_the_contract(run_copy):
     s = json.loads(res.stdout)
     for key in CONTRACT:
         assert key in s
+    # what the replication page's claims read (report/claims.py)
+    assert isinstance(s["embed_frequencies"], list) and s["clusters"]
+    assert all({"self_attention", "sigmoid_linear_fve"} <= h.keys() for h in s["attention_heads"])
+    assert all(0 <= c["wl_share"] <= 1 for c in s["clusters"])
     assert set(s["phases"]) == {"memorization", "circuit_formation", "cleanup"}
     assert json.loads((run_copy / "analysis" / "summary.json").read_text()) == s
 

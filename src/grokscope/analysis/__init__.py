@@ -26,7 +26,7 @@ What analysis writes (the report reads exactly this and computes nothing):
         mlp_fve, mlp_fve_std, mlp_fve_components [{freq, kind, fve}] (Section 4.2, Table 5),
         mlp_ablations and skip_ablations [{name, loss, acc, test_loss, test_acc}] (Section 4.4,
         Table 6), key_rule_name, key_frequencies_wl, key_frequencies_neurons,
-        wl_frequency_shares, neuron_fve_all_freqs(_mean), gini_W_E_rows, gini_W_L_rows,
+        wl_frequency_shares, neuron_fve_all_freqs(_mean), gini_W_E_rows, gini_W_L_rows, embed_frequencies,
         phases_test_loss and phase_rule_test_loss (the cleanup ended by test loss instead).
         With --llc: llc, llc_std, llc_r_hat, llc_drift (at the analysed checkpoint), llc_diverged
         [steps whose chains diverged], llc_settings {epsilon, gamma, nbeta (resolved), chains,

@@ -187,6 +187,7 @@ def analyze_run(run_dir: str | Path, step: int | None = None, per_checkpoint_key
         "key_frequencies_neurons": final["key_frequencies_neurons"],
         "wl_frequency_shares": final["wl_frequency_shares"],
         "gini_W_E_rows": final["gini_W_E_rows"],
+        "embed_frequencies": final["embed_frequencies"],
         "gini_W_L_rows": final["gini_W_L_rows"],
         "key_frequencies_source": "given" if keys is not None else f"found on step {step}",
         "per_checkpoint_keys": per_checkpoint_keys,
