@@ -471,8 +471,9 @@ CLAIMS: list[Claim] = [
           "primes/sweep.html"),
     Claim("primes.p53-wd3", "App. C.2.2",
           "However, increasing the weight decay to [3] does allow the model to grok.", "", ("primes",),
-          primes_run(53, 3.0, ("grokked",), "grokked"), ALL, "The weight decay is lost from the text; 3 is the "
-          "experiment's reading.", "primes/sweep.html"),
+          finite_groks("primes", task__p=53, optim__weight_decay=3.0),
+          at_least(1.0, 0.5, "1 grokked, 0.5 partly generalised after memorising"),
+          "The weight decay is lost from the text; 3 is the experiment's reading.", "primes/sweep.html"),
     Claim("primes.p109", "App. C.2.2", "For p = 109, we saw exactly the same behavior as with the mainline model.",
           "", ("primes",), primes_run(109, None, ("grokked",), "grokked"), ALL, "", "primes/sweep.html"),
     Claim("primes.p401", "App. C.2.2",
@@ -565,7 +566,12 @@ CLAIMS: list[Claim] = [
     Claim("skip-trigram.finite-groks", "App. D.3, Fig. 34",
           "The model restricted to only see 512 data points exhibits clear grokking.", "512 sequences",
           ("skip-trigram",), finite_groks("skip-trigram", task__n_train=512),
-          at_least(1.0, 0.5, "1 grokked, 0.5 partly generalised after memorising"), "", "skip-trigram/sweep.html"),
+          at_least(1.0, 0.5, "1 grokked, 0.5 partly generalised after memorising"),
+          "The sequence length is lost from the text; ours is 32. Tested cause: at 512 sequences the rule (attend "
+          "to the one big token, copy it) is learned as fast as the train set, at every length from 8 to 128 tokens "
+          "(pilots in docs/notes/appendix-experiments.md), so there is no gap to close. The delayed regime appears "
+          "below about 100 sequences: this experiment's 64-sequence trials memorise first and generalise later "
+          "(see the sweep page).", "skip-trigram/sweep.html"),
 ]
 
 

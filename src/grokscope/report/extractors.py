@@ -58,8 +58,9 @@ def fmt_num(v: float | None, kind: str = "g") -> str:
     return f"{v:.3g}"
 
 
-def spread(values: Sequence[float], kind: str = "g") -> str:
-    """One value as is; several as "median [min-max] over n runs" (NaN, "never", sorts last)."""
+def spread(values: Sequence[float], kind: str = "g", unit: str = "runs") -> str:
+    """One value as is; several as "median [min-max] over n runs" (NaN, "never", sorts last); `unit`
+    names what the values are of (runs, heads, clusters)."""
     vals = list(values)
     if not vals:
         return "none"
@@ -68,9 +69,9 @@ def spread(values: Sequence[float], kind: str = "g") -> str:
     real = sorted(v for v in vals if not math.isnan(v))
     never = len(vals) - len(real)
     if not real:
-        return f"never (all {len(vals)} runs)"
+        return f"never (all {len(vals)} {unit})"
     med = statistics.median(real)
-    out = f"{fmt_num(med, kind)} [{fmt_num(real[0], kind)}-{fmt_num(real[-1], kind)}] over {len(real)} runs"
+    out = f"{fmt_num(med, kind)} [{fmt_num(real[0], kind)}-{fmt_num(real[-1], kind)}] over {len(real)} {unit}"
     return out + (f", never in {never}" if never else "")
 
 
@@ -186,7 +187,8 @@ def describe(r: RunView) -> str:
 def grok_text(r: RunView) -> str:
     o = outcome(r)
     g = r.grok_epoch
-    at = f" (99% at epoch {fmt_num(g, 'epoch')})" if g is not None else f" (within {r.budget})"
+    at = (f" (99% at epoch {fmt_num(g, 'epoch')})" if g is not None else
+          f" (within {r.budget}; test accuracy {fmt_num(last(r.metrics, 'test_acc'), 'pct')} at the end)")
     return o + at
 
 
@@ -300,7 +302,7 @@ def curves_coincide(exp: str, **where: Any) -> Callable[[Results], Measure]:
             parts.append(f"{describe(r)}: {grok_text(r)}, final test accuracy {fmt_num(last(m, 'test_acc'), 'pct')}")
         if not gaps:
             return Measure(note="not measured: the metrics tables have no train and test loss", runs=names(runs))
-        return Measure(median(gaps), f"largest |log10(test loss / train loss)| {spread(gaps)} decades; "
+        return Measure(median(gaps), f"largest |log10(test loss / train loss)|, in decades: {spread(gaps)}; "
                        + "; ".join(parts), tuple(gaps), runs=names(runs))
 
     return extract
@@ -533,7 +535,7 @@ def head_key(field_name: str, what: str) -> Callable[[Results], Measure]:
         vals = [v for v in vals if v is not None]
         if not vals:
             return no_key(f"`attention_heads[].{field_name}`", runs)
-        return Measure(median(vals), f"{what} {spread(vals, 'pct')} over heads", tuple(vals), runs=names(runs))
+        return Measure(median(vals), f"{what} {spread(vals, 'pct', 'heads')}", tuple(vals), runs=names(runs))
 
     return extract
 
@@ -547,7 +549,7 @@ def cluster_locality(res: Results) -> Measure:
     if not vals:
         return no_key("`clusters[].wl_share` (the share of each cluster's W_L columns' Fourier energy at the "
                       "cluster's own frequency)", runs)
-    return Measure(median(vals), f"share of each cluster's W_L energy at its own frequency {spread(vals, 'pct')}",
+    return Measure(median(vals), f"share of each cluster's W_L energy at its own frequency {spread(vals, 'pct', 'clusters')}",
                    tuple(vals), runs=names(runs))
 
 
