@@ -165,3 +165,45 @@ def make_fake_digits_run(path: Path, epochs: int = 500, n_pos: int = 3, extra_ta
     if extra_table:
         run.append("induction", [{"step": s, "score_L0H0": s / epochs, "score_L0H1": 1 - s / epochs} for s in range(0, epochs + 1, 100)])
     return run
+
+
+# the copy-LM fixture's exact copy accuracy at steps 0, 10, ..., 50: the paper's test first passes
+# 50% at step 20, the hex variant at step 40 (so a page that reads the wrong test shows step 40)
+LM_STEPS = [0, 10, 20, 30, 40, 50]
+LM_PCOPY = [0.0, 0.2, 0.6, 0.7, 0.8, 0.9]
+LM_HEX = [0.0, 0.0, 0.1, 0.3, 0.52, 0.6]
+LM_TOKENS_PER_STEP = 512
+
+
+def make_fake_lm_run(path: Path, paper: bool = True, analysed: bool = True) -> Run:
+    """A finished copy-LM run written by hand (milliseconds): its `metrics` and `heads` tables with
+    known copy accuracies (LM_PCOPY, LM_HEX; the paper's test left out when `paper` is False, as in
+    a run logged before it existed), then the real `lm.analysis` summary of them."""
+    from grokscope.lm.analysis import analyze_lm_run
+
+    run = Run(path)
+    path.mkdir(parents=True, exist_ok=True)
+    cfg = {"name": None, "seed": 0,
+           "task": {"name": "text", "corpus": "default", "tokenizer": "char", "context": 64, "repeat_frac": 0.5},
+           "model": {"arch": "llama", "n_layers": 1, "d_model": 16, "n_heads": 2, "d_head": 8, "d_mlp": 32},
+           "optim": {"lr": 3e-3}, "train": {"steps": LM_STEPS[-1], "batch_size": 4, "grad_accum": 2}}
+    run.write_config(yaml.safe_dump(cfg, sort_keys=False))
+    run.update_info(status="completed", seed=0, total_steps=LM_STEPS[-1], last_step=LM_STEPS[-1],
+                    d_vocab=97, n_params=10_000)
+    rows = []
+    for i, s in enumerate(LM_STEPS):
+        row = {"step": s, "tokens": s * LM_TOKENS_PER_STEP, "train_loss": 3.0 / (1 + i), "val_loss": 3.2 / (1 + i),
+               "batch_loss": 3.0 / (1 + i), "copy_acc": LM_HEX[i], "copy_token_acc": min(1.0, LM_HEX[i] + 0.1),
+               "copy_loss": 2.0 - LM_HEX[i], "rcopy_acc": LM_HEX[i] / 2, "rcopy_token_acc": LM_HEX[i] / 2 + 0.05,
+               "icl_score": -0.1 * i, "repeat_gain": 0.1 * i, "induction_l0": 0.05 * i, "prefix_matching_l0": 0.05 * i,
+               "previous_token_l0": 0.1, "induction_copying_l0": 0.01 * i, "induction_max": 0.05 * i}
+        if paper:
+            row.update(pcopy_acc=LM_PCOPY[i], pcopy_token_acc=min(1.0, LM_PCOPY[i] + 0.05), pcopy_loss=2.0 - LM_PCOPY[i])
+        rows.append(row)
+    run.append("metrics", rows)
+    run.append("heads", [{"step": s, "layer": 0, "head": h, "induction": 0.05 * i * (h + 1) / 2,
+                          "prefix_matching": 0.05 * i * (h + 1) / 2, "previous_token": 0.1, "copying": 0.5,
+                          "induction_copying": 0.01 * i} for i, s in enumerate(LM_STEPS) for h in range(2)])
+    if analysed:
+        analyze_lm_run(path, write=True)
+    return run

@@ -144,15 +144,35 @@ def _when(hit: Any) -> str | None:
     return None
 
 
+def _copy_50(s: Mapping[str, Any], hit_key: str, best_key: str) -> str:
+    """When a copy test's exact accuracy first passed 50% (summary key `hit_key`), or its best."""
+    if s.get(hit_key):
+        return f"exact accuracy above 50% at {_when(s[hit_key])}"
+    return f"50% not reached (exact accuracy at most {fmt(s.get(best_key))})"
+
+
+def _copy_surge(s: Mapping[str, Any]) -> str | None:
+    """The copy-surge row: the paper's copy test (Lv et al.), the headline, then the hex variant.
+
+    A run without the paper's test (logged before it existed, or a summary written before the
+    analysis read it) says so, then shows the hex variant.
+    """
+    if "copy_50" not in s and "paper_copy_50" not in s:
+        return None
+    if s.get("best_paper_copy_accuracy") is not None:
+        paper = f"the paper's copy test (Lv et al.): {_copy_50(s, 'paper_copy_50', 'best_paper_copy_accuracy')}"
+    else:
+        paper = "the paper's copy test (Lv et al.): not in this run's analysis summary"
+    if "copy_50" not in s:
+        return paper
+    return f"{paper}; hex variant: {_copy_50(s, 'copy_50', 'best_copy_accuracy')}"
+
+
 def _ours_lm(d: RunData, key: str) -> Any:
     """A copy-LM run's value for a quantity of Lv et al. (read from its summary, run.json, config)."""
     s, info, cfg = d.summary or {}, d.info, d.config
     if key == "copy_surge":
-        if "copy_50" not in s:
-            return None
-        best = fmt(s.get("best_copy_accuracy"))
-        return (f"exact copy accuracy above 50% at {_when(s['copy_50'])}" if s.get("copy_50")
-                else f"not reached (exact copy accuracy at most {best})")
+        return _copy_surge(s)
     if key == "loss_flattens":
         return _when(s.get("loss_flattens")) and f"90% of the training-loss drop done at {_when(s['loss_flattens'])}"
     if key == "induction_heads" and isinstance(s.get("induction_formed"), list):

@@ -9,8 +9,9 @@ Reads the store (each trial's metrics table and run.json, the sweep's runs table
 Copy-LM sweeps (Lv et al. 2024; every trial's metrics have `copy_acc`) get instead, each with a
 panel against optimiser steps beside one against tokens (Lv et al.: copying arrives after a
 number of steps, not tokens, so the batch-size trials line up on the left and not on the right):
-validation loss, copy accuracy (exact and per token), its random-token-id variant, the largest
-induction score and the ICL score.
+validation loss; the headline, copy accuracy on the paper's copy test (`pcopy_*`, exact and per
+token); the hex and random-token-id variants kept as second measures (`copy_*`, `rcopy_*`); the
+largest induction score and the ICL score.
 `write_sweep_report` puts them, with the comparison table and what the paper reports, into
 DIR/sweep.html (images inlined, so the page is one self-contained file) and DIR/sweep_*.png; a
 folder of runs trained one by one gets the same page as DIR/runs.html, its runs compared by the
@@ -160,9 +161,11 @@ def is_lm_sweep(curves: dict[str, pd.DataFrame]) -> bool:
 # (file stem, title, [(column, dashed)], y label) of each copy-LM sweep figure
 LM_FIGURES = [
     ("loss", "loss", [("val_loss", False), ("train_loss", True)], "loss (solid: validation, dashed: train)"),
-    ("copy", "copy accuracy", [("copy_acc", False), ("copy_token_acc", True)],
+    ("pcopy", "copy accuracy, the paper's test (Lv et al.)", [("pcopy_acc", False), ("pcopy_token_acc", True)],
      "copy accuracy (solid: exact, dashed: per token)"),
-    ("rcopy", "random-token-id copy accuracy", [("rcopy_acc", False), ("rcopy_token_acc", True)],
+    ("copy", "copy accuracy, hex variant", [("copy_acc", False), ("copy_token_acc", True)],
+     "hex copy accuracy (solid: exact, dashed: per token)"),
+    ("rcopy", "copy accuracy, random-token-id variant", [("rcopy_acc", False), ("rcopy_token_acc", True)],
      "accuracy (solid: exact, dashed: per token)"),
     ("induction", "largest induction score", [("induction_max", False)], "largest head induction score"),
     ("icl", "ICL score", [("icl_score", False)], "late minus early loss (nats)"),
@@ -192,15 +195,24 @@ def lm_figure(curves: dict[str, pd.DataFrame], columns: list[tuple[str, bool]], 
     return _save(fig, path)
 
 
+# the runs-table columns averaged per swept value on a copy-LM sweep page, the headline first
+LM_OURS_COLUMNS = ("step", "tokens", "val_loss", "pcopy_acc", "pcopy_token_acc", "pcopy_50_step", "pcopy_50_tokens",
+                   "copy_acc", "copy_token_acc", "copy_50_step", "copy_50_tokens", "induction_max")
+LM_LEGEND = ("pcopy_*: the paper's copy test (Lv et al.), the headline; copy_*: the hex variant, kept as a second "
+             "measure; rcopy_*: the random-token-id variant. *_acc: exact accuracy at the last evaluation; "
+             "*_token_acc: per-token accuracy; *_50_step, *_50_tokens: the first evaluation with exact accuracy "
+             "above 50% (from each run's analysis summary).")
+
+
 def lm_ours_table(table: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-    """Per swept value: runs, final validation loss and copy accuracy, and when copying passed 50%."""
+    """Per swept value: runs, final validation loss and copy accuracy, and when copying passed 50%:
+    the paper's copy test first (`pcopy_*`), then the hex variant (`copy_*`)."""
     rows = []
     for key in keys:
         for v in _order(table[key].tolist() if key in table else []):
             g = table[[format_value(x) == format_value(v) for x in table[key]]]
             row: dict[str, Any] = {"setting": f"{key}={format_value(v)}", "runs": len(g)}
-            for col in ("step", "tokens", "val_loss", "copy_acc", "copy_token_acc", "induction_max", "copy_50_step",
-                        "copy_50_tokens"):
+            for col in LM_OURS_COLUMNS:
                 if col in g:
                     vals = pd.to_numeric(g[col], errors="coerce").dropna()
                     row[f"mean {col}"] = float(vals.mean()) if len(vals) else math.nan  # shown as "-"
@@ -292,13 +304,15 @@ def write_sweep_report(out: Path, table: pd.DataFrame, settings: list[str] | Non
     body = "\n".join([
         _paper_block(exp),
         "<h2>Ours</h2>",
+        f"<p>{html.escape(LM_LEGEND)}</p>" if lm else "",
         ours.to_html(index=False, na_rep="-", float_format=lambda x: f"{x:.4g}") if len(ours) else "",
         *(_img(f) for f in figs),
         "<h2>All runs</h2>",
         table.to_html(index=False, na_rep="-", float_format=lambda x: f"{x:.4g}"),
         f"<h2>Run folders</h2><ul>{''.join(links)}</ul>",
         "<p>Table as CSV: <a href=\"runs.csv\">runs.csv</a>. " + (
-            "copy_50: the first evaluation with exact copy accuracy above 50%.</p>" if lm else
+            "pcopy_50: the first evaluation with exact accuracy on the paper's copy test (Lv et al.) above 50%; "
+            "copy_50: the same for the hex variant.</p>" if lm else
             "Grokking epoch = first epoch with test accuracy above 99%.</p>"),
     ])
     if info:

@@ -7,7 +7,10 @@ neuron FVE (from `analysis/summary.json` when the run was analysed;
 empty otherwise), and the epoch of grokking (first epoch with test accuracy above 99%, from
 run.json) and the same as an optimiser step (which compares minibatch runs across data sizes).
 A copy-LM run's row has instead its last evaluation's tokens, losses, copy accuracies, ICL and
-largest induction score, and when exact copy accuracy first passed 50%. A run whose run.json,
+largest induction score, and when exact copy accuracy first passed 50% (from the summary): the
+paper's copy test (Lv et al.; `pcopy_acc`, `pcopy_token_acc`, `pcopy_50_step`, `pcopy_50_tokens`)
+first, as the headline, then the hex variant kept as a second measure (`copy_*`) and the
+random-token-id one (`rcopy_*`). A run whose run.json,
 summary or metrics cannot be read keeps its row, with those columns empty, the files named in a
 `damaged` column and what to do in `error` (status "damaged" when run.json is the one): the
 table still shows every other run. Reads the store only; computes no measure.
@@ -25,9 +28,12 @@ import pandas as pd
 
 from grokscope.store import Run, StoreError, atomic_write_text, read_metrics, sweep_info
 
-# the last evaluation of a copy-LM run (and, from its summary, when copy accuracy passed 50%)
-LM_COLUMNS = ["tokens", "train_loss", "val_loss", "copy_acc", "copy_token_acc", "rcopy_acc", "rcopy_token_acc",
-              "icl_score", "induction_max"]
+# A copy-LM run's columns in order: the paper's copy test (the headline), then the hex variant.
+# A name from LM_FIRST_50 is read from the summary (the first evaluation with exact accuracy above
+# 50%: `_step` and `_tokens`); any other is the last evaluation's value in the metrics table.
+LM_COLUMNS = ["tokens", "train_loss", "val_loss", "pcopy_acc", "pcopy_token_acc", "pcopy_50", "copy_acc",
+              "copy_token_acc", "copy_50", "rcopy_acc", "rcopy_token_acc", "icl_score", "induction_max"]
+LM_FIRST_50 = {"pcopy_50": "paper_copy_50", "copy_50": "copy_50"}  # column prefix: summary key
 SUMMARY_COLUMNS = ["test_loss", "test_acc", "gini_W_E", "gini_W_L", "key_frequencies", "logit_fve", "mlp_fve", "mlp_fve_std",
                    "neuron_fve"]
 
@@ -91,10 +97,12 @@ def run_row(path: Path, settings: dict[str, Any] | None = None) -> dict[str, Any
         row[col] = value
     if lm:
         for col in LM_COLUMNS:
-            row[col] = last.get(col)
-        hit = summary.get("copy_50")
-        row["copy_50_step"] = hit.get("step") if isinstance(hit, dict) else None
-        row["copy_50_tokens"] = hit.get("tokens") if isinstance(hit, dict) else None
+            if col in LM_FIRST_50:
+                hit = summary.get(LM_FIRST_50[col])
+                row[f"{col}_step"] = hit.get("step") if isinstance(hit, dict) else None
+                row[f"{col}_tokens"] = hit.get("tokens") if isinstance(hit, dict) else None
+            else:
+                row[col] = last.get(col)
     row["grok_epoch"] = info.get("grok_epoch_99")
     # minibatch runs count epochs of their own train set; steps compare finite with infinite data
     spe = info.get("steps_per_epoch") or 1
