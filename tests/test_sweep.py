@@ -90,6 +90,14 @@ def test_expand_product_seeds_and_validation():
     zipped = expand(TINY, {"task.p,train.epochs": [[23, 50], [29, 70]]}, None, ["train.epochs=5"])
     assert [t.name for t in zipped] == ["task.p=23__train.epochs=5__seed=0", "task.p=29__train.epochs=5__seed=0"]
     assert [(t.config.task.p, t.config.train.epochs) for t in zipped] == [(23, 5), (29, 5)]
+    # a zip that names the seed: more seeds at one setting than another, seed last in the name
+    seeded = expand(TINY, {"task.p,seed": [[23, 0], [23, 1], [29, 0]]}, None)
+    assert [t.name for t in seeded] == ["task.p=23__seed=0", "task.p=23__seed=1", "task.p=29__seed=0"]
+    assert [(t.config.task.p, t.config.seed) for t in seeded] == [(23, 0), (23, 1), (29, 0)]
+    one = expand(TINY, {"task.p,seed": [[23, 0], [23, 1], [29, 0]]}, 1)  # --seeds 1: the first seed of each
+    assert [t.name for t in one] == ["task.p=23__seed=0", "task.p=29__seed=0"]
+    with pytest.raises(C.ConfigError, match="zips seed"):
+        expand(TINY, {"task.p,seed": [[23, 0]], "seed": [1, 2]}, None)
     with pytest.raises(C.ConfigError, match="list of 2"):
         expand(TINY, {"task.p,train.epochs": [[23, 50], 29]}, None)
 

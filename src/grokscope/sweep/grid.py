@@ -2,7 +2,9 @@
 
 Grid keys multiply (every combination). A key that joins several with commas zips them: each
 value is a list with one entry per key, e.g. `task.p,optim.weight_decay=[53,3],[109,1]` runs
-p=53 with weight decay 3 and p=109 with 1 (not all four pairs).
+p=53 with weight decay 3 and p=109 with 1 (not all four pairs). A zip may include `seed`, to
+run more seeds at some settings than at others (`task.frac_train,seed=[0.25,0],[0.25,1],[0.6,0]`);
+`--seeds N` then keeps the first N seeds listed at each setting.
 
 A trial is one ordinary run: the base config plus one value per grid key and a seed. Its folder
 is named from its settings, `optim.weight_decay=0.3__seed=1`, so the same sweep run twice maps
@@ -113,6 +115,11 @@ def expand(raw: dict[str, Any], grid: dict[str, list[Any]], seeds: int | None,
     for key in forced.keys() & grid.keys():
         raise C.ConfigError(f"--set {key} fixes a key the grid sweeps; drop one of them")
     keys = [k for k in grid if k != "seed"]
+    zips_seed = any("seed" in (p.strip() for p in k.split(",")) for k in keys if "," in k)
+    if zips_seed and "seed" in grid:
+        raise C.ConfigError("the grid zips seed with other keys: give no grid key seed beside it")
+    if zips_seed:  # the zip names each tuple's seed; --seeds N keeps the first N seeds of each setting
+        seed_values = [base.seed]
     for key in keys:
         if "," in key:  # zipped keys: each value is one tuple of settings, e.g. "task.p,optim.weight_decay"
             width = len(key.split(","))
@@ -121,6 +128,7 @@ def expand(raw: dict[str, Any], grid: dict[str, list[Any]], seeds: int | None,
                 raise C.ConfigError(f"grid key {key} zips {width} keys: each value must be a list of {width} (got {bad[0]!r})")
     trials: list[Trial] = []
     seen: dict[str, dict[str, Any]] = {}
+    kept: dict[tuple, int] = {}  # zipped seeds: trials so far per setting
     for combo in itertools.product(*(grid[k] for k in keys)):
         for seed in seed_values:
             settings: dict[str, Any] = {}
@@ -129,7 +137,14 @@ def expand(raw: dict[str, Any], grid: dict[str, list[Any]], seeds: int | None,
                     settings.update(zip((k.strip() for k in key.split(",")), value, strict=True))
                 else:
                     settings[key] = value
-            settings["seed"] = seed
+            if zips_seed:  # each tuple names its seed, e.g. three seeds at one setting, one at another
+                settings["seed"] = settings.pop("seed")
+                setting = tuple((k, repr(v)) for k, v in settings.items() if k != "seed")
+                kept[setting] = kept.get(setting, 0) + 1
+                if seeds is not None and kept[setting] > seeds:
+                    continue
+            else:
+                settings["seed"] = seed
             # --set wins over a grid value of the same key (e.g. a short smoke run of an
             # experiment whose grid sets train.epochs); the name shows the value actually used
             for key in settings.keys() & forced.keys():
