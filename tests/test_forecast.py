@@ -14,6 +14,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from grokscope.analysis import forecast as fc
 from tests.conftest import run_cli_here
@@ -147,3 +148,58 @@ def test_cli_forecast_and_its_bad_input(tmp_path):
                        ((str(tmp_path / "nope"),), "does not exist")]:
         res = run_cli_here("forecast", *args)
         assert res.returncode == 2 and says in res.stderr and len(res.stderr.strip().splitlines()) == 1, (args, res.stderr)
+
+
+# ------------------------------------------------------------------------------------ live
+def test_live_forecast_matches_the_offline_one_and_changes_no_weight(tmp_path, tiny_overrides, monkeypatch):
+    """`train --forecast-from`: the forecast shown at the last checkpoint before grokking is the one
+    `grokscope forecast --at` makes afterwards from the analysed run; the weights are those of a run
+    trained without it; a resumed run rebuilds its history from its checkpoints; bad input is one line."""
+    from grokscope import experiments, pipeline
+    from grokscope.analysis.runner import analyze_run
+    from grokscope.report.forecast import load_curves
+    from grokscope.store import Run
+
+    for i, T in enumerate((400, 600, 900, 1300)):
+        write_run(tmp_path / "pool" / f"r{i}", law_run(T, f"r{i}", seed=i), seed=i)
+    sets = tiny_overrides + ["seed=9", "train.epochs=300", "train.checkpoint_every=20"]
+    cfg, _ = experiments.load("mainline", sets)
+    live_info = pipeline.train_run(cfg, tmp_path / "live", progress=False, forecast_from=[tmp_path / "pool"])
+    plain_info = pipeline.train_run(cfg, tmp_path / "plain", progress=False)
+    assert "live_forecast" not in plain_info
+    a, b = Run(tmp_path / "live").load_checkpoint()[1], Run(tmp_path / "plain").load_checkpoint()[1]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    live = live_info["live_forecast"]
+    assert live["train_runs"] == 4 and live["seconds"] > 0 and live["last"] is not None
+    f = live["last"]
+    assert f["low"] <= f["epoch"] <= f["high"] and f["at"] < (live["grokked"] or math.inf)
+    analyze_run(tmp_path / "live")
+    target = load_curves(tmp_path / "live")
+    others = [load_curves(tmp_path / "pool" / f"r{i}") for i in range(4)]
+    model = fc.fit(others, [k for k in fc.common_features(others + [target])])
+    offline = fc.predict(model, target, f["at"])
+    assert offline.epoch == pytest.approx(f["epoch"], rel=1e-9) and offline.low == pytest.approx(f["low"], rel=1e-9)
+
+    # a run interrupted mid-way and resumed measures the checkpoints already on disk: it makes the
+    # same forecasts as the uninterrupted run
+    class Interrupted(pipeline.LiveForecast):
+        def __call__(self, step, row):
+            if step == 230:  # after the step-220 checkpoint: the forecast at 300 reads slopes from 150
+                raise KeyboardInterrupt
+            return super().__call__(step, row)
+
+    monkeypatch.setattr(pipeline, "LiveForecast", Interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.train_run(cfg, tmp_path / "again", progress=False, forecast_from=[tmp_path / "pool"])
+    monkeypatch.undo()
+    again = pipeline.train_run(cfg, tmp_path / "again", resume=True, progress=False,
+                               forecast_from=[tmp_path / "pool"])["live_forecast"]
+    assert again["checkpoints"] == live["checkpoints"] == [float(e) for e in range(20, 301, 20)]
+    assert again["last"] == pytest.approx(live["last"]) and again["grokked"] == live["grokked"]
+
+    for args, says in [(("--forecast-from", str(tmp_path / "pool" / "r0")), "needs 3"),
+                       (("--forecast-from", str(tmp_path / "nope")), "not a folder")]:
+        res = run_cli_here("train", "mainline", "--out", str(tmp_path / "bad"), *[f"--set={s}" for s in sets], *args)
+        assert res.returncode == 2 and says in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+        assert not (tmp_path / "bad").exists()

@@ -110,7 +110,7 @@ def test_every_named_experiment_plans(tmp_path):
         assert meta.get("reproduces") and meta.get("paper"), name
         counts[name] = len(plan(name, None, None, tmp_path / name).trials)
     assert not any(tmp_path.iterdir())  # planning writes nothing
-    expected = {"seeds": 5, "data-fraction": 10, "weight-decay": 5, "primes": 3, "digit-addition": 2,
+    expected = {"seeds": 5, "data-fraction": 18, "weight-decay": 5, "primes": 4, "digit-addition": 2,
                 "repeated-subsequence": 2, "skip-trigram": 9}
     for name, n in expected.items():
         assert counts[name] == n, (name, counts[name])

@@ -44,6 +44,9 @@ def train(
     resume: Annotated[Path | None, typer.Option("--resume", help="Continue the run in this folder from its latest checkpoint.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a run already in --out.")] = False,
     quiet: QuietOpt = False,
+    forecast_from: Annotated[list[Path] | None, typer.Option(
+        "--forecast-from", help="Show a live forecast of the grokking epoch in the progress bar, fitted on the grokked, "
+        "analysed runs in this folder (repeatable; e.g. runs/seeds). Off by default: it analyses each checkpoint.")] = None,
 ) -> None:
     """Train one run into a run folder (or resume one)."""
     from grokscope import pipeline
@@ -59,14 +62,14 @@ def train(
         if resume.exists() and not resume.is_dir():
             raise BadInput(f"--resume {str(resume)!r} is a file, not a run folder; pass the folder made by `grokscope train`")
         cfg = pipeline.load_run_config(Run(resume), set_)
-        info = pipeline.train_run(cfg, resume, resume=True, progress=not quiet)
+        info = pipeline.train_run(cfg, resume, resume=True, progress=not quiet, forecast_from=forecast_from)
         _print_train_summary(resume, info)
         return
     if config is None:
         raise BadInput("give a CONFIG (YAML file or experiment name) or --resume RUN_DIR")
     cfg, _ = experiments.load(config, set_)
     out = out or default_out(cfg.name or Path(config).stem)
-    info = pipeline.train_run(cfg, out, overwrite=overwrite, progress=not quiet)
+    info = pipeline.train_run(cfg, out, overwrite=overwrite, progress=not quiet, forecast_from=forecast_from)
     _print_train_summary(out, info)
 
 
@@ -89,6 +92,14 @@ def _print_train_summary(out: Path, info: dict) -> None:
                    f"above 99% at epoch {_fmt(info.get('grok_epoch_99'))}")
     if info.get("steps_per_second"):
         typer.echo(f"speed: {info['steps_per_second']:.1f} steps/s over {info.get('train_seconds', 0):.0f} s")
+    live = info.get("live_forecast")
+    if live:
+        said = [f"{k} at epoch {f['at']:,.0f}: {f['epoch']:,.0f} [{f['low']:,.0f}-{f['high']:,.0f}]"
+                for k, f in (("first", live["first"]), ("last", live["last"])) if f]
+        cost = live["seconds"] / max(info.get("train_seconds") or 0, 1e-9)
+        typer.echo(f"live forecast of the 99% epoch (fitted on {live['train_runs']} runs): "
+                   f"{'; '.join(said) or 'none made (fewer than 3 checkpoints before the run ended or grokked)'}; "
+                   f"it cost {live['seconds']:.1f} s, {cost:.1%} of the training time")
 
 
 def _fmt(x: float | None) -> str:

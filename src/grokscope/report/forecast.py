@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from grokscope import config as C
 from grokscope.analysis import forecast as fc
 from grokscope.config import ConfigError
 from grokscope.store import (
@@ -52,10 +53,14 @@ def load_curves(path: str | Path, group: str = "") -> fc.Curves:
         progress = progress.merge(llc[["step", "llc"]], on="step", how="left")
     if "epoch" not in metrics or not len(metrics):
         raise StoreError(f"{str(run.path)!r} has no metrics rows; train it first")
-    dump = cfg.model_dump(mode="json")
-    setup = json.dumps({k: dump[k] for k in SETUP_FIELDS}, sort_keys=True)
     return fc.Curves(str(path), metrics.sort_values("epoch").reset_index(drop=True),
-                     progress.sort_values("epoch").reset_index(drop=True), group, setup)
+                     progress.sort_values("epoch").reset_index(drop=True), group, setup_of(cfg))
+
+
+def setup_of(cfg: C.RunConfig) -> str:
+    """What makes two runs the same run, as a string to compare (SETUP_FIELDS of the config)."""
+    dump = cfg.model_dump(mode="json")
+    return json.dumps({k: dump[k] for k in SETUP_FIELDS}, sort_keys=True)
 
 
 def find_runs(folders: Iterable[str | Path], depth: int = 2) -> list[Path]:

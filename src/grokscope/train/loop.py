@@ -31,7 +31,9 @@ from grokscope import config as C
 from grokscope.models import kernels
 from grokscope.store import Run, StoreError
 
-Callback = Callable[[int, dict[str, float]], None]
+# called with (step, the evaluation's metrics row) on the writer; what it returns, if anything, is
+# shown in the progress bar beside the row (the live forecast's "grok" field, say)
+Callback = Callable[[int, dict[str, float]], dict[str, str] | None]
 Rows = dict[str, list[dict[str, Any]]]  # table name -> rows to append
 
 
@@ -312,10 +314,11 @@ class TrainerCore:
                         break
                     if cfg.train.stop:
                         history.append(row)
+                    shown = self.postfix(row)
                     for cb in self.callbacks:
-                        cb(s, row)
+                        shown.update(cb(s, row) or {})
                     if bar is not None:
-                        bar.set_postfix(self.postfix(row), refresh=False)
+                        bar.set_postfix(shown, refresh=False)
                 if s % cfg.train.checkpoint_every == 0 or s == self.total:
                     self.log(pending)
                     pending = {}
