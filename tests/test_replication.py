@@ -115,7 +115,7 @@ def test_the_registry_is_well_formed():
     for c in CL.CLAIMS:
         assert c.section and c.statement and c.rule.text, c.id
         assert set(c.experiments) <= names, c.id  # every claim reads named experiments
-        assert c.paper == CL.NANDA
+        assert c.paper in (CL.NANDA, CL.LV)
     # the paper's sections are all there
     sections = " ".join(c.section for c in CL.CLAIMS)
     for s in ("§3", "§4.1", "§4.2", "§4.3", "§4.4", "§5.2", "§5.3", "C.1.3", "C.2.1", "C.2.2", "C.2.3", "D.1",
@@ -303,7 +303,7 @@ def test_write_replication_json_html_markdown(folder):
     html = paths["html"].read_text()
     assert html.count("<tr id=") == len(CL.CLAIMS) and "quick runs" in html and "<script src" not in html
     md = paths["md"].read_text()
-    assert md.startswith("# Replication of Nanda et al. 2023")
+    assert md.startswith("# Replication of Nanda et al. 2023") and "Lv et al. 2024, Abstract" in md
     assert all(f"`{c.id}`" in md for c in CL.CLAIMS)
     # a `|` in a statement cannot break the table
     assert "\\|" in to_markdown({**data, "claims": [{**data["claims"][0], "statement": "a | b"}]})
@@ -328,3 +328,121 @@ def test_yaml_departures_give_the_reason(folder, monkeypatch):
 def test_config_yaml_of_fixture_is_valid(folder):
     make_run(folder / "mainline")
     assert yaml.safe_load((folder / "mainline" / "config.yaml").read_text())["train"]["epochs"] == 15000
+
+
+# ------------------------------------------------------------------------------------ Lv et al. 2024
+def make_lm_run(path: Path, base: str, overrides: list[str], summary: dict[str, Any]) -> Run:
+    """A finished copy-LM run folder with an LM summary (no training, no corpus)."""
+    cfg, _ = experiments.load(base, overrides)
+    run = Run(path)
+    path.mkdir(parents=True, exist_ok=True)
+    run.write_config(C.to_yaml(cfg))
+    run.mark()
+    run.update_info(status="completed", seed=cfg.seed, total_steps=cfg.train.steps, last_step=cfg.train.steps)
+    run.write_summary(summary)
+    return run
+
+
+def lm_summary(stable: int | None = 400, surge: int | None = 6000, token_surge: int | None = None,
+               tokens_per_step: int = 2048, onsets: tuple[int | None, ...] = (None, None, None, 9000)) -> dict[str, Any]:
+    """An LM summary whose claim keys are computed by lm/analysis.py from curves with known events."""
+    import pandas as pd
+
+    from grokscope.lm.analysis import claim3
+
+    steps = list(range(0, 14001, 250))
+    m = pd.DataFrame({"step": steps, "tokens": [s * tokens_per_step for s in steps]})
+    for layer, onset in enumerate(onsets):
+        m[f"induction_l{layer}"] = [0.5 if onset is not None and s >= onset else 0.02 for s in steps]
+
+    def event(step: int | None, **extra: Any) -> dict[str, Any] | None:
+        return None if step is None else {"step": step, "tokens": step * tokens_per_step, **extra}
+
+    c1 = {"copy_column": "pcopy_acc", "loss_stable": event(stable),
+          "copy_surge": event(surge, **{"from": 0.0, "to": 0.6, "rise_steps": 500}),
+          "copy_token_surge": event(token_surge if token_surge is not None else surge, **{"from": 0.0, "to": 0.8,
+                                                                                          "rise_steps": 500})}
+    if token_surge is None and surge is None:
+        c1["copy_token_surge"] = None
+    return {"kind": "lm", "step": 14000, "claim1": c1, "claim3": claim3(m, len(onsets)),
+            "claim2_events": {"copy": event(surge), "copy_token": event(surge), "induction": event(surge)}}
+
+
+def make_lm_sweep(folder: Path, base: str, trials: list[tuple[dict[str, Any], dict[str, Any]]]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    named = []
+    for settings, summary in trials:
+        name = "__".join(f"{k}={C.format_value(v)}" for k, v in settings.items())
+        overrides = [f"{k}={v}" for k, v in settings.items()]
+        make_lm_run(folder / name, base, overrides, summary)
+        named.append({"name": name, "settings": settings})
+    atomic_write_json(folder / "sweep.json", {"source": base, "grid": {}, "seeds": None, "trials": named})
+
+
+@pytest.mark.parametrize(("kw", "verdict", "says"), [
+    ({"stable": 400, "surge": 6000}, CL.REPRODUCED, "15.0x later"),
+    ({"stable": 4000, "surge": 6000}, CL.PARTLY, "1.5x later"),
+    ({"stable": 6000, "surge": 3000}, CL.NOT_REPRODUCED, "0.5x later"),
+    ({"stable": 400, "surge": None, "token_surge": 6000}, CL.PARTLY, "exact-match accuracy never rose"),
+    ({"stable": 400, "surge": None}, CL.NOT_REPRODUCED, "never rose by 0.1"),
+    ({"stable": None, "surge": 6000}, CL.NOT_REPRODUCED, "still falling"),
+])
+def test_copy_surge_after_the_loss(folder, kw, verdict, says):
+    make_lm_run(folder / "copy-lm", "copy-lm", [], lm_summary(**kw))
+    v, m = judge(folder, "copy.surge-after-loss")
+    assert v == verdict and says in m.text, m
+
+
+@pytest.mark.parametrize(("onsets", "verdict", "says"), [
+    ((1000, 2000, 3000, 9000), CL.REPRODUCED, "shallow to deep"),
+    ((None, None, 3000, 3000), CL.PARTLY, "simultaneous"),
+    ((9000, 2000, None, None), CL.NOT_REPRODUCED, "deep to shallow"),
+    ((None, None, None, 9000), CL.NOT_REPRODUCED, "fewer than two layers crossed"),
+])
+def test_induction_heads_shallow_to_deep(folder, onsets, verdict, says):
+    make_lm_run(folder / "copy-lm", "copy-lm", [], lm_summary(onsets=onsets))
+    v, m = judge(folder, "copy.shallow-to-deep")
+    assert v == verdict and says in m.text and "copy-lm, " in m.text, m
+    make_lm_run(folder / "copy-lm-deep", "copy-lm-deep", [], lm_summary(onsets=(1000, 2000, 3000, 4000, 5000, 6000)))
+    v, m = judge(folder, "copy.shallow-to-deep")  # the deep model is read where it ran
+    assert v == CL.REPRODUCED and "copy-lm-deep" in m.text and "layer 5: step 6,000" in m.text
+
+
+def test_copy_steps_not_tokens(folder):
+    # the same surge step at every batch size: steps explain it, tokens do not
+    make_lm_sweep(folder / "copy-batch-size", "copy-batch-size",
+                  [({"train.batch_size": b}, lm_summary(surge=4000, tokens_per_step=128 * b)) for b in (8, 16, 32)])
+    v, m = judge(folder, "copy.steps-not-tokens")
+    assert v == CL.REPRODUCED and "0.00 in steps" in m.text and ": steps" in m.text, m
+
+
+def test_copy_tokens_not_steps_and_a_censored_run(tmp_path):
+    root = tmp_path / "runs"
+    # the same token count at every batch size: tokens explain it
+    make_lm_sweep(root / "copy-batch-size", "copy-batch-size",
+                  [({"train.batch_size": b}, lm_summary(surge=64000 // b, tokens_per_step=128 * b)) for b in (8, 16, 32)])
+    v, m = judge(root, "copy.steps-not-tokens")
+    assert v == CL.NOT_REPRODUCED and "0.00 in tokens" in m.text, m
+    root2 = tmp_path / "runs2"
+    make_lm_sweep(root2 / "copy-batch-size", "copy-batch-size",
+                  [({"train.batch_size": 8}, lm_summary(surge=None)), ({"train.batch_size": 16}, lm_summary(surge=4000))])
+    v, m = judge(root2, "copy.steps-not-tokens")
+    assert v == CL.NOT_REPRODUCED and "undecided: 1 run(s) without a copy surge" in m.text, m
+
+
+@pytest.mark.parametrize(("surges", "verdict"), [((6000, 4000, 2000), CL.REPRODUCED), ((2000, 4000, None), CL.NOT_REPRODUCED),
+                                                 ((6000, 4000, 5000), CL.PARTLY)])
+def test_copy_learning_rate(folder, surges, verdict):
+    make_lm_sweep(folder / "copy-learning-rate", "copy-learning-rate",
+                  [({"optim.lr": lr}, lm_summary(surge=s)) for lr, s in zip((1.5e-3, 3e-3, 6e-3), surges, strict=True)])
+    v, m = judge(folder, "copy.learning-rate")
+    assert v == verdict and f"lr 0.0015: step {surges[0]:,}" in m.text, m
+    assert ("lr 0.006: no surge" in m.text) == (surges[2] is None)
+
+
+def test_copy_regularisation(folder):
+    make_lm_sweep(folder / "copy-regularization", "copy-regularization",
+                  [({"model.attn_dropout": d, "optim.weight_decay": wd}, lm_summary(surge=s))
+                   for d, wd, s in ((0.0, 0.0, 5000), (0.1, 0.0, 4000), (0.0, 0.1, None))])
+    v, m = judge(folder, "copy.regularisation")
+    assert v == CL.PARTLY and m.value == 0.5 and "attn_dropout 0, weight_decay 0.1: no surge" in m.text, m

@@ -36,6 +36,7 @@ from grokscope.report.extractors import (
     ablation_ratio,
     attention_fit,
     cluster_locality,
+    copy_after_loss,
     curves_coincide,
     data_fraction_immediate,
     data_fraction_memorise,
@@ -66,9 +67,12 @@ from grokscope.report.extractors import (
     seeds_ablations,
     seeds_key_frequencies,
     seeds_memorisation,
+    shallow_to_deep,
     skip_connection,
     slingshot_share,
+    steps_not_tokens,
     summary_value,
+    surge_earlier,
     table5,
     weight_decay_epochs,
     weight_norm_sharper,
@@ -78,6 +82,7 @@ from grokscope.report.results import Results, same
 REPRODUCED, PARTLY, NOT_REPRODUCED, NOT_RUN = "reproduced", "partly", "not reproduced", "not run"
 VERDICTS = (REPRODUCED, PARTLY, NOT_REPRODUCED, NOT_RUN)
 NANDA = "Nanda et al. 2023"
+LV = "Lv et al. 2024"
 
 EPS = 1e-9
 
@@ -572,6 +577,43 @@ CLAIMS: list[Claim] = [
           "(pilots in docs/notes/appendix-experiments.md), so there is no gap to close. The delayed regime appears "
           "below about 100 sequences: this experiment's 64-sequence trials memorise first and generalise later "
           "(see the sweep page).", "skip-trigram/sweep.html"),
+    # --- Lv et al. 2024: the copy LM (not part of `reproduce --all`; `grokscope reproduce copy-lm --out DIR/copy-lm`)
+    *[Claim(*row, paper=LV) for row in (
+        ("copy.surge-after-loss", "Abstract",
+         "Context copying accuracy shows a sudden increase long after the training loss stabilizes. [...] The training loss stabilizes after 5B tokens [...] A surge in accuracy occurs at 15B tokens.",
+         "loss stable at 5B tokens; copy surge at 15B (3x later)", ("copy-lm",), copy_after_loss,
+         at_least(2.0, 1.0 + EPS, "copy surge step / loss-stable step"),
+         "Our copy test is the paper's (random token subsequences: unique 12-token prefixes, 6-token suffixes), "
+         "on character tokens. The loss is stable from the first evaluation after which its running median stays "
+         "within 5% of its final value; the surge is where the running median of exact-match accuracy has made "
+         "half of a rise of at least 0.1 (lm/analysis.py, docs/measures.md).", "copy-lm/report/index.html"),
+        ("copy.steps-not-tokens", "Abstract",
+         "The speed of developing copying ability is independent of the number of tokens trained, similarly to "
+         "how grokking speed is unaffected by dataset size. [...] Context copying is developed after certain "
+         "updates, rather than after processing a specific quantity of tokens.",
+         "", ("copy-batch-size",), steps_not_tokens, between(1.0, 1.0, (0.5, 0.5), "steps 1, neither 0.5, tokens 0"),
+         "Across batch sizes, the coefficient of variation of the mean copy surge in steps against in tokens: "
+         "steps when it is at most half the tokens' (lm.analysis.surge_spread).", "copy-batch-size/sweep.html"),
+        ("copy.shallow-to-deep", "Abstract",
+         "Induction heads, the attention heads responsible for copying, form from shallow to deep layers during "
+         "training, mirroring the development of circuits in deeper layers during grokking.", "", ("copy-lm-deep", "copy-lm"), shallow_to_deep,
+         between(1.0, 1.0, (0.5, 0.5), "shallow to deep 1, simultaneous or mixed 0.5, deep to shallow 0"),
+         "Per layer, the first evaluation at which its best head's induction score (the attention to the token "
+         "after the previous occurrence) passes 0.1, five times chance; from copy-lm-deep (6 layers) where it ran.",
+         "copy-lm/report/index.html"),
+        ("copy.learning-rate", "learning-rate experiment",
+         "[Not quoted: the paper's finding in our words] A larger learning rate brings the copy surge earlier, "
+         "and stronger.", "", ("copy-learning-rate",),
+         surge_earlier("copy-learning-rate", "optim.lr"), ALL,
+         "Each learning rate against the next lower one: does its median copy surge come earlier?",
+         "copy-learning-rate/sweep.html"),
+        ("copy.regularisation", "Abstract",
+         "[Not quoted: the paper's finding in our words] Regularisation that enhances grokking (attention "
+         "dropout, weight decay) accelerates the development of copying.", "", ("copy-regularization",),
+         surge_earlier("copy-regularization", "model.attn_dropout,optim.weight_decay"), ALL,
+         "Each regularised setting against the one without: does its median copy surge come earlier?",
+         "copy-regularization/sweep.html"),
+    )],
 ]
 
 

@@ -982,3 +982,137 @@ def induction_accuracy(res: Results) -> Measure:
         return Measure(note="not measured: no test accuracy in the metrics table", runs=names(runs))
     return Measure(median(accs), f"final test accuracy on the repeated tokens {spread(accs, 'pct')}", tuple(accs),
                    runs=names(runs))
+
+
+# ------------------------------------------------------------------------------------ Lv et al. 2024
+# The copy LM's claims read the `claim1`, `claim3` and `claim2_events` entries that the LM analysis
+# (lm/analysis.py) writes to each run's summary: the loss-stable step, the copy surge and each
+# layer's induction onset, by the rules stated there.
+def copy_surge_step(r: RunView) -> float:
+    """A run's exact-match copy surge step (summary `claim1.copy_surge`), +inf when it had none."""
+    c1 = r.summary.get("claim1") if isinstance(r.summary.get("claim1"), dict) else {}
+    hit = c1.get("copy_surge")
+    return float(hit["step"]) if isinstance(hit, dict) and number(hit.get("step")) is not None else INF
+
+
+def lm_analysed(res: Results, exp: str) -> tuple[list[RunView], Measure | None]:
+    """The experiment's finished runs with the LM summary, or why there are none."""
+    runs = res.finished(exp)
+    if not runs:
+        return [], missing_runs(res, exp)
+    have = [r for r in runs if isinstance(r.summary.get("claim1"), dict)]
+    return (have, None) if have else ([], no_key("`claim1`", runs))
+
+
+def copy_after_loss(res: Results) -> Measure:
+    """Claim 1: the copy surge's step over the step from which the training loss is stable (the
+    paper: 15B over 5B tokens, 3x). A per-token surge alone (exact match never rose) counts as
+    partly at best."""
+    runs, why = lm_analysed(res, "copy-lm")
+    if why:
+        return why
+    r = runs[0]
+    c1 = r.summary["claim1"]
+    stable, exact, token = c1.get("loss_stable"), c1.get("copy_surge"), c1.get("copy_token_surge")
+    col = c1.get("copy_column", "pcopy_acc")
+    if not exact and not token:
+        return Measure(math.nan, f"copy accuracy ({col}) never rose by 0.1 in {r.budget}", runs=names(runs))
+    if not stable:
+        return Measure(math.nan, f"the training loss was still falling at the end of {r.budget}", runs=names(runs))
+    surge, kind = (exact, "exact-match") if exact else (token, "per-token")
+    ratio = surge["step"] / max(stable["step"], 1)
+    text = (f"training loss stable from step {stable['step']:,}; {kind} copy accuracy ({col}) surged at step "
+            f"{surge['step']:,}, from {surge.get('from', 0):.2f} to {surge.get('to', 0):.2f} (10-90% of the rise "
+            f"in {surge.get('rise_steps', 0):,} steps): {ratio:.1f}x later")
+    if not exact:
+        text += "; exact-match accuracy never rose by 0.1"
+    return Measure(ratio if exact else min(ratio, 1.99), text, (ratio,), runs=names(runs))
+
+
+ORDER_VALUE = {"shallow_to_deep": 1.0, "simultaneous": 0.5, "mixed": 0.5, "deep_to_shallow": 0.0}
+
+
+def shallow_to_deep(res: Results) -> Measure:
+    """Claim 3: the order over depth in which layers' best induction scores first pass 0.1
+    (summary `claim3`), from the deep model (copy-lm-deep) where it ran, else copy-lm."""
+    exp = "copy-lm-deep" if res.finished("copy-lm-deep") else "copy-lm"
+    runs, why = lm_analysed(res, exp)
+    if why:
+        return why
+    r = runs[0]
+    c3 = r.summary.get("claim3") if isinstance(r.summary.get("claim3"), dict) else {}
+    th = (c3.get("thresholds") or {}).get("0.1")
+    if not isinstance(th, dict):
+        return no_key("`claim3`", runs)
+    onsets = [f"layer {i}: " + ("never" if f is None else f"step {f['step']:,}") for i, f in enumerate(th.get("formed", []))]
+    text = f"{exp}, first step with an induction score above 0.1: " + "; ".join(onsets)
+    order = th.get("order", "")
+    if order not in ORDER_VALUE:
+        return Measure(math.nan, f"{text} ({order})", runs=names(runs))
+    rho = th.get("spearman")
+    return Measure(ORDER_VALUE[order], f"{text}: {order.replace('_', ' ')}"
+                   + (f", Spearman {rho:.2f}" if number(rho) is not None else ""), runs=names(runs))
+
+
+def steps_not_tokens(res: Results) -> Measure:
+    """Claim 2: across batch sizes, the spread (CV) of the mean exact copy surge in steps against
+    in tokens (lm.analysis.surge_spread over the runs' `claim2_events`): steps 1, neither 0.5,
+    tokens 0; a run without a surge leaves it undecided (NaN)."""
+    from grokscope.lm.analysis import surge_spread
+
+    runs, why = lm_analysed(res, "copy-batch-size")
+    if why:
+        return why
+    points = []
+    for r in runs:
+        ev = r.summary.get("claim2_events") if isinstance(r.summary.get("claim2_events"), dict) else {}
+        b = (number(r.setting("train.batch_size")) or 0) * (number(r.setting("train.grad_accum")) or 1)
+        points.append({"batch_size": b, "seed": r.seed, "surge": ev.get("copy"), "last_step": r.summary.get("step")})
+    s = surge_spread(points)
+    per = "; ".join(f"batch {row['batch_size']}: {row['surged']}/{row['runs']} surged"
+                    + (f", mean step {row['mean_step']:,.0f}" if row["mean_step"] is not None else "")
+                    for row in s["batch_sizes"])
+    if len(s["batch_sizes"]) < 2:
+        return Measure(note=f"not run: one batch size finished ({per})", runs=names(runs))
+    if s["verdict"] is None:
+        return Measure(math.nan, f"undecided: {len(s['censored'])} run(s) without a copy surge ({per})", runs=names(runs))
+    value = {"steps": 1.0, "neither": 0.5, "tokens": 0.0}[s["verdict"]]
+    return Measure(value, f"CV of the surge across batch sizes: {s['cv_steps']:.2f} in steps, {s['cv_tokens']:.2f} in "
+                   f"tokens: {s['verdict']} ({per})", runs=names(runs))
+
+
+def surge_earlier(exp: str, key_name: str) -> Callable[[Results], Measure]:
+    """Claims 4 and 5: the share of settings whose median copy surge comes before the reference
+    setting's. Learning rate: each rate against the next lower one. Regularisation: each setting
+    against the one without (every swept value 0). Runs without a surge count as later than any."""
+
+    def extract(res: Results) -> Measure:
+        runs, why = lm_analysed(res, exp)
+        if why:
+            return why
+        keys = [k.strip() for k in key_name.split(",")]
+        groups: dict[tuple[float, ...], list[RunView]] = {}
+        for r in runs:
+            groups.setdefault(tuple(number(r.setting(k)) or 0.0 for k in keys), []).append(r)
+        med = {k: statistics.median([copy_surge_step(r) for r in rs]) for k, rs in sorted(groups.items())}
+        if len(med) < 2:
+            return Measure(note=f"not run: one {key_name} setting finished", runs=names(runs))
+        settings = list(med)
+        if len(keys) == 1:  # each against the next lower value
+            pairs = list(zip(settings[:-1], settings[1:], strict=True))
+        else:
+            base = tuple(0.0 for _ in keys)
+            if base not in med:
+                return Measure(note=f"not run: no run without regularisation ({key_name} all 0)", runs=names(runs))
+            pairs = [(base, k) for k in settings if k != base]
+        ok = [med[b] < med[a] for a, b in pairs if not (med[a] == INF and med[b] == INF)]
+        def label(setting: tuple[float, ...]) -> str:
+            return ", ".join(f"{k.split('.')[-1]} {v:g}" for k, v in zip(keys, setting, strict=True))
+
+        text = "; ".join(f"{label(s)}: " + ("no surge" if m == INF else f"step {m:,.0f}") for s, m in med.items())
+        if not ok:
+            return Measure(math.nan, f"no setting's copy accuracy surged ({text})", runs=names(runs))
+        return Measure(sum(ok) / len(ok), f"median copy surge by setting: {text}", tuple(float(o) for o in ok),
+                       runs=names(runs))
+
+    return extract

@@ -21,7 +21,16 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from grokscope.report.claims import CLAIMS, NOT_RUN, VERDICTS, Claim, Row, evaluate, experiments_of
+from grokscope.report.claims import (
+    CLAIMS,
+    NANDA,
+    NOT_RUN,
+    VERDICTS,
+    Claim,
+    Row,
+    evaluate,
+    experiments_of,
+)
 from grokscope.report.html import SORT_JS, esc, page
 from grokscope.report.results import Results
 from grokscope.store import StoreError, atomic_write_json, atomic_write_text
@@ -40,6 +49,17 @@ td.ours { min-width: 240px; max-width: 400px; }
 td.differs { min-width: 180px; max-width: 300px; font-size: 12px; color: #444; }
 span.badge { display: inline-block; padding: 2px 8px; border-radius: 3px; margin-right: 6px; }
 """
+
+
+TITLE = "Replication of Nanda et al. 2023 (and of Lv et al. 2024's copy LM), claim by claim"
+COPY_NOTE = ("The rows of Lv et al. 2024 (ids copy.*) read the copy-LM experiments, which `reproduce --all` does not "
+             "run: run `grokscope reproduce copy-lm --out DIR/copy-lm` (and copy-lm-deep, copy-batch-size, "
+             "copy-learning-rate, copy-regularization likewise) into the same folder.")
+
+
+def section(claim: dict[str, Any]) -> str:
+    """The claim's section, prefixed by its paper where that is not the grokking paper."""
+    return claim["section"] if claim["paper"] == NANDA else f"{claim['paper']}, {claim['section']}"
 
 
 def read_manifest(root: Path) -> dict[str, Any]:
@@ -114,7 +134,7 @@ def badge(verdict: str, n: int | None = None) -> str:
 def to_html(data: dict[str, Any]) -> str:
     root = Path(data["folder"])
     counts = "".join(badge(v, n) for v, n in data["counts"].items())
-    body = ["<h1>Replication of Nanda et al. 2023, claim by claim</h1>",
+    body = [f"<h1>{esc(TITLE)}</h1>",
             f"<p class='meta'>Folder: <code>{esc(root)}</code><br>Built {esc(data['built'])}. "
             f"{len(data['claims'])} claims. Click a column header to sort.</p>", f"<p>{counts}</p>"]
     if data["quick"]:
@@ -124,6 +144,7 @@ def to_html(data: dict[str, Any]) -> str:
                 "(median [range] where there are several), the verdict by the rule shown, and what differs from the "
                 "paper's settings and definitions. 'Not run' means no finished run or no stored measure: the row "
                 "says which.</p>")
+    body.append(f"<p class='small'>{esc(COPY_NOTE)}</p>")
     head = "".join(f"<th>{h}</th>" for h in ("claim", "section", "the paper", "its number", "ours", "verdict",
                                              "what differs", "figure"))
     trs = []
@@ -139,7 +160,7 @@ def to_html(data: dict[str, Any]) -> str:
         rule = f"<span class='small'>rule: {esc(c['rule'])}</span>" if c["rule"] else ""
         trs.append(
             f"<tr id='{esc(c['id'])}'><td data-v='{esc(c['id'])}'><code>{esc(c['id'])}</code></td>"
-            f"<td>{esc(c['section'])}</td><td class='quote'>{esc(c['statement'])}</td><td>{esc(c['paper_number'])}</td>"
+            f"<td>{esc(section(c))}</td><td class='quote'>{esc(c['statement'])}</td><td>{esc(c['paper_number'])}</td>"
             f"<td class='ours'>{ours}</td>"
             f"<td class='verdict' data-v='{VERDICTS.index(c['verdict'])}' "
             f"style='background:{VERDICT_COLOURS[c['verdict']]}'><b>{esc(c['verdict'])}</b>{rule}</td>"
@@ -150,7 +171,7 @@ def to_html(data: dict[str, Any]) -> str:
     if data["unwired"]:
         items = "".join(f"<li><code>{esc(u['id'])}</code>: {esc(u['note'])}</li>" for u in data["unwired"])
         body.append(f"<h2 id='unwired'>Measures analysis does not write yet</h2><ul>{items}</ul>")
-    return page("grokscope: replication of Nanda et al. 2023", f"<style>{CSS}</style>" + "".join(body),
+    return page(f"grokscope: {TITLE}", f"<style>{CSS}</style>" + "".join(body),
                 scripts=[SORT_JS], wide=True)
 
 
@@ -177,16 +198,16 @@ def to_markdown(data: dict[str, Any], link_prefix: str = "") -> str:
     """The page as Markdown (to commit as docs/replication.md); links are `link_prefix` + the
     figure's path in the folder."""
     c = data["counts"]
-    out = ["# Replication of Nanda et al. 2023, claim by claim", "",
+    out = [f"# {TITLE}", "",
            f"Built {data['built']} from `{data['folder']}` by `grokscope reproduce --all"
            f"{' --quick' if data['quick'] else ''}`. " + ", ".join(f"{v}: {n}" for v, n in c.items()) + ".", ""]
     if data["quick"]:
         out += [f"> {QUICK_NOTE}", ""]
     out += ["Words in [brackets] were lost from the paper's text and are our reading. 'Ours' is the median "
-            "[range] over the finished runs where there are several.", "",
+            "[range] over the finished runs where there are several.", "", COPY_NOTE, "",
             "| Claim | § | The paper | Its number | Ours | Verdict |", "|---|---|---|---|---|---|"]
     for r in data["claims"]:
-        out.append(f"| [`{r['id']}`](#{r['id'].replace('.', '')}) | {md(r['section'])} | {md(r['statement'])} | "
+        out.append(f"| [`{r['id']}`](#{r['id'].replace('.', '')}) | {md(section(r))} | {md(r['statement'])} | "
                    f"{md(r['paper_number'])} | {md(r['ours'])} | **{r['verdict']}** |")
     out += ["", "## Details", ""]
     for r in data["claims"]:
