@@ -306,6 +306,12 @@ class TrainConfig(_Strict):
     stop: StopConfig | None = None
     threads: int | None = Field(None, ge=1, le=1024, description="torch threads; null = all cores")
     fast: bool = True  # the tabulated last-position step (same numbers, fewer FLOPs)
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description=(
+        "where to train: auto = CUDA when torch sees a device, else CPU (the grokking tasks' fast step, "
+        "train.fast, is CPU-only, so auto keeps them on the CPU); cuda fails with one line where there is none"))
+    precision: Literal["float32", "bf16"] = Field("float32", description=(
+        "the copy LM's training step: bf16 autocast (matrix products in bfloat16, weights, optimiser and loss in "
+        "float32); evaluations stay float32"))
 
 
 class RunConfig(_Strict):

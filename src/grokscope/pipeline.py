@@ -108,6 +108,10 @@ class LiveForecast:
         self.seconds = 0.0
 
     def measure(self, model: Any, step: int) -> None:
+        import copy
+
+        if next(model.parameters()).device.type != "cpu":  # a plain-path run on the GPU: measure a CPU copy
+            model = copy.deepcopy(model).cpu()
         was_training = model.training
         row = self.pg.progress_row(model, self.ctx)
         model.train(was_training)

@@ -16,6 +16,8 @@ import os
 import torch
 import torch.distributed as dist
 
+from grokscope.train.loop import pick_device
+
 
 def init_from_env() -> tuple[int, int]:
     """(rank, world size): (0, 1) unless started by torchrun (WORLD_SIZE > 1)."""
@@ -27,12 +29,12 @@ def init_from_env() -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
-def device_for(rank: int) -> torch.device:
-    if torch.cuda.is_available():
-        local = int(os.environ.get("LOCAL_RANK", rank))
-        torch.cuda.set_device(local)
-        return torch.device("cuda", local)
-    return torch.device("cpu")
+def device_for(rank: int, want: str = "auto") -> torch.device:
+    """This process's device: `train.device` (auto, cpu, cuda), on the GPU of its local rank."""
+    device = pick_device(want, index=int(os.environ.get("LOCAL_RANK", rank)))
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return device
 
 
 def barrier() -> None:

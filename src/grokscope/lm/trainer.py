@@ -89,7 +89,7 @@ class LMTrainer(TrainerCore):
         self.cfg, self.run = cfg, run
         setup_torch(cfg.train.threads)
         self.rank, self.world = ddp.init_from_env()
-        self.device = ddp.device_for(self.rank)
+        self.device = ddp.device_for(self.rank, cfg.train.device)
         self.batch = cfg.train.batch_size or 8  # sequences per micro-step, global
         if self.batch % self.world:
             raise C.ConfigError(f"train.batch_size={self.batch} must be a multiple of the {self.world} data-parallel processes")
@@ -170,13 +170,22 @@ class LMTrainer(TrainerCore):
             sync = m == n_micro - 1 or self.world == 1
             ctx = self.net.no_sync() if not sync else contextlib.nullcontext()
             with ctx:
-                loss = lm_loss(self.net(rows[:, :-1]), rows[:, 1:]) / n_micro
+                with self.autocast():
+                    logits = self.net(rows[:, :-1])
+                loss = lm_loss(logits.float(), rows[:, 1:]) / n_micro
                 loss.backward()
             total += loss.detach().double()
         if cfg.optim.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(self.params, cfg.optim.grad_clip)
         self.opt.step()
         return lr, float(ddp.mean_across(total))
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """train.precision=bf16: the step's forward in bfloat16 autocast (on CUDA, or on the CPU, where
+        the tests check its fidelity); float32 otherwise. Weights, gradients, AdamW and the loss stay float32."""
+        if self.cfg.train.precision != "bf16":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
 
     # ------------------------------------------------------------------------------ metrics
     def evaluate(self, step: int, lr: float, loss: float | None) -> Rows:

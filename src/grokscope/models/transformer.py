@@ -151,11 +151,12 @@ def dropout_keep(shape: tuple[int, ...], p: float, gen: torch.Generator | None, 
     resumed run replays the same masks; None when there is no dropout."""
     if p == 0.0 or gen is None:
         return None
-    return (torch.rand(shape, generator=gen) >= p).to(dtype) / (1.0 - p)
+    return (torch.rand(shape, generator=gen) >= p).to(dtype) / (1.0 - p)  # drawn on the CPU: the same masks on any device
 
 
 def dropout(x: Tensor, p: float, gen: torch.Generator | None) -> Tensor:
     keep = dropout_keep(tuple(x.shape), p, gen, x.dtype)
+    keep = keep if keep is None else keep.to(x.device)
     return x if keep is None else x * keep
 
 

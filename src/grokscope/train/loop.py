@@ -49,6 +49,21 @@ def setup_torch(threads: int | None) -> None:
     keep_freed_memory()
 
 
+def pick_device(want: str, cpu_only: str | None = None, index: int = 0) -> torch.device:
+    """The device `train.device` names: "cpu"; "cuda" (one line if torch sees none); "auto", CUDA
+    when there is one. `cpu_only` names why this run can only train on the CPU (the grokking tasks'
+    fast step), which keeps "auto" there and refuses "cuda"."""
+    has_cuda = torch.cuda.is_available()
+    if want == "cuda" and not has_cuda:
+        raise C.ConfigError("train.device=cuda but torch sees no CUDA device (a CPU build, or no GPU); "
+                            "use train.device=auto or cpu")
+    if want == "cuda" and cpu_only:
+        raise C.ConfigError(f"train.device=cuda: {cpu_only}")
+    if want == "cpu" or not has_cuda or cpu_only:
+        return torch.device("cpu")
+    return torch.device("cuda", index)
+
+
 def keep_freed_memory() -> None:
     """Make glibc keep freed tensor buffers instead of returning them to the kernel.
 

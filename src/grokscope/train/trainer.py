@@ -11,6 +11,7 @@ The trainer never plots and never analyses: it writes checkpoints and cheap metr
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +37,7 @@ from grokscope.train.loop import (  # noqa: F401 - eval_steps, setup_torch: the 
     lr_at,
     now,
     optimizer_state,
+    pick_device,
     setup_torch,
     step_generator,
 )
@@ -58,6 +60,14 @@ class Trainer(TrainerCore):
         self.task = task or make_task(cfg)
         t = self.task
         self.model: Transformer = build(cfg.model, t.d_vocab, t.d_vocab_out, t.n_ctx, cfg.seed, cfg.optim.dropout)
+        self.last_only = t.label_pos == [t.n_ctx - 1]
+        fast = self.last_only and cfg.train.fast and self.model.tabulable
+        self.device = pick_device(cfg.train.device, "the tabulated fast step (train.fast=true) runs on the CPU; "
+                                  "set train.fast=false to train this task on CUDA" if fast else None)
+        # the model and the fixed data on the device (on the CPU these are no-ops: the same tensors)
+        self.model.to(self.device)
+        self.task = t = dataclasses.replace(t, **{k: getattr(t, k).to(self.device)
+                                                  for k in ("train_x", "train_y", "test_x", "test_y")})
         self.params = list(self.model.parameters())
         self.opt = torch.optim.AdamW(self.params, lr=cfg.optim.lr, betas=cfg.optim.betas, eps=cfg.optim.eps,
                                      weight_decay=cfg.optim.weight_decay, fused=True)  # one kernel: 3x faster than foreach here
@@ -66,7 +76,6 @@ class Trainer(TrainerCore):
         self.steps_per_epoch = C.steps_per_epoch(cfg, t.n_train)
         self.progress = progress
         self.callbacks = callbacks or []
-        self.last_only = t.label_pos == [t.n_ctx - 1]
         self.eval_layouts, self.step_layouts = self._data_layouts()
         self.step = 0
         stop = cfg.train.stop
@@ -115,7 +124,7 @@ class Trainer(TrainerCore):
         t, b = self.task, self.cfg.train.batch_size
         if t.sample is not None:
             x, y = t.sample(step_generator(self.cfg.seed, step, 0), b or 128)
-            return Batch(x, y)
+            return Batch(x.to(self.device), y.to(self.device))
         n = len(t.train_x)
         if b is None or b >= n:
             return Batch(t.train_x, t.train_y, self.step_layouts)
@@ -183,8 +192,11 @@ class Trainer(TrainerCore):
             out.update(self.filter.state())
         return out
 
+    def checkpoint_params(self) -> dict[str, Tensor]:
+        return {k: v.cpu() for k, v in self.model.state_dict().items()}  # a no-op on the CPU
+
     def load_resume_state(self, tensors: dict[str, Tensor], step: int | None = None) -> None:
-        load_optimizer_state(self.opt, self.params, tensors, self.run, step=step)
+        load_optimizer_state(self.opt, self.params, tensors, self.run, self.device, step=step)
         if self.filter is not None:
             self.filter.load(tensors)
 
