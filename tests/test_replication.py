@@ -446,3 +446,22 @@ def test_copy_regularisation(folder):
                    for d, wd, s in ((0.0, 0.0, 5000), (0.1, 0.0, 4000), (0.0, 0.1, None))])
     v, m = judge(folder, "copy.regularisation")
     assert v == CL.PARTLY and m.value == 0.5 and "attn_dropout 0, weight_decay 0.1: no surge" in m.text, m
+
+
+def test_a_small_prime_that_climbs_to_98_percent_has_generalised(tmp_path):
+    """primes.p53-wd1 ("never generalized"): a run stuck at chance reproduces it; one that memorises
+    and then climbs to 98% test accuracy (never 99%) does not."""
+    stuck = tmp_path / "stuck"
+    make_sweep(stuck / "primes", [({"task.p": 53, "optim.weight_decay": 1.0}, {"grok": None, "epochs": 2000})], "primes")
+    v, m = judge(stuck, "primes.p53-wd1")
+    assert v == CL.REPRODUCED and "best test accuracy 5.0%" in m.text, m
+
+    climbs = tmp_path / "climbs"
+    make_sweep(climbs / "primes", [({"task.p": 53, "optim.weight_decay": 1.0}, {"grok": None, "epochs": 2000})], "primes")
+    run = Run(next((climbs / "primes").glob("task.p=53*")))
+    rows = [{**r, "test_acc": min(0.98, r["epoch"] / 1000)} for r in curve(2000, 100, 300.0, None)]
+    run.replace_table("metrics", rows)
+    v, m = judge(climbs, "primes.p53-wd1")
+    assert v == CL.NOT_REPRODUCED and "best test accuracy 98.0%" in m.text, m
+    v, m = judge(climbs, "primes.p53-wd3")  # the same curve at weight decay 3 would count as partly grokking
+    assert v == CL.NOT_RUN

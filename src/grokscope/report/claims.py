@@ -56,6 +56,7 @@ from grokscope.report.extractors import (
     mlp_fve,
     monotone,
     neuron_fve,
+    never_generalises,
     no_decay_excluded,
     outcome_share,
     p401_fractions,
@@ -471,8 +472,11 @@ CLAIMS: list[Claim] = [
           "maximum over all 56 frequencies (progress column excluded_loss_max).", "weight-decay/sweep.html"),
     # --- Appendix C.2.2: primes
     Claim("primes.p53-wd1", "App. C.2.2",
-          "For p = 53, with the original weight decay setting of 1, we found that the models never generalized.",
-          "", ("primes",), primes_run(53, 1.0, ("memorised only", "neither"), "never generalised"), ALL, "",
+          "For [p = 53], with the original weight decay setting of [1], we found that the models never generalized.",
+          "", ("primes",), never_generalises("primes", task__p=53, optim__weight_decay=1.0), ALL,
+          "The prime and the weight decay are lost from the text; 53 and 1 (the mainline's) are the experiment's "
+          "reading. A run that memorises and then climbs more than half way to 100% test accuracy has generalised, "
+          "though it never passes 99%.",
           "primes/sweep.html"),
     Claim("primes.p53-wd3", "App. C.2.2",
           "However, increasing the weight decay to [3] does allow the model to grok.", "", ("primes",),

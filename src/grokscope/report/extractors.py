@@ -315,23 +315,44 @@ def last(df: pd.DataFrame, col: str) -> float | None:
     return float(vals.iloc[-1]) if len(vals) else None
 
 
-def finite_groks(exp: str, **where: Any) -> Callable[[Results], Measure]:
+def late_generalisation(r: RunView) -> float:
     """1 when the run memorised first and test accuracy passed 99% later (grokked), 0.5 when it
     memorised and then test accuracy rose by half of what was left but stayed below 99%, else 0."""
+    if outcome(r) == "grokked":
+        return 1.0
+    mem = memorise_epoch(r)
+    if mem is None or math.isnan(mem) or "test_acc" not in r.metrics:
+        return 0.0
+    m = r.metrics
+    at_mem = m.loc[m["epoch"] >= mem, "test_acc"]
+    if not len(at_mem):
+        return 0.0
+    a0, a1 = float(at_mem.iloc[0]), float(at_mem.max())
+    return 0.5 if a1 - a0 >= 0.5 * (1 - a0) and a1 < 0.99 else 0.0
 
-    def score(r: RunView) -> float:
-        o = outcome(r)
-        if o == "grokked":
-            return 1.0
-        mem = memorise_epoch(r)
-        if mem is None or math.isnan(mem) or "test_acc" not in r.metrics:
-            return 0.0
-        m = r.metrics
-        at_mem = m.loc[m["epoch"] >= mem, "test_acc"]
-        if not len(at_mem):
-            return 0.0
-        a0, a1 = float(at_mem.iloc[0]), float(at_mem.max())
-        return 0.5 if a1 - a0 >= 0.5 * (1 - a0) and a1 < 0.99 else 0.0
+
+def never_generalises(exp: str, **where: Any) -> Callable[[Results], Measure]:
+    """The share of runs that memorised and whose test accuracy then never made half of its way
+    to 100% (late_generalisation 0): a run that climbs to 98% has generalised, though not to 99%."""
+
+    def extract(res: Results) -> Measure:
+        runs = res.finished(exp, **where)
+        if not runs:
+            return missing_runs(res, exp, **where)
+        m = share(runs, lambda r: outcome(r) == "memorised only" and late_generalisation(r) == 0.0,
+                  lambda r: f"{grok_text(r)}, best test accuracy {fmt_num(best(r.metrics, 'test_acc'), 'pct')}")
+        return Measure(m.value, f"never generalised: {m.text}", m.values, runs=m.runs)
+
+    return extract
+
+
+def best(df: pd.DataFrame, col: str) -> float | None:
+    return float(df[col].max()) if col in df and len(df) else None
+
+
+def finite_groks(exp: str, **where: Any) -> Callable[[Results], Measure]:
+    """late_generalisation over the runs: 1 grokked, 0.5 generalised late but below 99%, else 0."""
+    score = late_generalisation
 
     def extract(res: Results) -> Measure:
         runs = res.finished(exp, **where)
