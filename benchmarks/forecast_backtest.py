@@ -97,7 +97,8 @@ def main() -> None:
     head = [f"Produced by `{cmd}` in {time.perf_counter() - t0:.0f} s.", ""]
     if png is not None:
         head += [f"![the backtest]({png.name if png.parent == args.page.parent else png})", ""]
-    rf.write_block(args.page, "\n".join(head + blocks))
+    # paths under the checkout are shown relative to it, so the page reads the same on any machine
+    rf.write_block(args.page, "\n".join(head + blocks).replace(f"{ROOT}/", ""))
     if frames:
         args.csv.parent.mkdir(parents=True, exist_ok=True)
         pd.concat(frames).to_csv(args.csv, index=False)
