@@ -347,18 +347,18 @@ def never_generalises(exp: str, **where: Any) -> Callable[[Results], Measure]:
 
 
 def best(df: pd.DataFrame, col: str) -> float | None:
+    """The column's highest value, or None when there is none (as `last`)."""
     return float(df[col].max()) if col in df and len(df) else None
 
 
 def finite_groks(exp: str, **where: Any) -> Callable[[Results], Measure]:
     """late_generalisation over the runs: 1 grokked, 0.5 generalised late but below 99%, else 0."""
-    score = late_generalisation
 
     def extract(res: Results) -> Measure:
         runs = res.finished(exp, **where)
         if not runs:
             return missing_runs(res, exp, **where)
-        vals = [score(r) for r in runs]
+        vals = [late_generalisation(r) for r in runs]
         detail = "; ".join(f"{describe(r)}: {grok_text(r)}, memorised at epoch {fmt_num(memorise_epoch(r), 'epoch')}, "
                            f"final test accuracy {fmt_num(last(r.metrics, 'test_acc'), 'pct')}" for r in runs)
         return Measure(median(vals), detail, tuple(vals), runs=names(runs))
