@@ -1,7 +1,7 @@
 """Cost of `grokscope analyze --llc` against the training time of the run it analyses.
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_llc.py [--run runs/mainline] [--rounds 3]
-        [--epochs 200] [--checkpoints 6] [--threads 1] [--llc-set KEY=VALUE ...]
+    python benchmarks/bench_llc.py [--run runs/mainline] [--rounds 3] [--epochs 200]
+        [--checkpoints N] [--threads 2] [--llc-set KEY=VALUE ...]
 
 The target: the LLC of all of a run's checkpoints, at the default settings
 (analysis/llc.py, `Settings`), costs under 25% of the run's training time.
@@ -10,9 +10,11 @@ Both are measured in this process, alternating in rounds so that a busy machine 
 - training: the run's own config trained afresh for --epochs epochs by `pipeline.train_run` (the
   real loop: steps, evaluations, checkpoints) into a temporary folder; its loop's wall time
   (run.json `train_seconds`, start-up excluded) scaled to the run's `train.epochs`;
-- the LLC: `llc.estimate` on --checkpoints of the run's checkpoints, evenly spaced from the first
-  to the last (the cost of a chain depends little on where it starts, but diverging chains stop
-  early, so the spread matters), scaled to all of the run's checkpoints.
+- the LLC: what `analyze --llc --threads T` runs, `llc_run.over_checkpoints` over T single-thread
+  processes, start-up included, on all of the run's checkpoints (or --checkpoints of them, evenly
+  spaced from the first to the last and scaled to all, a quick look that also scales the
+  processes' start-up, so it reads high).
+Training runs on --threads threads, the LLC on --threads processes: the two uses of the same cores.
 It prints each round's projection and the median ratio, and, when the run finished, its recorded
 training time (run.json `train_seconds`, measured when it trained, on whatever load it had).
 The run folder is only read.
@@ -26,9 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from grokscope.analysis import llc
-from grokscope.analysis.runner import modular_data
-from grokscope.models.transformer import build
+from grokscope.analysis import llc, llc_run
 from grokscope.pipeline import train_run
 from grokscope.store import Run, read_run_config
 from grokscope.train.loop import setup_torch
@@ -43,19 +43,11 @@ def time_training(run: Run, epochs: int, threads: int) -> float:
     return float(info["train_seconds"]) / epochs  # the loop's wall time, as run.json records it: no start-up
 
 
-def time_llc(run: Run, steps: list[int], s: llc.Settings) -> tuple[float, list[float]]:
-    """Wall seconds per checkpoint of `llc.estimate` over these checkpoints, and their estimates."""
-    cfg = read_run_config(run)
-    data = modular_data(cfg)
-    model = build(cfg.model, data.p + 1, data.p, 3, cfg.seed)
-    batches = llc.split_batches(data.all_x[data.train_mask], data.all_y[data.train_mask], s.batches, s.seed)
-    params = list(model.parameters())
-    out = []
+def time_llc(run: Run, steps: list[int], s: llc.Settings, workers: int) -> tuple[float, list[float]]:
+    """Wall seconds of `llc_run.over_checkpoints` over these checkpoints, and their estimates."""
     t0 = time.perf_counter()
-    for st in steps:
-        run.load_into(model, st)
-        out.append(llc.estimate(model.loss_last, params, batches, s).llc)
-    return (time.perf_counter() - t0) / len(steps), out
+    rows, _, _ = llc_run.over_checkpoints(run.path, steps, 1, s, workers)
+    return time.perf_counter() - t0, [r["llc"] if r["llc"] is not None else float("nan") for r in rows]
 
 
 def main() -> None:
@@ -63,8 +55,8 @@ def main() -> None:
     ap.add_argument("--run", default="runs/mainline")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=200, help="epochs trained per round")
-    ap.add_argument("--checkpoints", type=int, default=6, help="checkpoints estimated per round")
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--checkpoints", type=int, default=0, help="checkpoints estimated per round (0: all)")
+    ap.add_argument("--threads", type=int, default=2, help="training threads; LLC processes")
     ap.add_argument("--llc-set", action="append", default=[], help="KEY=VALUE, as `analyze --llc-set`")
     args = ap.parse_args()
     setup_torch(args.threads)  # as training and `analyze --llc` do (flushing float32 subnormals)
@@ -72,20 +64,22 @@ def main() -> None:
     cfg = read_run_config(run)
     s = llc.Settings().with_overrides(args.llc_set)
     all_steps = run.checkpoint_steps()
-    k = min(args.checkpoints, len(all_steps))
+    k = min(args.checkpoints or len(all_steps), len(all_steps))
     picks = [all_steps[round(i * (len(all_steps) - 1) / max(k - 1, 1))] for i in range(k)]
     total_epochs = cfg.train.epochs
     print(f"run {run.path}: {total_epochs} epochs, {len(all_steps)} checkpoints; LLC settings {s.as_dict()}")
-    print(f"checkpoints timed: {picks}")
+    print(f"checkpoints timed: {k} of {len(all_steps)}; training on {args.threads} thread(s), the LLC over "
+          f"{args.threads} single-thread process(es)")
     ratios, llc_seconds = [], []
     for r in range(args.rounds):
         per_epoch = time_training(run, args.epochs, args.threads)
-        per_ckpt, values = time_llc(run, picks, s)
+        llc_wall, values = time_llc(run, picks, s, args.threads)
+        per_ckpt = llc_wall / k
         train_s, llc_s = per_epoch * total_epochs, per_ckpt * len(all_steps)
         ratios.append(llc_s / train_s)
         llc_seconds.append(llc_s)
         print(f"round {r}: training {per_epoch * 1e3:.1f} ms/epoch -> {train_s:.0f} s; LLC {per_ckpt:.2f} s/checkpoint "
-              f"-> {llc_s:.0f} s; ratio {llc_s / train_s:.1%}  (LLC {', '.join(f'{v:.2f}' for v in values)})",
+              f"-> {llc_s:.0f} s; ratio {llc_s / train_s:.1%}  (LLC at {picks[-1]}: {values[-1]:.3g})",
               flush=True)
     print(f"LLC / training time: median {statistics.median(ratios):.1%} over {len(ratios)} rounds (target: under 25%)")
     info = run.read_info()

@@ -9,7 +9,6 @@ import torch
 
 from grokscope.analysis import circuits as ci
 from grokscope.analysis import fourier as fr
-from grokscope.analysis import runner
 from grokscope.config import ModelConfig
 from grokscope.models.transformer import build
 from grokscope.store import Run, read_run_config
@@ -188,7 +187,7 @@ def test_random_logits_have_no_dominant_frequency():
 def test_memorising_model_has_no_key_frequency(memorising_run):
     run = Run(memorising_run)
     cfg = read_run_config(run)
-    data = runner.modular_data(cfg)
+    data = ci.modular_data(cfg)
     model = build(cfg.model, data.p + 1, data.p, 3, cfg.seed)
     run.load_into(model, run.checkpoint_steps()[-1])
     out, _ = ci.reverse_engineer(model, data)

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from grokscope.analysis import llc
+from grokscope.analysis import llc, llc_run
 from grokscope.config import ConfigError
 from tests.conftest import TINY, run_cli_here, train_tiny
 
@@ -94,6 +94,25 @@ def test_minibatches_estimate_the_same_coefficient():
     loss_fn, params, X, y = linear_case(10)
     est = llc.estimate(loss_fn, params, llc.split_batches(X, y, 8, seed=0), QUICK)
     assert est.llc == pytest.approx(5.0, rel=0.15)
+
+
+def test_unequal_minibatches_cancel_out_with_the_control_variate():
+    """Batches of very unequal loss at w* (examples sorted by residual, 0.004 to 1.9) and a number
+    of draws that is not a whole number of passes: the estimate stays near d/2 because each draw
+    counts L_m(w) - L_m(w*); the same chains counted as L_m(w) - L_n(w*) (devinterp's way) miss by
+    more than the coefficient itself on some seed."""
+    loss_fn, params, X, y = linear_case(10)
+    order = (y - X @ params[0].detach()).abs().argsort()
+    batches = [(X[i].contiguous(), y[i].contiguous()) for i in order.tensor_split(8)]
+    centred, plain = [], []
+    for seed in range(4):
+        s = llc.Settings(epsilon=3e-4, gamma=1.0, chains=4, burnin=200, draws=36, batches=8, seed=seed)
+        est = llc.estimate(loss_fn, params, batches, s)
+        centred.append(est.llc)
+        raw = llc.sgld_trace(loss_fn, params, batches, s, est.nbeta)  # the same chains, no offsets
+        plain.append(float(est.nbeta * (raw[:, s.burnin:].mean() - est.init_loss)))
+    assert all(v == pytest.approx(5.0, rel=0.2) for v in centred), centred
+    assert max(abs(v - 5.0) for v in plain) > 5.0, plain
 
 
 def test_trace_is_stationary_after_burn_in_and_the_weights_come_back(regular):
@@ -173,8 +192,68 @@ def test_analyze_llc_stores_every_checkpoint_and_adds_keys(tiny_run, tmp_path):
     assert fig.series[0].y.tolist() == pytest.approx(table["llc"].tolist())
 
 
+def test_the_numbers_do_not_depend_on_the_number_of_processes(tiny_run):
+    from grokscope.store import Run
+
+    s = llc.Settings(chains=2, burnin=3, draws=6, batches=2)
+    steps = Run(tiny_run).checkpoint_steps()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        rows1, tr1, n1 = llc_run.over_checkpoints(tiny_run, steps, 10, s, workers=1)  # in this process
+        assert torch.get_num_threads() == 2  # lowered to one thread for the chains, then restored
+        rows2, tr2, n2 = llc_run.over_checkpoints(tiny_run, steps, 10, s, workers=2)  # two spawned processes
+    finally:
+        torch.set_num_threads(threads)
+    assert [r["step"] for r in rows2] == steps and rows2[0]["epoch"] == steps[0] / 10
+    assert rows1 == rows2 and torch.equal(tr1["trace"], tr2["trace"]) and torch.equal(tr1["steps"], tr2["steps"])
+    assert tr1["trace"].shape == (len(steps), 2, 9) and n1 == n2 == 264  # p=23, half of 23*23 pairs in training
+    assert len({r["llc"] for r in rows1}) == len(steps)  # each checkpoint its own estimate, in order
+
+
 def test_llc_bad_input_exits_2(tiny_run):
     res = run_cli_here("analyze", str(tiny_run), "--llc-set", "draws=5")
     assert res.returncode == 2 and "add --llc" in res.stderr
     res = run_cli_here("analyze", str(tiny_run), "--llc", "--llc-set", "draws=lots")
     assert res.returncode == 2 and "draws takes a number" in res.stderr
+
+
+# ----------------------------------------------------------------------------- language-model runs
+def test_analyze_llc_on_a_language_model_run(tmp_path):
+    """The LM path: L_n(w*) is the LM's own next-token loss on the sampled training windows, n
+    their number of predicted tokens, every checkpoint gets a row, and the LM report draws it."""
+    from safetensors.torch import load_file
+
+    from grokscope import pipeline
+    from grokscope.lm.text import fixed_windows, prepare
+    from grokscope.lm.trainer import lm_loss
+    from grokscope.models.loading import model_from_run
+    from grokscope.report import figures as F
+    from grokscope.report.data import load_run
+    from grokscope.store import Run
+    from tests.test_lm_trainer import tiny_cfg
+
+    cfg = tiny_cfg(tmp_path, **{"task.repeat_frac": 0})  # plain text windows: L_n(w*) computable here
+    run = tmp_path / "run"
+    threads = torch.get_num_threads()
+    try:
+        pipeline.train_run(cfg, run, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    res = run_cli_here("analyze", str(run), "--json", "--llc", "--threads", "1", *FEW, "--llc-set", "windows=12")
+    assert res.returncode == 0, res.stderr
+    s = json.loads(res.stdout)
+    assert s["kind"] == "lm" and s["llc_step"] == 8 and s["llc_settings"]["n"] == 12 * 64
+    table = Run(run).metrics("llc")
+    assert list(table["step"]) == Run(run).checkpoint_steps() == [0, 3, 6, 8]
+    assert "epoch" not in table and table["llc"].notna().all() and table["llc"].iloc[-1] == pytest.approx(s["llc"])
+    assert load_file(str(run / "analysis" / "llc_traces.safetensors"))["trace"].shape == (4, 2, 9)
+    model, _, _ = model_from_run(run, 8)
+    w = fixed_windows(prepare(cfg.task).train, 12, 65)
+    with torch.no_grad():
+        want = float(lm_loss(model(w[:, :-1]), w[:, 1:]))
+    assert table["llc_init_loss"].iloc[-1] == pytest.approx(want, rel=1e-5)
+    assert table["llc_init_loss"].iloc[0] > table["llc_init_loss"].iloc[-1]  # training lowered the loss
+    figs, _ = F.build_all(load_run(run))
+    fig = next(f for f in figs if f.key == "llc")
+    assert "copy accuracy" in fig.caption and "table_llc" not in [f.key for f in figs]

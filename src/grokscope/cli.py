@@ -228,7 +228,7 @@ def analyze(
     step: Annotated[int | None, typer.Option("--step", help="Checkpoint (step) to reverse-engineer; default the last.")] = None,
     per_checkpoint_keys: Annotated[bool, typer.Option("--per-checkpoint-keys", help="Find key frequencies on every checkpoint instead of reusing the analysed one's.")] = False,
     keys: Annotated[str | None, typer.Option("--keys", help="Use these key frequencies, comma-separated (e.g. 14,35,41).")] = None,
-    threads: Annotated[int | None, typer.Option("--threads", help="torch threads (default: the run's train.threads).")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", help="Cores to use: torch threads, and with --llc that many single-thread processes for the chains (default: the run's train.threads, else every core).")] = None,
     key_rule: Annotated[str, typer.Option("--key-rule", help="How key frequencies are found: wl (the paper's: "
                                           "the DFT of W_L) or neurons (through the neurons' frequencies).")] = "wl",
     llc: Annotated[bool, typer.Option("--llc", help="Also estimate the local learning coefficient of every checkpoint (SGLD; slow: about a fifth of the training time).")] = False,

@@ -79,7 +79,7 @@ class LiveForecast:
     def __init__(self, cfg: C.RunConfig, trainer: Any, folders: Sequence[Path]):
         from grokscope.analysis import forecast as fc
         from grokscope.analysis import progress as pg
-        from grokscope.analysis.runner import modular_data
+        from grokscope.analysis.circuits import modular_data
         from grokscope.report.forecast import find_runs, load_many, setup_of
 
         if cfg.task.name != "modular":

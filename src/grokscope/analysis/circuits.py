@@ -35,8 +35,10 @@ from torch import Tensor
 from grokscope.analysis import attention as at
 from grokscope.analysis import fourier as fr
 from grokscope.analysis import mlp
+from grokscope.config import RunConfig
 from grokscope.models.loss import loss_and_acc as loss_acc
 from grokscope.models.transformer import Transformer
+from grokscope.tasks import modular
 
 FVE_THRESHOLD = 0.85  # the paper (Section 4.3): a neuron "is explained" by one frequency above this share
 MIN_SHARE = 0.02  # `neurons` rule: a key frequency's explained neurons carry >= 2% of the neuron->logit variance
@@ -58,6 +60,13 @@ class ModularData:
     @property
     def test_mask(self) -> Tensor:
         return self.valid_mask & ~self.train_mask
+
+
+def modular_data(cfg: RunConfig) -> ModularData:
+    """A modular run's full input grid and split, rebuilt from its config and seed."""
+    m = modular.make(cfg.task, cfg.seed).meta
+    return ModularData(cfg.task.p, direction_sign(cfg.task.op), m["all_x"], m["all_y"], m["train_mask"],
+                       m["valid_mask"])
 
 
 def direction_sign(op: str) -> int:

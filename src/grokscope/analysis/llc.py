@@ -13,18 +13,25 @@ p(w) ~ exp(-n*beta L_n(w) - gamma/2 |w - w*|^2), sampled by stochastic-gradient 
 
     w <- w - epsilon/2 * (n*beta * grad L_m(w) + gamma * (w - w*)) + N(0, epsilon),
 
-L_m being the mean loss of a minibatch. E_w[L_n(w)] is the mean, over chains and over the draws
-after burn-in, of the minibatch loss each step computes anyway (as devinterp does), so a draw
-costs one gradient. A regular model with d parameters has lambda = d/2; degenerate directions
+L_m being the mean loss of a minibatch. E_w[L_n(w)] - L_n(w*) is the mean, over chains and over
+the draws after burn-in, of L_m(w) - L_m(w*): the minibatch loss each step computes anyway (as
+devinterp does, so a draw costs one gradient) less that minibatch's own loss at w*, computed once
+per checkpoint. The subtraction is a control variate. Over uniformly drawn minibatches it has the
+same expectation as devinterp's L_m(w) - L_n(w*), but it removes the spread between minibatches,
+which 35 draws over 8 batches do not average out. On the mainline's checkpoints, where the 8
+batches' losses at w* agree within 5e-4, the two agree to 3 figures. On a language model, whose
+batches' losses at w* differ by up to 0.8 nats, three seeds gave 17-65 without it and 18-23 with it
+(copy-lm-spans, step 500). A regular model with d parameters has lambda = d/2; degenerate directions
 lower it (a quadratic loss of rank r gives r/2; a quartic direction 1/4).
 
-Diagnostics (`Estimate`): the trace, the loss of every step of every chain [chains, steps]
-(burn-in included), the LLC of each chain, the split R-hat of the draws (Gelman et al. 2013, 11.4)
+Diagnostics (`Estimate`): the trace, L_m(w) - L_m(w*) + L_n(w*) at every step of every chain
+[chains, steps] (burn-in included; the loss on the scale of L_n), the LLC of each chain, the split R-hat of the draws (Gelman et al. 2013, 11.4)
 and the drift, n*beta times the change of the mean loss from the first half of the draws to the
 second: a chain still climbing towards its equilibrium has a drift that is a large share of
 lambda_hat. The tests pin the estimator on models with a known answer (tests/test_llc.py).
 
-Math only: a loss function and a list of batches in, numbers out; the runner loads checkpoints.
+Math only: a loss function and a list of batches in, numbers out; llc_run.py loads a run's
+checkpoints and spreads them over processes.
 The defaults (`Settings`) were chosen on the mainline's checkpoints, see `Settings`.
 """
 
@@ -39,7 +46,7 @@ from torch import Tensor
 
 from grokscope.config import ConfigError
 
-Batch = tuple[Tensor, Tensor]  # (inputs [m, ...], labels [m]): the loss function's two arguments
+Batch = tuple[Tensor, Tensor]  # (inputs [m, ...], labels [m, ...]): the loss function's two arguments
 LossFn = Callable[[Tensor, Tensor], Tensor]  # mean loss of a batch: a differentiable scalar
 
 
@@ -70,9 +77,8 @@ class Settings:
       6.5 / 7.6 +- 0.8 (1,300), 7.2 / 7.9 +- 0.6 (3,000), 4.9 / 4.9 +- 0.2 (5,000): within 15%
       up to circuit formation's end; in the flat basin of the grokked model it reads about half
       (0.49 / 0.79 at 7,400, 0.020 / 0.05 at 9,000), its chain still climbing (a positive drift),
-      which moves no phase boundary. A minibatch step costs ~0.4 of a training step, and 8
-      batches stay in the fast model's layout cache. Ask for more (`--llc-set chains=4`) where
-      time allows.
+      which moves no phase boundary. A minibatch step costs ~0.4 of a training step. Ask for
+      more (`--llc-set chains=4`) where time allows.
     """
 
     epsilon: float = 5e-5  # SGLD step size
@@ -82,11 +88,12 @@ class Settings:
     burnin: int = 25  # steps per chain whose losses are left out of the estimate
     draws: int = 35  # steps per chain whose losses are averaged
     batches: int = 8  # the train set is cut into this many minibatches (1: full batch)
+    windows: int = 256  # language-model runs: training windows sampled as the LLC's train set
     seed: int = 0  # of the batch order and the noise
 
     def __post_init__(self) -> None:
         bad = [f"{k} must be > 0" for k in ("epsilon", "gamma") if not getattr(self, k) > 0]
-        bad += [f"{k} must be >= 1" for k in ("chains", "draws", "batches") if getattr(self, k) < 1]
+        bad += [f"{k} must be >= 1" for k in ("chains", "draws", "batches", "windows") if getattr(self, k) < 1]
         if self.burnin < 0:
             bad.append("burnin must be >= 0")
         if self.nbeta is not None and not self.nbeta > 0:
@@ -134,7 +141,7 @@ class Estimate:
     trace: Tensor  # [chains, burnin + draws] float64: the minibatch loss at every step
 
     def row(self) -> dict[str, float]:
-        """The numbers the runner stores per checkpoint (the trace goes elsewhere)."""
+        """The numbers stored per checkpoint (the trace goes elsewhere)."""
         out = {"llc": self.llc, "llc_std": self.llc_std, "llc_init_loss": self.init_loss,
                "llc_r_hat": self.r_hat, "llc_drift": self.drift}
         out.update({f"llc_chain{c}": v for c, v in enumerate(self.per_chain)})
@@ -149,28 +156,35 @@ def default_nbeta(n: int) -> float:
 def split_batches(x: Tensor, y: Tensor, k: int, seed: int) -> list[Batch]:
     """The examples shuffled once (seeded) and cut into k minibatches of near-equal size.
 
-    Fixed batches, reused at every step and every checkpoint: the fast 1-layer model caches each
-    batch's gather pattern (models/tabulated.py, LayoutCache, 8 entries)."""
+    Fixed batches, reused at every step and every checkpoint (building a batch's gather pattern
+    for the fast 1-layer model each step costs ~2% of the step, so it is not cached)."""
     k = max(1, min(k, len(x)))
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
     return [(x[i].contiguous(), y[i].contiguous()) for i in perm.tensor_split(k)]
 
 
 @torch.no_grad()
-def mean_loss(loss_fn: LossFn, batches: Sequence[Batch]) -> float:
-    """L_n at the current weights: the batches' losses weighted by their sizes."""
-    n = sum(len(b[0]) for b in batches)
-    return sum(float(loss_fn(bx, by)) * len(bx) for bx, by in batches) / n
+def batch_losses(loss_fn: LossFn, batches: Sequence[Batch]) -> list[float]:
+    """Each batch's mean loss at the current weights."""
+    return [float(loss_fn(bx, by)) for bx, by in batches]
+
+
+def mean_loss(losses: Sequence[float], batches: Sequence[Batch]) -> float:
+    """L_n from the batches' mean losses, weighted by their numbers of labels."""
+    n = sum(by.numel() for _, by in batches)
+    return sum(v * by.numel() for v, (_, by) in zip(losses, batches, strict=True)) / n
 
 
 def sgld_trace(loss_fn: LossFn, params: Sequence[Tensor], batches: Sequence[Batch], s: Settings,
-               nbeta: float) -> Tensor:
-    """Run `s.chains` SGLD chains from the current `params` (w*); the loss at every step.
+               nbeta: float, offsets: Sequence[float] | None = None) -> Tensor:
+    """Run `s.chains` SGLD chains from the current `params` (w*); the loss at every step, less
+    `offsets[b]` when the step drew batch b (the control variate L_m(w*) - L_n(w*); none: 0).
 
     params: the leaf tensors `loss_fn` reads (a model's parameters), moved in place during the
     chains and restored to w* at the end, also on error. Each chain visits the batches in a fresh
     random order per pass. Returns [chains, burnin + draws] float64.
     """
+    offsets = list(offsets) if offsets is not None else [0.0] * len(batches)
     gen = torch.Generator().manual_seed(s.seed)
     w_star = [p.detach().clone() for p in params]
     noise = [torch.empty_like(p) for p in w_star]  # refilled every step
@@ -186,10 +200,10 @@ def sgld_trace(loss_fn: LossFn, params: Sequence[Tensor], batches: Sequence[Batc
             for t in range(steps):
                 if not order:
                     order = torch.randperm(len(batches), generator=gen).tolist()
-                bx, by = batches[order.pop()]
-                loss = loss_fn(bx, by)
+                b = order.pop()
+                loss = loss_fn(*batches[b])
                 grads = torch.autograd.grad(loss, params)
-                trace[c, t] = float(loss.detach())
+                trace[c, t] = float(loss.detach()) - offsets[b]
                 if not math.isfinite(trace[c, t]):
                     trace[c, t:] = math.nan  # the chain diverged: its estimate is nan, not a number
                     break
@@ -237,38 +251,21 @@ def drift(draws: Tensor, nbeta: float) -> float:
     return float(nbeta * (draws[:, -m:].mean() - draws[:, :m].mean()))
 
 
-def estimate(loss_fn: LossFn, params: Sequence[Tensor], batches: Sequence[Batch], s: Settings,
-             init_loss: float | None = None) -> Estimate:
-    """The LLC at the current `params`, from SGLD over `batches` (the whole train set, cut up)."""
-    n = sum(len(b[0]) for b in batches)
+def estimate(loss_fn: LossFn, params: Sequence[Tensor], batches: Sequence[Batch], s: Settings) -> Estimate:
+    """The LLC at the current `params`, from SGLD over `batches` (the whole train set, cut up).
+
+    n, for n*beta, is the number of labels (a batch's loss is their mean): examples, or for a
+    language model predicted tokens."""
+    n = sum(by.numel() for _, by in batches)
     nbeta = s.nbeta if s.nbeta is not None else default_nbeta(n)
-    if init_loss is None:
-        init_loss = mean_loss(loss_fn, batches)
-    trace = sgld_trace(loss_fn, params, batches, s, nbeta)
+    at_w_star = batch_losses(loss_fn, batches)
+    init_loss = mean_loss(at_w_star, batches)
+    trace = sgld_trace(loss_fn, params, batches, s, nbeta, [v - init_loss for v in at_w_star])
     chains = llc_per_chain(trace, init_loss, nbeta, s.burnin)
     draws = trace[:, s.burnin:]
     return Estimate(llc=float(chains.mean()), llc_std=float(chains.std()) if len(chains) > 1 else math.nan,
                     per_chain=chains.tolist(), init_loss=init_loss, nbeta=nbeta, r_hat=split_r_hat(draws),
                     drift=drift(draws, nbeta), trace=trace)
-
-
-def over_checkpoints(load: Callable[[int], None], steps: Sequence[int], per_epoch: int, loss_fn: LossFn,
-                     params: Sequence[Tensor], batches: Sequence[Batch], s: Settings,
-                     log: Callable[[str], None] | None = None) -> tuple[list[dict], dict[str, Tensor]]:
-    """The LLC of each checkpoint: `load(step)` puts a checkpoint's weights into `params`.
-
-    Returns one row per checkpoint (step, epoch, `Estimate.row()`; nan as None) and the traces,
-    {"steps": [k] int64, "trace": [k, chains, burnin + draws] float64}."""
-    rows, traces = [], []
-    for i, st in enumerate(steps):
-        load(st)
-        e = estimate(loss_fn, params, batches, s)
-        rows.append({"step": st, "epoch": st / per_epoch,
-                     **{k: (None if math.isnan(v) else v) for k, v in e.row().items()}})
-        traces.append(e.trace)
-        if log is not None and (i + 1) % 25 == 0:
-            log(f"LLC: {i + 1} of {len(steps)} checkpoints")
-    return rows, {"steps": torch.tensor(list(steps), dtype=torch.int64), "trace": torch.stack(traces)}
 
 
 def summary(rows: Sequence[dict], step: int, s: Settings, n: int) -> dict[str, object]:

@@ -1,6 +1,7 @@
 """Analyse a run folder: read its checkpoints, write the measures back (docs/measures.md, part 1).
 
-The only module of `grokscope.analysis` that touches the run store. `analyze_run` is what
+With llc_run.py (the LLC's chains, in their own processes), the only module of
+`grokscope.analysis` that touches the run store. `analyze_run` is what
 `grokscope analyze` and `grokscope reproduce` call. It checks everything it needs (config, task,
 checkpoints) and computes every measure before the first write, so a bad or corrupt run leaves
 what is already saved untouched; each write is atomic. The summary is written last: its
@@ -20,24 +21,14 @@ from safetensors.torch import save_file
 from grokscope import config as C
 from grokscope.analysis import circuits as ci
 from grokscope.analysis import llc as lc
+from grokscope.analysis import llc_run
 from grokscope.analysis import phases as ph
 from grokscope.analysis import progress as pg
 from grokscope.models.transformer import build
 from grokscope.store import Run, StoreError, atomic_write, read_run_config
-from grokscope.train.loop import setup_torch
 
 FIGURES = "figures.safetensors"
 LLC_TRACES = "llc_traces.safetensors"  # SGLD's loss at every step, per checkpoint and chain (--llc)
-
-
-def modular_data(cfg: C.RunConfig) -> ci.ModularData:
-    """The run's full input grid and split, rebuilt from its config and seed."""
-    from grokscope.tasks import modular
-
-    task = modular.make(cfg.task, cfg.seed)
-    m = task.meta
-    return ci.ModularData(cfg.task.p, ci.direction_sign(cfg.task.op), m["all_x"], m["all_y"],
-                          m["train_mask"], m["valid_mask"])
 
 
 def analysis_supported(cfg: C.RunConfig) -> bool:
@@ -69,15 +60,8 @@ def analyze_run(run_dir: str | Path, step: int | None = None, per_checkpoint_key
     t_start = time.perf_counter()
     run = Run(run_dir).require()
     cfg = read_run_config(run)  # an unreadable config.yaml is a StoreError
-    if llc is not None and cfg.task.name != "modular":
-        raise C.ConfigError(f"--llc handles modular-arithmetic runs; {str(run.path)!r} is a {cfg.task.name!r} run")
     if cfg.task.name == "text":
-        try:  # the copy-LM analysis lives with the LM code
-            from grokscope.lm.analysis import analyze_lm_run
-        except ImportError:
-            raise C.ConfigError(f"{str(run.path)!r} is a language-model run; its analysis "
-                                "(grokscope.lm.analysis) is not installed in this version") from None
-        return analyze_lm_run(run.path, step=step, write=True)
+        return _analyze_text_run(run, step, threads, llc, log or (lambda _msg: None))
     if cfg.task.name != "modular":
         raise C.ConfigError(f"`grokscope analyze` handles modular-arithmetic runs; {str(run.path)!r} is a "
                             f"{cfg.task.name!r} run, which has no Fourier analysis")
@@ -96,7 +80,7 @@ def analyze_run(run_dir: str | Path, step: int | None = None, per_checkpoint_key
     info = run.read_info()
     per_epoch = int(info.get("steps_per_epoch") or 1)
 
-    data = modular_data(cfg)
+    data = ci.modular_data(cfg)
     p = data.p
     if key_rule not in ci.KEY_RULES:
         raise C.ConfigError(f"--key-rule {key_rule}: choose one of {', '.join(ci.KEY_RULES)}")
@@ -131,15 +115,9 @@ def analyze_run(run_dir: str | Path, step: int | None = None, per_checkpoint_key
     say(f"progress measures over {len(steps)} checkpoints in {t_progress:.1f} s")
 
     # 2b. the local learning coefficient of every checkpoint (--llc), on the train set
-    llc_rows, llc_traces, t_llc = [], {}, 0.0
+    llc_rows, llc_traces, llc_n, t_llc = [], {}, 0, 0.0
     if llc is not None:
-        t0 = time.perf_counter()
-        setup_torch(threads or torch.get_num_threads())  # as training does: float32 subnormals flushed (7x faster here)
-        batches = lc.split_batches(data.all_x[data.train_mask], data.all_y[data.train_mask], llc.batches, llc.seed)
-        llc_rows, llc_traces = lc.over_checkpoints(lambda s: run.load_into(model, s), steps, per_epoch, model.loss_last,
-                                                   list(model.parameters()), batches, llc, say)
-        t_llc = time.perf_counter() - t0
-        say(f"LLC over {len(steps)} checkpoints in {t_llc:.1f} s")
+        llc_rows, llc_traces, llc_n, t_llc = _llc(run, steps, per_epoch, llc, threads, say)
 
     # 3. phases from the curves
     phases, rule, evidence = ph.locate_phases(rows)
@@ -207,7 +185,7 @@ def analyze_run(run_dir: str | Path, step: int | None = None, per_checkpoint_key
     }
 
     if llc is not None:
-        summary.update(lc.summary(llc_rows, step, llc, int(data.train_mask.sum())))
+        summary.update(lc.summary(llc_rows, step, llc, llc_n))
         summary["timing_seconds"]["llc"] = t_llc
 
     # 4. write: figures, then the table, then the summary (its presence = analysis complete)
@@ -216,6 +194,41 @@ def analyze_run(run_dir: str | Path, step: int | None = None, per_checkpoint_key
     if llc is not None:
         run.replace_table("llc", llc_rows)
         atomic_write(run.analysis_dir / LLC_TRACES, lambda tmp: save_file(llc_traces, tmp))
+    run.write_summary(summary)
+    return summary
+
+
+def _llc(run: Run, steps: list[int], per_epoch: int | None, s: lc.Settings, threads: int | None,
+         say: Callable[[str], None]) -> tuple[list[dict], dict[str, torch.Tensor], int, float]:
+    """The LLC of every checkpoint, over single-thread processes, one per core the analysis may use."""
+    t0 = time.perf_counter()
+    rows, traces, n = llc_run.over_checkpoints(run.path, steps, per_epoch, s, llc_run.default_workers(threads), say)
+    t = time.perf_counter() - t0
+    say(f"LLC over {len(steps)} checkpoints in {t:.1f} s")
+    return rows, traces, n, t
+
+
+def _analyze_text_run(run: Run, step: int | None, threads: int | None, llc: lc.Settings | None,
+                      say: Callable[[str], None]) -> dict[str, Any]:
+    """A copy-LM run: its summary (grokscope.lm.analysis), and with --llc the LLC of every checkpoint
+    up to the summarised step. Computed first, then written: the table, the traces, the summary."""
+    try:  # the copy-LM analysis lives with the LM code
+        from grokscope.lm.analysis import analyze_lm_run
+    except ImportError:
+        raise C.ConfigError(f"{str(run.path)!r} is a language-model run; its analysis "
+                            "(grokscope.lm.analysis) is not installed in this version") from None
+    summary = analyze_lm_run(run.path, step=step, write=False)
+    if llc is not None:
+        steps = [st for st in run.checkpoint_steps() if st <= summary["step"]]
+        if not steps:
+            raise StoreError(f"{str(run.path)!r} has no checkpoint at or before step {summary['step']}; "
+                             "the LLC needs one")
+        rows, traces, n, t = _llc(run, steps, None, llc, threads, say)
+        summary.update(lc.summary(rows, steps[-1], llc, n))
+        summary["llc_step"] = steps[-1]
+        summary.setdefault("timing_seconds", {})["llc"] = t
+        run.replace_table("llc", rows)
+        atomic_write(run.analysis_dir / LLC_TRACES, lambda tmp: save_file(traces, tmp))
     run.write_summary(summary)
     return summary
 

@@ -183,11 +183,14 @@ def local_learning_coefficient(d: RunData) -> list[Figure]:
     how = (f" SGLD: step {s['epsilon']:g}, localisation {s['gamma']:g}, n*beta {s['nbeta']:.4g}, {s['chains']} chains "
            f"of {s['burnin']} + {s['draws']} steps." if {"epsilon", "gamma", "nbeta", "chains", "burnin", "draws"} <= set(s)
            else "")
+    against = ("the copy accuracy and the induction scores above" if d.is_lm else
+               "the restricted and excluded loss above")
+    shaded = "" if d.is_lm else " Shaded: the phases analysis located from those losses."
     return [Figure("llc", "Local learning coefficient", "Estimated local learning coefficient of each checkpoint "
-                   "on the train set (Lau et al. 2023; analysis/llc.py), to read against the restricted and excluded "
-                   "loss above: the effective number of parameters the training loss pins down near the checkpoint, "
+                   f"on the train set (Lau et al. 2023; analysis/llc.py), to read against {against}: the effective "
+                   "number of parameters the training loss pins down near the checkpoint, "
                    "at the stated localisation (log scale: a negative estimate, from a checkpoint that is not a minimum, shows "
-                   "on the linear one). Shaded: the phases analysis located from those losses." + how,
+                   "on the linear one)." + shaded + how,
                    "lines", series, x_label=_x_label(t), y_label="LLC", log_y=True, phases=d.phases,
                    section="Progress measures")]
 
@@ -429,7 +432,7 @@ def other_tables(d: RunData) -> list[Figure]:
     for t, df in d.other_tables.items():
         if d.is_lm and t == "heads":
             continue  # the LM's per-head scores have their own heatmaps (grokscope.report.lm)
-        if t == "llc" and d.is_modular:
+        if t == "llc":
             continue  # drawn by local_learning_coefficient
         cols = [c for c in df.columns if c not in ("step", "epoch") and pd.api.types.is_numeric_dtype(df[c]) and has(df, c)]
         if not cols:
@@ -454,7 +457,7 @@ def build_all(d: RunData) -> tuple[list[Figure], list[Missing]]:
     figs: list[Figure] = []
     missing: list[Missing] = []
     if d.is_lm:
-        builders = lm_figures.BUILDERS + EXTRA
+        builders = lm_figures.BUILDERS + [local_learning_coefficient] + EXTRA
     else:
         builders = GENERIC + (MODULAR if d.is_modular else []) + EXTRA
     for build in builders:
