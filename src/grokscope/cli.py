@@ -231,7 +231,7 @@ def analyze(
     threads: Annotated[int | None, typer.Option("--threads", help="Cores to use: torch threads, and with --llc that many single-thread processes for the chains (default: the run's train.threads, else every core).")] = None,
     key_rule: Annotated[str, typer.Option("--key-rule", help="How key frequencies are found: wl (the paper's: "
                                           "the DFT of W_L) or neurons (through the neurons' frequencies).")] = "wl",
-    llc: Annotated[bool, typer.Option("--llc", help="Also estimate the local learning coefficient of every checkpoint (SGLD; slow: about a fifth of the training time).")] = False,
+    llc: Annotated[bool, typer.Option("--llc", help="Also estimate the local learning coefficient of every checkpoint (SGLD; about a sixth of the training time).")] = False,
     llc_set: Annotated[list[str] | None, typer.Option("--llc-set", help="An LLC setting: KEY=VALUE (epsilon, gamma, nbeta, chains, burnin, draws, batches, seed), repeatable.")] = None,
     quiet: QuietOpt = False,
 ) -> None:

@@ -71,8 +71,9 @@ class Settings:
       count as pinned, so lambda_hat is the LLC at this localisation, a lower bound on the LLC.
     - nbeta None: n/log n, Lau et al.'s beta* = 1/log n.
     - 1 chain of 25 burn-in steps + 35 draws, over 8 minibatches of n/8: the cost target is a
-      quarter of the training time for all 151 checkpoints (benchmarks/bench_llc.py measured
-      ~20%), and one chain with a longer burn-in beats two shorter ones at equal cost. Against
+      quarter of the training time for all 151 checkpoints (benchmarks/bench_llc.py measured 17%
+      over two single-thread processes), and one chain with a longer burn-in beats two shorter
+      ones at equal cost. Against
       4 chains of 50 + 150 steps (13x the cost) the default read 77 / 80 +- 1 (epoch 300),
       6.5 / 7.6 +- 0.8 (1,300), 7.2 / 7.9 +- 0.6 (3,000), 4.9 / 4.9 +- 0.2 (5,000): within 15%
       up to circuit formation's end; in the flat basin of the grokked model it reads about half
