@@ -189,7 +189,30 @@ def test_analyze_llc_stores_every_checkpoint_and_adds_keys(tiny_run, tmp_path):
     keys = [f.key for f in figs]
     assert "llc" in keys and "table_llc" not in keys
     fig = next(f for f in figs if f.key == "llc")
-    assert fig.series[0].y.tolist() == pytest.approx(table["llc"].tolist())
+    drawn = [v if v > 0 else float("nan") for v in table["llc"]]  # negative: not a minimum, left out
+    assert fig.series[0].y.tolist() == pytest.approx(drawn, nan_ok=True)
+
+
+def test_the_figure_leaves_out_negative_estimates_and_names_them(tmp_path):
+    """A negative LLC (the chain found lower loss: no minimum) is a gap in the curve, named in the
+    caption, so the positive readings keep their scale."""
+    import numpy as np
+    import pandas as pd
+
+    from grokscope.report import figures as F
+    from grokscope.report.data import RunData
+
+    llc_table = pd.DataFrame({"step": [0, 500, 1000, 1500], "llc": [-3167.0, 17.8, -10.9, 21.3]})
+    d = RunData(path=tmp_path, config={"task": {"name": "text"}}, config_text="", info={},
+                metrics=pd.DataFrame(), progress=pd.DataFrame(), summary=None, arrays={},
+                other_tables={"llc": llc_table})
+    (fig,) = F.local_learning_coefficient(d)
+    y = fig.series[0].y
+    assert np.isnan(y[[0, 2]]).all() and y[[1, 3]].tolist() == [17.8, 21.3]
+    assert "step 0 (-3.17e+03), step 1,000 (-10.9)" in fig.caption
+    llc_table["llc"] = [5.0, 4.0, 3.0, 2.0]
+    (fig,) = F.local_learning_coefficient(d)
+    assert fig.series[0].y.tolist() == [5.0, 4.0, 3.0, 2.0] and "Left out" not in fig.caption
 
 
 def test_the_numbers_do_not_depend_on_the_number_of_processes(tiny_run):

@@ -173,7 +173,13 @@ def local_learning_coefficient(d: RunData) -> list[Figure]:
     if t is None or not has(t, "llc"):
         return []  # optional (`analyze --llc`): nothing missing without it
     chains = _k_columns(t, "llc_chain")
-    series = [Series("LLC" if len(chains) < 2 else "LLC (mean over chains)", _x(t), floats(t, "llc"))]
+    x, y = _x(t), floats(t, "llc")
+    # A negative estimate means the chain found lower loss next to the checkpoint: it is not a
+    # local minimum (an untrained model, a run mid-transition), and the LLC is undefined there.
+    # It is left as a gap, named in the caption, so that one reading of -3,000 does not flatten
+    # the rest of the curve onto a linear axis.
+    invalid = np.isfinite(y) & (y <= 0)
+    series = [Series("LLC" if len(chains) < 2 else "LLC (mean over chains)", x, np.where(invalid, np.nan, y))]
     if len(chains) > 1:
         series += [Series(f"chain {c}", _x(t), floats(t, col), dash=True, hidden=True) for c, col in chains]
     if has(t, "llc_drift"):
@@ -186,11 +192,14 @@ def local_learning_coefficient(d: RunData) -> list[Figure]:
     against = ("the copy accuracy and the induction scores above" if d.is_lm else
                "the restricted and excluded loss above")
     shaded = "" if d.is_lm else " Shaded: the phases analysis located from those losses."
+    unit = _x_label(t)
+    gaps = (" Left out, as negative (the chains found lower loss nearby: not a local minimum, no LLC): "
+            + ", ".join(f"{unit} {a:,.0f} ({b:.3g})" for a, b in zip(np.asarray(x)[invalid], y[invalid])) + "."
+            if invalid.any() else "")
     return [Figure("llc", "Local learning coefficient", "Estimated local learning coefficient of each checkpoint "
                    f"on the train set (Lau et al. 2023; analysis/llc.py), to read against {against}: the effective "
                    "number of parameters the training loss pins down near the checkpoint, "
-                   "at the stated localisation (log scale: a negative estimate, from a checkpoint that is not a minimum, shows "
-                   "on the linear one)." + shaded + how,
+                   "at the stated localisation." + gaps + shaded + how,
                    "lines", series, x_label=_x_label(t), y_label="LLC", log_y=True, phases=d.phases,
                    section="Progress measures")]
 
