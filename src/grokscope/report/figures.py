@@ -194,7 +194,7 @@ def local_learning_coefficient(d: RunData) -> list[Figure]:
     shaded = "" if d.is_lm else " Shaded: the phases analysis located from those losses."
     unit = _x_label(t)
     gaps = (" Left out, as negative (the chains found lower loss nearby: not a local minimum, no LLC): "
-            + ", ".join(f"{unit} {a:,.0f} ({b:.3g})" for a, b in zip(np.asarray(x)[invalid], y[invalid])) + "."
+            + ", ".join(f"{unit} {a:,.0f} ({b:.3g})" for a, b in zip(x[invalid], y[invalid], strict=True)) + "."
             if invalid.any() else "")
     return [Figure("llc", "Local learning coefficient", "Estimated local learning coefficient of each checkpoint "
                    f"on the train set (Lau et al. 2023; analysis/llc.py), to read against {against}: the effective "
