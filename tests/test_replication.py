@@ -259,6 +259,19 @@ def test_generalising_at_once_is_not_grokking(folder):
     assert judge(folder, "data-fraction.less-data-later")[0] == CL.REPRODUCED
 
 
+def test_spikes_count_each_slingshot_even_above_the_old_minimum():
+    from grokscope.report.extractors import spikes
+
+    # the two-layer run's shape: each spike settles above the loss's lowest value so far, and the
+    # next one rises from there
+    saw = [1e-3, 1e-1, 1e-2, 1e-5, 3e-2, 1e-3, 5e-5, 9e-2, 2e-2, 5e-4, 6e-5, 2e-1, 1e-4, 1e-7]
+    assert spikes(saw) == [1, 4, 7, 11]
+    assert spikes([1.0, 0.5, 0.2, 0.1, 0.05]) == []  # a falling loss has none
+    assert spikes([1e-4, 1e-2, 1e-1, 1.0, 1e-2]) == [1]  # one rise over several points is one spike
+    assert spikes([1e-4, 5e-4, 1e-4, 9e-4]) == []  # below 10x: noise, not a slingshot
+    assert spikes([1e-4, float("nan"), 2e-3]) == [2]
+
+
 def test_slingshots_are_counted_from_the_train_loss(folder):
     make_sweep(folder / "two-layer", [({"seed": 0}, {"grok": 9000.0, "spike_at": 5000.0, "epochs": 12000})], "two-layer")
     run = Results(folder).runs("two-layer")[0]

@@ -501,8 +501,9 @@ CLAIMS: list[Claim] = [
     Claim("two-layer.slingshots", "App. C.2.2, D.2",
           "Our 2-layer transformers exhibit significant slingshots (Thilak et al., 2022) during training.", "",
           ("two-layer",), slingshot_share(("two-layer",), want=True, grokked_only=False), ALL,
-          f"A slingshot: train loss rising {SPIKE:g}x above its lowest value after memorisation (the summary's "
-          "`slingshots` when analysis writes it).", "two-layer/sweep.html"),
+          f"A slingshot: after memorisation, train loss rising {SPIKE:g}x above its lowest value since the "
+          f"previous slingshot settled (fell {SPIKE:g}x from its peak); the summary's `slingshots` when analysis "
+          "writes it.", "two-layer/sweep.html"),
     Claim("two-layer.excluded-loss", "App. C.2.2",
           "[The excluded loss of a 2-layer transformer] shows a similar pattern to the mainline 1-layer transformer, "
           "in that it improves relatively smoothly before grokking occurs.", "", ("two-layer",),

@@ -26,7 +26,7 @@ from grokscope.config import format_value
 from grokscope.report.results import Results, RunView, same
 
 GAP = 3.0  # grokking = test accuracy passes 99% at least GAP times later than train accuracy does
-SPIKE = 10.0  # a slingshot: train loss rises SPIKE-fold over its lowest value since memorisation
+SPIKE = 10.0  # a slingshot: train loss rises SPIKE-fold over its lowest value since the last one settled
 INF = math.inf
 
 @dataclass(frozen=True)
@@ -406,7 +406,8 @@ def table5(exp: str, paper: dict[str, tuple[float, float]], slack: float = 0.05,
         if not inside:
             return no_key(", ".join(f"`{c}`" for c in missing), runs)
         note = f"summary.json has no {', '.join(f'`{c}`' for c in missing)}" if missing else ""
-        return Measure(sum(inside) / len(inside), f"{sum(inside)} of {len(inside)} columns in the paper's range: "
+        return Measure(sum(inside) / len(inside), f"{sum(inside)} of {len(inside)} columns in the paper's range "
+                       f"(Ginis and FVEs within {slack:g} of it): "
                        + "; ".join(parts), tuple(float(x) for x in inside), note=note, runs=names(runs))
 
     return extract
@@ -707,11 +708,32 @@ def restricted_accuracy(res: Results) -> Measure:
                    f"{mem:,.0f} to {end:,.0f}", (above,), runs=names(runs))
 
 
+def spikes(values: Sequence[float], fold: float = SPIKE) -> list[int]:
+    """Indices at which a curve spikes: it rises above `fold` x its lowest value since the last
+    spike settled. A spike settles once the curve has fallen `fold`-fold from its peak; the lowest
+    value then starts again from there, so a train loss that slingshots again before it regains
+    its old minimum still counts each time."""
+    out, low, peak = [], INF, None
+    for i, v in enumerate(values):
+        v = float(v)
+        if math.isnan(v):
+            continue
+        if peak is not None:  # inside a spike: wait until it has fallen back
+            peak = max(peak, v)
+            if v < peak / fold:
+                peak, low = None, v
+            continue
+        low = min(low, v)
+        if v > fold * low:
+            out.append(i)
+            peak = v
+    return out
+
+
 def slingshots(r: RunView) -> int | None:
     """Slingshots: the summary's `slingshots` (a count or a list of epochs) when analysis writes it;
-    else train-loss spikes in the metrics table after train accuracy reached 99% (from the start
-    when it never did): a rise above SPIKE x its lowest value so far, counted again only after it
-    falls back below 3x."""
+    else the train loss's `spikes` in the metrics table after train accuracy reached 99% (from the
+    start when it never did)."""
     s = r.summary.get("slingshots")
     if isinstance(s, int | float) and not isinstance(s, bool):
         return int(s)
@@ -722,14 +744,7 @@ def slingshots(r: RunView) -> int | None:
         return None
     if math.isnan(mem):
         mem = 0.0
-    low, up, n = INF, False, 0
-    for v in m.loc[m["epoch"] >= mem, "train_loss"].dropna():
-        low = min(low, float(v))
-        if not up and v > SPIKE * low:
-            n, up = n + 1, True
-        elif up and v < 3 * low:
-            up = False
-    return n
+    return len(spikes(m.loc[m["epoch"] >= mem, "train_loss"].dropna().tolist()))
 
 
 def slingshot_share(exps: Sequence[str], want: bool, grokked_only: bool) -> Callable[[Results], Measure]:
