@@ -30,6 +30,7 @@ from torch import Tensor
 from grokscope import config as C
 from grokscope.models import kernels
 from grokscope.store import Run, StoreError
+from grokscope.train.interrupts import deferred_interrupts
 
 # called with (step, the evaluation's metrics row) on the writer; what it returns, if anything, is
 # shown in the progress bar beside the row (the live forecast's "grok" field, say)
@@ -310,44 +311,47 @@ class TrainerCore:
                 self.start()
             history = run.metrics().to_dict("records") if cfg.train.stop and self.writer else []
             self.train_mode()
-            while self.step < self.total:
-                t_step = time.perf_counter()
-                lr, loss = self.train_step(self.step)
-                self.train_seconds += time.perf_counter() - t_step
-                self.step += 1
-                s = self.step
-                if loss is not None and not math.isfinite(loss):
-                    status = "diverged"  # nothing after a NaN means anything: stop and say so
-                    _extend(pending, {"metrics": [self.diverged_row(s, lr, loss)]})
-                    break
-                if s in evals and self.writer:
-                    rows = self.evaluate(s, lr, loss)
-                    _extend(pending, rows)
-                    row = rows["metrics"][0]
-                    if diverged(row, self.finite):
-                        status = "diverged"
+            with deferred_interrupts() as stop:
+                while self.step < self.total:
+                    if stop:  # a stop asked during the last step
+                        raise KeyboardInterrupt
+                    t_step = time.perf_counter()
+                    lr, loss = self.train_step(self.step)
+                    self.train_seconds += time.perf_counter() - t_step
+                    self.step += 1
+                    s = self.step
+                    if loss is not None and not math.isfinite(loss):
+                        status = "diverged"  # nothing after a NaN means anything: stop and say so
+                        _extend(pending, {"metrics": [self.diverged_row(s, lr, loss)]})
                         break
-                    if cfg.train.stop:
-                        history.append(row)
-                    shown = self.postfix(row)
-                    for cb in self.callbacks:
-                        shown.update(cb(s, row) or {})
+                    if s in evals and self.writer:
+                        rows = self.evaluate(s, lr, loss)
+                        _extend(pending, rows)
+                        row = rows["metrics"][0]
+                        if diverged(row, self.finite):
+                            status = "diverged"
+                            break
+                        if cfg.train.stop:
+                            history.append(row)
+                        shown = self.postfix(row)
+                        for cb in self.callbacks:
+                            shown.update(cb(s, row) or {})
+                        if bar is not None:
+                            bar.set_postfix(shown, refresh=False)
+                    if s % cfg.train.checkpoint_every == 0 or s == self.total:
+                        self.log(pending)
+                        pending = {}
+                        self.save(s)
                     if bar is not None:
-                        bar.set_postfix(shown, refresh=False)
-                if s % cfg.train.checkpoint_every == 0 or s == self.total:
+                        bar.update(1)
+                    if s in evals and self.should_stop(history):
+                        status = "stopped_early"
+                        break
+                if status == "diverged":  # its rows say where; no checkpoint of non-finite weights
                     self.log(pending)
-                    pending = {}
-                    self.save(s)
-                if bar is not None:
-                    bar.update(1)
-                if s in evals and self.should_stop(history):
-                    status = "stopped_early"
-                    break
-            if status == "diverged":  # its rows say where; no checkpoint of non-finite weights
-                self.log(pending)
-            elif pending or self.step not in run.checkpoint_steps():
-                self.log(pending)
-                self.save(self.step)
+                elif pending or self.step not in run.checkpoint_steps():
+                    self.log(pending)
+                    self.save(self.step)
         except KeyboardInterrupt:
             if self.writer:
                 run.update_info(status="interrupted", ended=now())
@@ -368,6 +372,8 @@ class TrainerCore:
                                    steps_per_second=(self.step - s0) / max(elapsed, 1e-9),
                                    **self.end_info(self.step - s0, elapsed, self.train_seconds))
         self.barrier()
+        if stop:  # asked during the run's last save: it ended whole, as its status says; stop as asked
+            raise KeyboardInterrupt
         return info if self.writer else run.read_info()
 
 
