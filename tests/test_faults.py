@@ -104,6 +104,12 @@ def test_many_kills_then_resume_end_bit_identical(reference, tmp_path, seed):
     _kill_and_resume(reference, tmp_path, n_kills=4, seed=seed)
 
 
+def _ctrl_c_not_ignored() -> None:
+    # a job started in the background (nohup, `cmd &`) inherits SIGINT ignored, and Python keeps it
+    # so; Ctrl-C is what this test sends, whatever started the test
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.slow
 def test_sigterm_records_interrupted_and_resume_continues(tmp_path):
     # a scheduler (or `timeout`) stops a job with SIGTERM: the run must say "interrupted", not
@@ -124,7 +130,8 @@ def test_sigterm_records_interrupted_and_resume_continues(tmp_path):
     assert info["status"] == "interrupted"
     # and Ctrl-C says the same
     proc = subprocess.Popen([sys.executable, "-m", "grokscope.cli", "train", "--resume", str(out), "-q"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            preexec_fn=_ctrl_c_not_ignored)
     while Run(out).read_info()["status"] != "running":
         assert proc.poll() is None and time.monotonic() < deadline + 120
         time.sleep(0.01)

@@ -15,6 +15,14 @@ from grokscope.train.trainer import Trainer
 from tests.conftest import TINY
 
 
+@pytest.fixture(autouse=True)
+def ctrl_c_raises():
+    """Ctrl-C as in a terminal, whatever started the tests (a background job inherits it ignored)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def test_a_signal_inside_the_block_is_noted_not_raised_and_a_second_one_raises():
     before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     with deferred_interrupts() as stop:
