@@ -229,6 +229,24 @@ def test_paper_variant_known_answers(char, bpe):
         assert evaluate_copy(lambda x, v=v: oracle_logits(x, v, k=12).roll(1, dims=-1), cs)["copy_acc"] == 0.0
 
 
+def test_paper_variant_over_the_models_whole_vocabulary():
+    """vocab= widens the ids the paper's lines draw from (a model with task.repeat_symbols extra
+    ids). Over ~100 characters a one-token match is ambiguous: a copier that follows the last
+    token's latest earlier occurrence gets few suffixes right; over 500 ids most; a 12-token
+    copier gets every one either way."""
+    import string
+
+    tok = train_tokenizer("char", [string.printable], 0)
+    v = tok.vocab_size
+    narrow = build_copy_set(tok, context=128, n_samples=40, max_lines=50, n_queries=5, seed=4, kind="paper")
+    wide = build_copy_set(tok, context=128, n_samples=40, max_lines=50, n_queries=5, seed=4, kind="paper", vocab=v + 400)
+    assert int(narrow.tokens.max()) < v <= int(wide.tokens.max()) < v + 400
+    for cs in (narrow, wide):
+        assert score_copy(oracle_logits(cs.tokens, v + 400, k=12), cs)["copy_acc"] == 1.0
+    one = [score_copy(oracle_logits(cs.tokens, v + 400, k=1), cs)["copy_acc"] for cs in (narrow, wide)]
+    assert one[0] < 0.3 and one[1] > one[0] + 0.25, one
+
+
 def test_paper_variant_needs_room_for_two_lines(char):
     with pytest.raises(ValueError, match="too short"):
         build_copy_set(char, context=52, n_samples=2, max_lines=50, n_queries=5, seed=0, kind="paper")

@@ -198,6 +198,9 @@ class TextTask(_Strict):
     repeat_symbols: int = Field(0, ge=0, le=60000, description="extra token ids, beyond the tokenizer's, added to "
                                 "the model's vocabulary; random spans draw uniformly from all ids (the tokenizer's "
                                 "and these), so that a one-token match is distinctive; only training windows use them")
+    copy_vocab: Literal["tokenizer", "model"] = Field("tokenizer", description="ids the paper's copy test draws "
+                                                      "from: the tokenizer's, or the model's whole vocabulary (the "
+                                                      "tokenizer's and task.repeat_symbols' extra ids)")
     copy_lines: int = Field(50, ge=2, le=10000, description="lines per copy sample; fewer if the context is short")
     copy_samples: int = Field(50, ge=1, le=10000, description="copy-test samples per evaluation")
     copy_queries: int = Field(5, ge=1, le=1000, description="query positions (evenly spaced lines; the paper: 10)")

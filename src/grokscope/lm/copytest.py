@@ -146,11 +146,12 @@ def query_lines(n_lines: int, n_queries: int) -> list[int]:
 
 
 def build_copy_set(tok, context: int, n_samples: int, max_lines: int, n_queries: int, seed: int,
-                   random_ids: bool = False, kind: str | None = None) -> CopySet:
+                   random_ids: bool = False, kind: str | None = None, vocab: int | None = None) -> CopySet:
     """A copy-test set for a tokenizer (`encode(str) -> ids`, `vocab_size`), fitted to `context`.
 
     kind: "paper", "hex" or "ids" (see the module docstring); default "hex", or "ids" with
-    random_ids=True (the older spelling).
+    random_ids=True (the older spelling). vocab: the ids the paper's lines draw from (default the
+    tokenizer's); a model with ids beyond the tokenizer's may be tested over all of them.
     """
     kind = kind or ("ids" if random_ids else "hex")
     if kind not in KINDS:
@@ -159,7 +160,7 @@ def build_copy_set(tok, context: int, n_samples: int, max_lines: int, n_queries:
     samples: list[list[Line]] = []
     for _ in range(n_samples):
         if kind == "paper":
-            samples.append(paper_lines(tok.vocab_size, max_lines, gen))
+            samples.append(paper_lines(vocab or tok.vocab_size, max_lines, gen))
         elif kind == "ids":
             samples.append(_random_lines(tok.vocab_size, tok.encode("\n")[0], max_lines, gen))
         else:

@@ -101,7 +101,8 @@ class LMTrainer(TrainerCore):
         if self.rank != 0:
             self.data = prepare(task)
         # task.repeat_symbols extra ids (only random repeated spans of training windows use them) widen the
-        # model's vocabulary; every probe (copy tests, induction scores) uses the tokenizer's ids only.
+        # model's vocabulary; the probes use the tokenizer's ids only, but for the paper's copy test when
+        # task.copy_vocab is "model".
         self.vocab = self.data.vocab_size + task.repeat_symbols
         self.model: Llama = build_llama(cfg.model, self.vocab, task.context, cfg.seed).to(self.device)
         self.net = self.model
@@ -135,7 +136,7 @@ class LMTrainer(TrainerCore):
                                             random_ids=True)
             # seed + 3 draws the induction probes; the paper's test has its own seed
             self.pcopy_set = build_copy_set(tok, L, task.copy_samples, task.copy_lines, task.copy_queries, seed + 4,
-                                            kind="paper")
+                                            kind="paper", vocab=self.vocab if task.copy_vocab == "model" else None)
         except ValueError as err:
             raise C.ConfigError(f"task.context={L}: {err}; use at least 64") from None
         for cs in (self.copy_set, self.rcopy_set, self.pcopy_set):
