@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -378,7 +379,8 @@ def lm_summary(stable: int | None = 400, surge: int | None = 6000, token_surge: 
     if token_surge is None and surge is None:
         c1["copy_token_surge"] = None
     return {"kind": "lm", "step": 14000, "claim1": c1, "claim3": claim3(m, len(onsets)),
-            "claim2_events": {"copy": event(surge), "copy_token": event(surge), "induction": event(surge)}}
+            "claim2_events": {"copy": event(surge), "copy_token": event(token_surge if token_surge is not None else surge),
+                              "induction": event(surge)}}
 
 
 def make_lm_sweep(folder: Path, base: str, trials: list[tuple[dict[str, Any], dict[str, Any]]]) -> None:
@@ -406,6 +408,30 @@ def test_copy_surge_after_the_loss(folder, kw, verdict, says):
     assert v == verdict and says in m.text, m
 
 
+def test_copy_surge_read_from_the_ablation_where_the_real_text_never_copied(folder):
+    make_lm_run(folder / "copy-lm", "copy-lm", [], lm_summary(surge=None))
+    make_lm_run(folder / "copy-lm-spans", "copy-lm-spans", [], lm_summary(stable=1000, surge=4000))
+    v, m = judge(folder, "copy.surge-after-loss")
+    assert v == CL.REPRODUCED and m.text.startswith("real text (copy-lm): copy accuracy (pcopy_acc) never rose") \
+        and "the labelled ablation (copy-lm-spans): training loss stable from step 1,000" in m.text \
+        and "4.0x later" in m.text, m
+    shutil.rmtree(folder / "copy-lm")  # no real-text run at all: the ablation, saying so
+    v, m = judge(folder, "copy.surge-after-loss")
+    assert v == CL.REPRODUCED and m.text.startswith("real text (copy-lm): not in this folder; the labelled"), m
+    # the learning-rate sweep's trials at the ablation's rate are its further seeds; other rates are not
+    make_lm_sweep(folder / "copy-learning-rate", "copy-learning-rate",
+                  [({"optim.lr": lr, "seed": seed}, lm_summary(stable=1000, surge=e, token_surge=t))
+                   for lr, seed, e, t in ((3e-3, 0, 4000, None), (3e-3, 1, None, 1500), (3e-3, 2, None, 2500),
+                                          (6e-3, 1, 100, None))])
+    v, m = judge(folder, "copy.surge-after-loss")
+    assert v == CL.PARTLY and m.value == 1.99 and m.values == (4.0, 1.5, 2.5), m  # median 2.5, two per token only
+    assert "median 2.5x over 3 of 3 runs" in m.text and "lr 0.003, seed 1: training loss stable" in m.text, m
+    shutil.rmtree(folder / "copy-learning-rate")
+    make_lm_run(folder / "copy-lm", "copy-lm", [], lm_summary(stable=400, surge=6000))  # the real text copied
+    v, m = judge(folder, "copy.surge-after-loss")
+    assert v == CL.REPRODUCED and "copy-lm-spans" not in m.text and "15.0x later" in m.text, m
+
+
 @pytest.mark.parametrize(("onsets", "verdict", "says"), [
     ((1000, 2000, 3000, 9000), CL.REPRODUCED, "shallow to deep"),
     ((None, None, 3000, 3000), CL.PARTLY, "simultaneous"),
@@ -427,6 +453,13 @@ def test_copy_steps_not_tokens(folder):
                   [({"train.batch_size": b}, lm_summary(surge=4000, tokens_per_step=128 * b)) for b in (8, 16, 32)])
     v, m = judge(folder, "copy.steps-not-tokens")
     assert v == CL.REPRODUCED and "0.00 in steps" in m.text and ": steps" in m.text, m
+
+
+def test_copy_steps_not_tokens_per_token_when_no_exact_match_surged(folder):
+    make_lm_sweep(folder / "copy-batch-size", "copy-batch-size",
+                  [({"train.batch_size": b}, lm_summary(surge=None, token_surge=3000)) for b in (8, 16, 32)])
+    v, m = judge(folder, "copy.steps-not-tokens")
+    assert v == CL.REPRODUCED and "CV of the per-token copy surge" in m.text and "0.00 in steps" in m.text, m
 
 
 def test_copy_tokens_not_steps_and_a_censored_run(tmp_path):
@@ -451,6 +484,15 @@ def test_copy_learning_rate(folder, surges, verdict):
     v, m = judge(folder, "copy.learning-rate")
     assert v == verdict and f"lr 0.0015: step {surges[0]:,}" in m.text, m
     assert ("lr 0.006: no surge" in m.text) == (surges[2] is None)
+
+
+def test_copy_learning_rate_per_token_when_exact_match_mostly_never_surged(folder):
+    """One run of three has an exact-match surge (at a late 5,500): the comparison is per token."""
+    make_lm_sweep(folder / "copy-learning-rate", "copy-learning-rate",
+                  [({"optim.lr": lr}, lm_summary(surge=e, token_surge=s))
+                   for lr, e, s in zip((1.5e-3, 3e-3, 6e-3), (5500, None, None), (5000, 3500, 2000), strict=True)])
+    v, m = judge(folder, "copy.learning-rate")
+    assert v == CL.REPRODUCED and "median per-token copy surge" in m.text and "lr 0.0015: step 5,000" in m.text, m
 
 
 def test_copy_regularisation(folder):
@@ -478,3 +520,31 @@ def test_a_small_prime_that_climbs_to_98_percent_has_generalised(tmp_path):
     assert v == CL.NOT_REPRODUCED and "best test accuracy 98.0%" in m.text, m
     v, m = judge(climbs, "primes.p53-wd3")  # the same curve at weight decay 3 would count as partly grokking
     assert v == CL.NOT_RUN
+
+
+def test_the_large_prime_at_three_fractions(tmp_path):
+    """primes.p401-fractions: 30% from the primes experiment and 5%, 10% from its own; the two
+    smaller memorising only and the largest generalising at once reproduces it. A small fraction
+    that generalises at once makes it partly, and two fractions alone are not run."""
+    root = tmp_path / "runs"
+    make_sweep(root / "primes", [({"task.p": 401, "optim.weight_decay": 1.0}, {"grok": 550.0, "mem": 300.0, "epochs": 2000}),
+                                 ({"task.p": 53, "optim.weight_decay": 3.0}, {"grok": 6000.0, "epochs": 20000})], "primes")
+    make_sweep(root / "primes-401-fractions", [({"task.frac_train": 0.1}, {"grok": None, "epochs": 3000})],
+               "primes-401-fractions")
+    v, m = judge(root, "primes.p401-fractions")
+    assert v == CL.NOT_RUN and "fewer than three" in m.note, m
+
+    make_sweep(root / "primes-401-fractions", [({"task.frac_train": 0.1}, {"grok": None, "epochs": 3000}),
+                                               ({"task.frac_train": 0.05}, {"grok": None, "epochs": 3000})],
+               "primes-401-fractions")
+    v, m = judge(root, "primes.p401-fractions")
+    assert v == CL.REPRODUCED and m.value == 1.0 and m.text.startswith("3 of 3 runs"), m
+
+    quick = tmp_path / "quick"
+    make_sweep(quick / "primes", [({"task.p": 401, "optim.weight_decay": 1.0}, {"grok": 550.0, "mem": 300.0, "epochs": 2000})],
+               "primes")
+    make_sweep(quick / "primes-401-fractions", [({"task.frac_train": 0.1}, {"grok": None, "epochs": 3000}),
+                                                ({"task.frac_train": 0.05}, {"grok": 400.0, "mem": 300.0, "epochs": 3000})],
+               "primes-401-fractions")
+    v, m = judge(quick, "primes.p401-fractions")
+    assert v == CL.PARTLY and abs(m.value - 2 / 3) < 1e-9, m
