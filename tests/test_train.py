@@ -260,17 +260,21 @@ def _grok_cfg(*extra: str) -> C.RunConfig:
 
 
 def test_fast_step_follows_the_plain_loss_curve_as_closely_as_float32_allows():
-    # Training at lr 1e-2 is chaotic: float32 rounding differences grow ~10x every 5 steps. The
-    # fast step must depart from the plain one no faster than the plain one departs from itself
-    # when its initial weights move by one float32 rounding (1e-7 relative).
+    # Training at lr 1e-2 is chaotic: a 0.1% change of the learning rate moves the loss by 10% or
+    # more within 60 steps. The fast step reorders float32 sums, so it may depart from the plain one
+    # by amplified rounding: as far as the plain step departs from itself when its initial weights
+    # move by one float32 rounding (1e-7 relative), times 10, or by 1e-4. How far that nudge travels
+    # depends on the CPU's kernels (2e-6 relative by step 55 on one AVX-512 machine, above 1e-3 on
+    # another), hence the floor; a wrong term in the step departs like the lr change, 1e-2 and more.
     chaotic = ["optim.lr=1e-2", "task.frac_train=0.5"]  # the tiny grokking fixture's earlier config
     plain = _loss_curve(["train.fast=false", *chaotic], 60)
     fast = _loss_curve(["train.fast=true", *chaotic], 60)
     nudged = _loss_curve(["train.fast=false", *chaotic], 60, perturb=1e-7)
+    other_lr = _loss_curve(["train.fast=false", "optim.lr=1.001e-2", "task.frac_train=0.5"], 60)
     d_fast, d_nudged = np.abs(fast - plain) / plain, np.abs(nudged - plain) / plain
     assert d_fast[:3].max() < 1e-8  # before chaos has amplified anything: the same numbers
-    assert np.all(d_fast <= 10 * d_nudged + 1e-7), (d_fast, d_nudged)
-    assert d_nudged[-1] > 1e-3  # the comparison has teeth: the dynamics do amplify rounding
+    assert np.all(d_fast <= np.maximum(10 * np.maximum.accumulate(d_nudged), 1e-4)), (d_fast, d_nudged)
+    assert (np.abs(other_lr - plain) / plain).max() > 1e-2  # the comparison has teeth
 
 
 @pytest.mark.slow  # ~40-60 s: 3,000 plain epochs; the test below checks the same on a run 7x shorter
