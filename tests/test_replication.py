@@ -477,7 +477,8 @@ def test_copy_tokens_not_steps_and_a_censored_run(tmp_path):
 
 
 @pytest.mark.parametrize(("surges", "verdict"), [((6000, 4000, 2000), CL.REPRODUCED), ((2000, 4000, None), CL.NOT_REPRODUCED),
-                                                 ((6000, 4000, 5000), CL.PARTLY)])
+                                                 ((6000, 4000, 5000), CL.PARTLY),
+                                                 ((4800, 4200, 4000), CL.PARTLY)])  # 200 steps: within an evaluation
 def test_copy_learning_rate(folder, surges, verdict):
     make_lm_sweep(folder / "copy-learning-rate", "copy-learning-rate",
                   [({"optim.lr": lr}, lm_summary(surge=s)) for lr, s in zip((1.5e-3, 3e-3, 6e-3), surges, strict=True)])

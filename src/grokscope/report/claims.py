@@ -617,7 +617,8 @@ CLAIMS: list[Claim] = [
          "[Not quoted: the paper's finding in our words] A larger learning rate brings the copy surge earlier, "
          "and stronger.", "", ("copy-learning-rate",),
          surge_earlier("copy-learning-rate", "optim.lr"), ALL,
-         "Each learning rate against the next lower one: does its median copy surge come earlier? "
+         "Each learning rate against the next lower one: does its median copy surge come earlier by more "
+         "than an evaluation interval (train.eval_every)? "
          "(The surge is exact match's where at least half the runs' surged, else per token's: "
          "extractors.surge_kind.)",
          "copy-learning-rate/sweep.html"),
@@ -625,7 +626,8 @@ CLAIMS: list[Claim] = [
          "[Not quoted: the paper's finding in our words] Regularisation that enhances grokking (attention "
          "dropout, weight decay) accelerates the development of copying.", "", ("copy-regularization",),
          surge_earlier("copy-regularization", "model.attn_dropout,optim.weight_decay"), ALL,
-         "Each regularised setting against the one without: does its median copy surge come earlier? "
+         "Each regularised setting against the one without: does its median copy surge come earlier by more "
+         "than an evaluation interval (train.eval_every)? "
          "(The surge is exact match's where at least half the runs' surged, else per token's: "
          "extractors.surge_kind.)",
          "copy-regularization/sweep.html"),

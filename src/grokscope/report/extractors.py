@@ -1172,7 +1172,8 @@ def surge_earlier(exp: str, key_name: str) -> Callable[[Results], Measure]:
     """Claims 4 and 5: the share of settings whose median copy surge comes before the reference
     setting's. Learning rate: each rate against the next lower one. Regularisation: each setting
     against the one without (every swept value 0). Runs without a surge count as later than any.
-    The surge is the exact-match one, or the per-token one (`surge_kind`)."""
+    The surge is the exact-match one, or the per-token one (`surge_kind`). Earlier means by more
+    than the evaluation interval (train.eval_every): surges are only known to an evaluation."""
 
     def extract(res: Results) -> Measure:
         runs, why = lm_analysed(res, exp)
@@ -1194,7 +1195,8 @@ def surge_earlier(exp: str, key_name: str) -> Callable[[Results], Measure]:
             if base not in med:
                 return Measure(note=f"not run: no run without regularisation ({key_name} all 0)", runs=names(runs))
             pairs = [(base, k) for k in settings if k != base]
-        ok = [med[b] < med[a] for a, b in pairs if not (med[a] == INF and med[b] == INF)]
+        resolution = max((number(r.setting("train.eval_every")) or 0.0 for r in runs), default=0.0)
+        ok = [med[b] < med[a] - resolution for a, b in pairs if not (med[a] == INF and med[b] == INF)]
         def label(setting: tuple[float, ...]) -> str:
             return ", ".join(f"{k.split('.')[-1]} {v:g}" for k, v in zip(keys, setting, strict=True))
 
@@ -1202,7 +1204,8 @@ def surge_earlier(exp: str, key_name: str) -> Callable[[Results], Measure]:
         if not ok:
             return Measure(math.nan, f"no setting's copy accuracy surged ({text})", runs=names(runs))
         kind = "copy surge" if event == "copy_surge" else "per-token copy surge (exact match surged in fewer than half the runs)"
-        return Measure(sum(ok) / len(ok), f"median {kind} by setting: {text}", tuple(float(o) for o in ok),
-                       runs=names(runs))
+        return Measure(sum(ok) / len(ok), f"median {kind} by setting: {text}; earlier by more than "
+                       f"{resolution:,.0f} steps (an evaluation interval) in {sum(ok)} of {len(ok)} comparisons",
+                       tuple(float(o) for o in ok), runs=names(runs))
 
     return extract
