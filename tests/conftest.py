@@ -33,11 +33,11 @@ def need_extra(module: str, extra: str) -> None:
         pytest.skip(f"{module} is not installed (pip install 'grokscope[{extra}]'); CI installs it")
 
 
-def run_cli(*args: str, cwd: str | None = None) -> subprocess.CompletedProcess:
-    """Run the `grokscope` CLI in a subprocess, as a user would."""
+def run_cli(*args: str, cwd: str | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run the `grokscope` CLI in a subprocess, as a user would; `timeout` only guards against a hang."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.run([sys.executable, "-m", "grokscope.cli", *args], capture_output=True, text=True,
-                          cwd=cwd, env=env, timeout=600)
+                          cwd=cwd, env=env, timeout=timeout)
 
 
 def run_cli_here(*args: str, cwd: str | Path | None = None) -> subprocess.CompletedProcess:
