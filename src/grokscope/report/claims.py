@@ -612,7 +612,7 @@ CLAIMS: list[Claim] = [
          between(1.0, 1.0, (0.5, 0.5), "shallow to deep 1, simultaneous or mixed 0.5, deep to shallow 0"),
          "Per layer, the first evaluation at which its best head's induction score (the attention to the token "
          "after the previous occurrence) passes 0.1, five times chance; from copy-lm-deep (6 layers) where it ran.",
-         "copy-lm/report/index.html"),
+         "copy-lm-deep/report/index.html"),
         ("copy.learning-rate", "learning-rate experiment",
          "[Not quoted: the paper's finding in our words] A larger learning rate brings the copy surge earlier, "
          "and stronger.", "", ("copy-learning-rate",),
