@@ -1096,20 +1096,18 @@ def copy_after_loss(res: Results) -> Measure:
     if why:
         return why
     each = [surge_after_loss(r) for r in runs]
-    if len(runs) == 1:
-        ratio, exact, text = each[0]
-        if ratio is None:
-            return Measure(math.nan, prefix + text, runs=names(runs))
-        return Measure(ratio if exact else min(ratio, 1.99), prefix + text, (ratio,), runs=names(runs))
     ratios = [x for x, _, _ in each if x is not None]
-    detail = "; ".join(f"{describe(r)}: {text}" for r, (_, _, text) in zip(runs, each, strict=True))
+    if len(runs) == 1:
+        detail = each[0][2]
+    else:
+        detail = "; ".join(f"{describe(r)}: {text}" for r, (_, _, text) in zip(runs, each, strict=True))
     if not ratios:
-        return Measure(math.nan, f"{prefix}{len(runs)} runs. {detail}", runs=names(runs))
+        return Measure(math.nan, prefix + (detail if len(runs) == 1 else f"{len(runs)} runs. {detail}"),
+                       runs=names(runs))
     med = statistics.median(ratios)
     all_exact = all(x is not None and e for x, e, _ in each)
-    return Measure(med if all_exact else min(med, 1.99),
-                   f"{prefix}median {med:.1f}x over {len(ratios)} of {len(runs)} runs. {detail}", tuple(ratios),
-                   runs=names(runs))
+    head = "" if len(runs) == 1 else f"median {med:.1f}x over {len(ratios)} of {len(runs)} runs. "
+    return Measure(med if all_exact else min(med, 1.99), prefix + head + detail, tuple(ratios), runs=names(runs))
 
 
 ORDER_VALUE = {"shallow_to_deep": 1.0, "simultaneous": 0.5, "mixed": 0.5, "deep_to_shallow": 0.0}
