@@ -473,7 +473,18 @@ def test_copy_tokens_not_steps_and_a_censored_run(tmp_path):
     make_lm_sweep(root2 / "copy-batch-size", "copy-batch-size",
                   [({"train.batch_size": 8}, lm_summary(surge=None)), ({"train.batch_size": 16}, lm_summary(surge=4000))])
     v, m = judge(root2, "copy.steps-not-tokens")
-    assert v == CL.NOT_REPRODUCED and "undecided: 1 run(s) without a copy surge" in m.text, m
+    assert v == CL.NOT_REPRODUCED and "undecided: 1 run(s) without a per-token copy surge" in m.text, m
+
+
+def test_copy_steps_not_tokens_reads_per_token_unless_every_run_surged_exactly(folder):
+    # exact match surged in two of three runs (at equal tokens); per token in all three, at equal
+    # steps: the spread needs the event in every run, so per token decides
+    surges = {8: (8000, 3000), 16: (4000, 3000), 32: (None, 3000)}
+    make_lm_sweep(folder / "copy-batch-size", "copy-batch-size",
+                  [({"train.batch_size": b}, lm_summary(surge=e, token_surge=t, tokens_per_step=128 * b))
+                   for b, (e, t) in surges.items()])
+    v, m = judge(folder, "copy.steps-not-tokens")
+    assert v == CL.REPRODUCED and "CV of the per-token copy surge" in m.text and "0.00 in steps" in m.text, m
 
 
 @pytest.mark.parametrize(("surges", "verdict"), [((6000, 4000, 2000), CL.REPRODUCED), ((2000, 4000, None), CL.NOT_REPRODUCED),

@@ -1136,17 +1136,17 @@ def shallow_to_deep(res: Results) -> Measure:
 
 
 def steps_not_tokens(res: Results) -> Measure:
-    """Claim 2: across batch sizes, the spread (CV) of the mean copy surge (exact match, or per
-    token: `surge_kind`) in steps against in tokens (lm.analysis.surge_spread
-    over the runs' `claim2_events`): steps 1, neither 0.5, tokens 0; a run without a surge leaves
-    it undecided (NaN)."""
+    """Claim 2: across batch sizes, the spread (CV) of the mean copy surge in steps against in
+    tokens (lm.analysis.surge_spread over the runs' `claim2_events`): steps 1, neither 0.5,
+    tokens 0. The surge is exact match's where every run had one, else per token's: the spread
+    needs the event in every run, and a run without it leaves the row undecided (NaN)."""
     from grokscope.lm.analysis import surge_spread
 
     runs, why = lm_analysed(res, "copy-batch-size")
     if why:
         return why
     events = [r.summary.get("claim2_events") if isinstance(r.summary.get("claim2_events"), dict) else {} for r in runs]
-    key = "copy" if surge_kind(runs) == "copy_surge" else "copy_token"
+    key = "copy" if all(ev.get("copy") for ev in events) else "copy_token"
     points = []
     for r, ev in zip(runs, events, strict=True):
         b = (number(r.setting("train.batch_size")) or 0) * (number(r.setting("train.grad_accum")) or 1)
