@@ -487,6 +487,19 @@ def test_copy_steps_not_tokens_reads_per_token_unless_every_run_surged_exactly(f
     assert v == CL.REPRODUCED and "CV of the per-token copy surge" in m.text and "0.00 in steps" in m.text, m
 
 
+
+def test_copy_steps_not_tokens_falls_back_to_the_head_onset(folder):
+    # copying never surged in one run, but every run formed its head, at equal tokens
+    trials = []
+    for b in (8, 16, 32):
+        summary = lm_summary(surge=None, token_surge=None if b == 8 else 5000, tokens_per_step=128 * b)
+        summary["claim2_events"]["induction"] = {"step": 64000 // b, "tokens": 64000 * 128}
+        trials.append(({"train.batch_size": b}, summary))
+    make_lm_sweep(folder / "copy-batch-size", "copy-batch-size", trials)
+    v, m = judge(folder, "copy.steps-not-tokens")
+    assert v == CL.NOT_REPRODUCED and "CV of the induction head's onset (induction_max above 0.3)" in m.text \
+        and "never surged in 1 of 3 runs" in m.text and "0.00 in tokens" in m.text and "(8.2M tokens)" in m.text, m
+
 @pytest.mark.parametrize(("surges", "verdict"), [((6000, 4000, 2000), CL.REPRODUCED), ((2000, 4000, None), CL.NOT_REPRODUCED),
                                                  ((6000, 4000, 5000), CL.PARTLY),
                                                  ((4800, 4200, 4000), CL.PARTLY)])  # 200 steps: within an evaluation

@@ -604,8 +604,8 @@ CLAIMS: list[Claim] = [
          "updates, rather than after processing a specific quantity of tokens.",
          "", ("copy-batch-size",), steps_not_tokens, between(1.0, 1.0, (0.5, 0.5), "steps 1, neither 0.5, tokens 0"),
          "Across batch sizes, the coefficient of variation of the mean copy surge in steps against in tokens: "
-         "steps when it is at most half the tokens' (lm.analysis.surge_spread); exact match's surge where every "
-         "run's surged, else per token's.", "copy-batch-size/sweep.html"),
+         "steps when it is at most half the tokens' (lm.analysis.surge_spread). The event is the first that every "
+         "run had: exact match's surge, per token's, or else the induction head's onset (induction_max above 0.3).", "copy-batch-size/sweep.html"),
         ("copy.shallow-to-deep", "Abstract",
          "Induction heads, the attention heads responsible for copying, form from shallow to deep layers during "
          "training, mirroring the development of circuits in deeper layers during grokking.", "", ("copy-lm-deep", "copy-lm"), shallow_to_deep,
