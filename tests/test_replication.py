@@ -487,7 +487,6 @@ def test_copy_steps_not_tokens_reads_per_token_unless_every_run_surged_exactly(f
     assert v == CL.REPRODUCED and "CV of the per-token copy surge" in m.text and "0.00 in steps" in m.text, m
 
 
-
 def test_copy_steps_not_tokens_falls_back_to_the_head_onset(folder):
     # copying never surged in one run, but every run formed its head, at equal tokens
     trials = []
@@ -499,6 +498,7 @@ def test_copy_steps_not_tokens_falls_back_to_the_head_onset(folder):
     v, m = judge(folder, "copy.steps-not-tokens")
     assert v == CL.NOT_REPRODUCED and "CV of the induction head's onset (induction_max above 0.3)" in m.text \
         and "never surged in 1 of 3 runs" in m.text and "0.00 in tokens" in m.text and "(8.2M tokens)" in m.text, m
+
 
 @pytest.mark.parametrize(("surges", "verdict"), [((6000, 4000, 2000), CL.REPRODUCED), ((2000, 4000, None), CL.NOT_REPRODUCED),
                                                  ((6000, 4000, 5000), CL.PARTLY),

@@ -1097,16 +1097,13 @@ def copy_after_loss(res: Results) -> Measure:
         return why
     each = [surge_after_loss(r) for r in runs]
     ratios = [x for x, _, _ in each if x is not None]
-    if len(runs) == 1:
-        detail = each[0][2]
-    else:
-        detail = "; ".join(f"{describe(r)}: {text}" for r, (_, _, text) in zip(runs, each, strict=True))
+    one = len(runs) == 1  # one run's text needs no run label and no median
+    detail = each[0][2] if one else "; ".join(f"{describe(r)}: {t}" for r, (_, _, t) in zip(runs, each, strict=True))
     if not ratios:
-        return Measure(math.nan, prefix + (detail if len(runs) == 1 else f"{len(runs)} runs. {detail}"),
-                       runs=names(runs))
+        return Measure(math.nan, prefix + ("" if one else f"{len(runs)} runs. ") + detail, runs=names(runs))
     med = statistics.median(ratios)
     all_exact = all(x is not None and e for x, e, _ in each)
-    head = "" if len(runs) == 1 else f"median {med:.1f}x over {len(ratios)} of {len(runs)} runs. "
+    head = "" if one else f"median {med:.1f}x over {len(ratios)} of {len(runs)} runs. "
     return Measure(med if all_exact else min(med, 1.99), prefix + head + detail, tuple(ratios), runs=names(runs))
 
 
