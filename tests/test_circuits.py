@@ -25,6 +25,7 @@ def test_handbuilt_fourier_model_is_recovered_exactly(p, ks):
     assert out["neuron_fve"] == 1.0  # every neuron reads one frequency
     assert out["neuron_fve_mean"] > 0.95
     assert out["neuron_fve_weighted"] == pytest.approx(1.0)
+    assert 0.0 <= out["gini_neurons"] < 1.0
     assert {c["freq"] for c in out["clusters"]} == set(ks)
     # each cluster writes to the logits through its own frequency only
     assert all(c["wl_share"] == pytest.approx(1.0, abs=1e-9) for c in out["clusters"])
@@ -207,6 +208,18 @@ def test_gini_known_values():
     assert ci.gini(torch.full((N,), 0.4)) == pytest.approx(0.0, abs=1e-12)
     assert ci.gini(torch.tensor([0.0, 1.0, 0.0, 1.0])) == pytest.approx(0.5)
     assert ci.gini(torch.tensor([2.0, 0.0, 0.0, 0.0])) == pytest.approx(0.75)
+
+
+def test_neuron_gini_known_values():
+    # one neuron of four carries the logits: the others are silent (variance 0) or write a
+    # constant over the outputs, which the softmax ignores and the centring removes
+    var = torch.tensor([4.0, 0.0, 1.0, 1.0], dtype=torch.float64)
+    W_L = torch.tensor([[1.0, -1.0, 0.0], [3.0, -2.0, 1.0], [5.0, 5.0, 5.0], [-2.0, -2.0, -2.0]], dtype=torch.float64)
+    assert ci.neuron_gini(var, W_L) == pytest.approx(0.75)
+    # every neuron the same: 0; the Gini reads std x row norm, so a neuron with 4x the variance
+    # and half the row norm weighs the same
+    same = torch.tensor([[1.0, -1.0, 0.0]] * 3 + [[0.5, -0.5, 0.0]], dtype=torch.float64)
+    assert ci.neuron_gini(torch.tensor([1.0, 1.0, 1.0, 4.0], dtype=torch.float64), same) == pytest.approx(0.0, abs=1e-12)
 
 
 def test_wl_residual_of_a_known_map():

@@ -252,6 +252,18 @@ def test_l1_and_outcomes(folder):
     assert {r.setting("optim.l1"): outcome(r) for r in runs} == {1e-5: "grokked", 1e-4: "memorised only"}
 
 
+def test_l1_fourier_sparsity_against_weight_decay_with_each_runs_neuron_gini(folder):
+    make_sweep(folder / "l1", [({"optim.l1": 1e-5}, {"summary": mainline_summary(gini_W_E=0.3, gini_neurons=0.9)}),
+                               ({"optim.l1": 1e-4}, {"summary": mainline_summary(gini_W_E=0.5, gini_neurons=0.95)})], "l1")
+    assert judge(folder, "l1.not-fourier-sparse")[1].note.startswith("not run: no seeds or mainline")
+    make_run(folder / "mainline", summary=mainline_summary(gini_W_E=0.8, gini_neurons=0.4))
+    got, m = judge(folder, "l1.not-fourier-sparse")
+    assert m.value == pytest.approx(0.4 / 0.8)  # the median of 0.3 and 0.5 over the mainline's 0.8
+    assert got == CL.REPRODUCED
+    assert "l1 1e-05: Gini(W_E) 0.3, neurons 0.9" in m.text
+    assert "in the neuron basis with weight decay 1 0.4" in m.text
+
+
 def test_generalising_at_once_is_not_grokking(folder):
     make_sweep(folder / "data-fraction", [({"task.frac_train": f}, {"grok": g, "mem": 300.0})
                                           for f, g in [(0.3, 7450.0), (0.4, 1150.0), (0.6, 500.0), (0.9, 350.0)]],

@@ -27,11 +27,13 @@ What analysis writes (the report reads exactly this and computes nothing):
         mlp_ablations and skip_ablations [{name, loss, acc, test_loss, test_acc}] (Section 4.4,
         Table 6), key_rule_name, key_frequencies_wl, key_frequencies_neurons,
         wl_frequency_shares, neuron_fve_all_freqs(_mean), gini_W_E_rows, gini_W_L_rows, embed_frequencies,
+        gini_neurons (the Gini over MLP neurons of what each sends to the logits: sparsity in the
+        neuron basis, beside the Fourier basis's gini_W_E/gini_W_L),
         phases_test_loss and phase_rule_test_loss (the cleanup ended by test loss instead).
         With --llc: llc, llc_std, llc_r_hat, llc_drift (at the analysed checkpoint), llc_diverged
         [steps whose chains diverged], llc_settings {epsilon, gamma, nbeta (resolved), chains,
         burnin, draws, batches, seed, n, method}, timing_seconds.llc.
-        Attention-only runs: neuron_fve, mlp_fve, gini_W_L, wl_residual are null.
+        Attention-only runs: neuron_fve, mlp_fve, gini_W_L, gini_neurons, wl_residual are null.
     RUN/metrics.sqlite, table "progress": one row per checkpoint, columns
         step, epoch, train_loss, test_loss, train_acc, test_acc, restricted_loss,
         restricted_loss_train, restricted_loss_test, restricted_acc, excluded_loss,

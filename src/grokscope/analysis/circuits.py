@@ -143,6 +143,19 @@ def spectrum_gini(row_norms: Tensor, p: int) -> float:
     return gini(fr.freq_norms(row_norms, p))
 
 
+NEURON_GINI_BASIS = ("per MLP neuron: c_n = (std of its activation over all p^2 inputs) x (norm of its "
+                     "W_L row, centred over the outputs), what it sends to the logits (N = d_mlp)")
+
+
+def neuron_gini(var: Tensor, W_L: Tensor) -> float:
+    """Gini in the neuron basis (NEURON_GINI_BASIS): near 1 when a few neurons carry the logits.
+
+    The neuron-basis counterpart of the Fourier Ginis, for Appendix D.1's reading of the L1
+    penalty (sparse in neurons, not in frequencies). var [d_mlp]: each neuron's activation
+    variance; W_L [d_mlp, p]."""
+    return gini(var.clamp(min=0).sqrt() * centre_outputs(W_L).norm(dim=1))
+
+
 # ------------------------------------------------------------------------------- neurons
 def block_masks(p: int) -> Tensor:
     """[n_freqs, p] float: row i belongs to frequency k's block {const, cos k, sin k}."""
@@ -453,6 +466,7 @@ def reverse_engineer(model: Transformer, data: ModularData, ks: list[int] | None
         # the share of the neuron->logit weight (var * |W_L row|^2) on neurons explained by any
         # frequency: during cleanup many small leftover neurons are unexplained but carry little
         weight = var * centre_outputs(W_L).pow(2).sum(1)
+        out["gini_neurons"] = neuron_gini(var, W_L)
         out["neuron_fve_weighted"] = float(neuron_freq_shares(fve, weight).sum())
         comps = mlp.mlp_fve(post, W_L, F, ks, sign)
         vals = torch.tensor([c["fve"] for c in comps], dtype=torch.float64)
@@ -462,7 +476,7 @@ def reverse_engineer(model: Transformer, data: ModularData, ks: list[int] | None
         out["mlp_ablations"], out["skip_ablations"] = mlp_ablations(model, g, W_L, F, ks, freq, explained, data)
     else:
         for key in ("neuron_fve", "neurons_explained", "neuron_fve_mean", "neuron_fve_all_freqs",
-                    "neuron_fve_all_freqs_mean", "neuron_fve_weighted", "mlp_fve", "mlp_fve_std"):
+                    "neuron_fve_all_freqs_mean", "neuron_fve_weighted", "gini_neurons", "mlp_fve", "mlp_fve_std"):
             out[key] = None
         out["mlp_fve_components"] = out["mlp_ablations"] = out["skip_ablations"] = []
 

@@ -167,6 +167,7 @@ def analyze_run(run_dir: str | Path, step: int | None = None, per_checkpoint_key
         "gini_W_E_rows": final["gini_W_E_rows"],
         "embed_frequencies": final["embed_frequencies"],
         "gini_W_L_rows": final["gini_W_L_rows"],
+        "gini_neurons": final["gini_neurons"],
         "key_frequencies_source": "given" if keys is not None else f"found on step {step}",
         "per_checkpoint_keys": per_checkpoint_keys,
         "frequency_shares": final["frequency_shares"],

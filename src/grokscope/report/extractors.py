@@ -977,15 +977,21 @@ def p401_fractions(res: Results) -> Measure:
 
 
 def l1_fourier(res: Results) -> Measure:
-    """Gini(W_E) with L1 over Gini(W_E) with weight decay 1 (seeds, else the mainline)."""
-    l1 = [number(r.summary.get("gini_W_E")) for r in res.finished("l1")]
-    wd = [number(r.summary.get("gini_W_E")) for r in res.finished("seeds") or res.finished("mainline")]
-    l1, wd = [v for v in l1 if v is not None], [v for v in wd if v is not None]
+    """Gini(W_E) with L1 over Gini(W_E) with weight decay 1 (seeds, else the mainline), with each
+    L1 run's Fourier and neuron-basis Ginis beside it (Appendix D.1: sparse in neurons, not in
+    frequencies)."""
+    l1_runs, wd_runs = res.finished("l1"), res.finished("seeds") or res.finished("mainline")
+    l1 = [v for v in (number(r.summary.get("gini_W_E")) for r in l1_runs) if v is not None]
+    wd = [v for v in (number(r.summary.get("gini_W_E")) for r in wd_runs) if v is not None]
     if not l1 or not wd:
         return missing_runs(res, "l1") if not l1 else Measure(note="not run: no seeds or mainline run to compare with")
     ratio = (median(l1) or 0) / max(median(wd) or 0, 1e-9)
-    return Measure(ratio, f"Gini(W_E) with L1 {spread(l1)}, with weight decay 1 {spread(wd)}: ratio {ratio:.2f}",
-                   tuple(l1), runs=names(res.finished("l1")))
+    wd_neurons = [v for v in (number(r.summary.get("gini_neurons")) for r in wd_runs) if v is not None]
+    by_run = "; ".join(f"{describe(r)}: Gini(W_E) {fmt_num(number(r.summary.get('gini_W_E')))}, neurons "
+                       f"{fmt_num(number(r.summary.get('gini_neurons')))}" for r in l1_runs)
+    neurons = f"; in the neuron basis with weight decay 1 {spread(wd_neurons)}" if wd_neurons else ""
+    return Measure(ratio, f"Gini(W_E) with L1 {spread(l1)}, with weight decay 1 {spread(wd)}: ratio {ratio:.2f}"
+                   f"{neurons}. By run: {by_run}", tuple(l1), runs=names(l1_runs))
 
 
 def digits_learned_apart(res: Results) -> Measure:

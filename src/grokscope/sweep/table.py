@@ -35,7 +35,7 @@ LM_COLUMNS = ["tokens", "train_loss", "val_loss", "pcopy_acc", "pcopy_token_acc"
               "copy_token_acc", "copy_50", "rcopy_acc", "rcopy_token_acc", "icl_score", "induction_max"]
 LM_FIRST_50 = {"pcopy_50": "paper_copy_50", "copy_50": "copy_50"}  # column prefix: summary key
 SUMMARY_COLUMNS = ["test_loss", "test_acc", "gini_W_E", "gini_W_L", "key_frequencies", "logit_fve", "mlp_fve", "mlp_fve_std",
-                   "neuron_fve"]
+                   "neuron_fve", "gini_neurons"]
 
 
 def runs_in(folder: Path) -> list[Path]:
