@@ -538,7 +538,10 @@ CLAIMS: list[Claim] = [
           "dropout/runs.csv"),
     Claim("l1.no-grokking", "App. D.1", "While grokking did not occur with L1 regularization [...]", "",
           ("l1",), outcome_share("l1", ("grokked", "generalised at once"), "test accuracy above 99%"), NONE,
-          "The L1 coefficient is lost from the text; ours are the experiment's.", "l1/sweep.html"),
+          "The L1 coefficient is lost from the text, so the experiment sweeps it over seven decades (sum over "
+          "the weights; a mean-scaled coefficient is the same grid times 226,688). The penalty is coupled, as "
+          "the paper says, so it goes through Adam's per-weight normalisation: once the memorised model's loss "
+          "gradient is small, even a small lambda sets the update's direction.", "l1/sweep.html"),
     Claim("l1.not-fourier-sparse", "App. D.1",
           "L1 regularization encourages the network to become more sparse in the neuron basis and thus less sparse "
           "in the Fourier basis, preventing the network from learning the Fourier Multiplication Algorithm.", "",
