@@ -143,12 +143,9 @@ def spectrum_gini(row_norms: Tensor, p: int) -> float:
     return gini(fr.freq_norms(row_norms, p))
 
 
-NEURON_GINI_BASIS = ("per MLP neuron: c_n = (std of its activation over all p^2 inputs) x (norm of its "
-                     "W_L row, centred over the outputs), what it sends to the logits (N = d_mlp)")
-
-
 def neuron_gini(var: Tensor, W_L: Tensor) -> float:
-    """Gini in the neuron basis (NEURON_GINI_BASIS): near 1 when a few neurons carry the logits.
+    """Gini over the d_mlp neurons of c_n = std(activation) x |W_L row centred over the outputs|,
+    what each neuron sends to the logits: near 1 when a few neurons carry them.
 
     The neuron-basis counterpart of the Fourier Ginis, for Appendix D.1's reading of the L1
     penalty (sparse in neurons, not in frequencies). var [d_mlp]: each neuron's activation
