@@ -264,6 +264,31 @@ def test_failed_trial_says_why(tmp_path):
     assert info["status"] == "failed" and "corrupt" in info["error"] and "Traceback" in info["traceback"]
 
 
+def test_a_trial_that_fails_before_training_is_started_again_by_a_rerun(tmp_path, monkeypatch):
+    from grokscope import pipeline
+
+    def missing_corpus(*args, **kwargs):  # as the copy LM fails when a corpus is not installed
+        raise C.ConfigError("the default corpus needs Jane Austen's novels")
+
+    out = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        patch.setattr(pipeline, "train_run", missing_corpus)
+        with pytest.raises(C.ConfigError):
+            run_trial(C.resolve(TINY), out, threads=1)
+    assert Run(out).is_run() and Run(out).read_info()["status"] == "failed"
+    info = run_trial(C.resolve(TINY), out, threads=1)  # the sweep rerun, once the corpus is there
+    assert info["status"] == "completed" and info.get("error") is None
+
+
+def test_a_failing_trial_leaves_a_folder_that_is_not_a_run_as_it_was(tmp_path):
+    out = tmp_path / "notes"
+    out.mkdir()
+    (out / "mine.txt").write_text("keep")
+    with pytest.raises(Exception, match="not a grokscope run folder"):
+        run_trial(C.resolve(TINY), out, threads=1)
+    assert sorted(p.name for p in out.iterdir()) == ["mine.txt"]
+
+
 STAND_IN = """
 import json, pathlib, sys, time
 out, name = pathlib.Path(sys.argv[1]), sys.argv[2]

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from grokscope import config as C
-from grokscope.store import FolderLocked, Run
+from grokscope.store import RUN_FORMAT, FolderLocked, Run
 
 DONE = ("completed", "stopped_early")
 
@@ -35,6 +35,17 @@ def analysis_applies(cfg: C.RunConfig) -> bool:
 
 def needs_analysis(run: Run, cfg: C.RunConfig) -> bool:
     return analysis_applies(cfg) and run.read_summary() is None
+
+
+def record_outcome(run: Run, **fields: Any) -> None:
+    """Write why a trial stopped into its run.json, in a folder that is ours only: a run, or a
+    folder that is empty or absent, which is then marked as a run (a trial that failed before
+    training began, say on a missing corpus, must still be a run that a rerun of the sweep starts
+    again). A folder holding anything else is left as it was."""
+    if run.is_run():
+        run.update_info(**fields)
+    elif not run.entries():
+        run.update_info(format=RUN_FORMAT, **fields)
 
 
 def run_trial(cfg: C.RunConfig, out: Path, threads: int | None = None) -> dict[str, Any]:
@@ -60,9 +71,9 @@ def run_trial(cfg: C.RunConfig, out: Path, threads: int | None = None) -> dict[s
     except FolderLocked:
         raise  # another process is training it: its run.json is that process's to write
     except KeyboardInterrupt:
-        run.update_info(status="interrupted", error="interrupted (SIGINT/SIGTERM); rerun the sweep to resume")
+        record_outcome(run, status="interrupted", error="interrupted (SIGINT/SIGTERM); rerun the sweep to resume")
         raise
     except BaseException as err:
-        run.update_info(status="failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
+        record_outcome(run, status="failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
         raise
     return run.read_info()
