@@ -459,6 +459,20 @@ def test_induction_heads_shallow_to_deep(folder, onsets, verdict, says):
     assert v == CL.REPRODUCED and "copy-lm-deep" in m.text and "layer 5: step 6,000" in m.text
 
 
+def test_induction_heads_shallow_to_deep_over_seeds(folder):
+    make_lm_run(folder / "copy-lm-deep", "copy-lm-deep", [], lm_summary(onsets=(None, None, None, 4000, None, None)))
+    make_lm_sweep(folder / "copy-lm-deep-seeds", "copy-lm-deep-seeds",
+                  [({"seed": 1}, lm_summary(onsets=(None, 1000, 2000, 3000, None, None))),
+                   ({"seed": 2}, lm_summary(onsets=(None, None, 3000, 3000, None, None)))])
+    v, m = judge(folder, "copy.shallow-to-deep")  # median of 1 (shallow to deep) and 0.5 (simultaneous)
+    assert v == CL.PARTLY and "over 3 seeds" in m.text and "crossed in 2 of 3 runs" in m.text, m
+    assert "seed 0: layer 0: never" in m.text and "(fewer than two layers crossed)" in m.text, m
+    assert "seed 1: " in m.text and "(shallow to deep, Spearman 1.00)" in m.text and "(simultaneous)" in m.text, m
+    shutil.rmtree(folder / "copy-lm-deep-seeds" / "seed=1")
+    v, m = judge(folder, "copy.shallow-to-deep")
+    assert v == CL.PARTLY and "crossed in 1 of 2 runs" in m.text, m
+
+
 def test_copy_steps_not_tokens(folder):
     # the same surge step at every batch size: steps explain it, tokens do not
     make_lm_sweep(folder / "copy-batch-size", "copy-batch-size",

@@ -111,7 +111,7 @@ def test_every_named_experiment_plans(tmp_path):
         counts[name] = len(plan(name, None, None, tmp_path / name).trials)
     assert not any(tmp_path.iterdir())  # planning writes nothing
     expected = {"seeds": 5, "data-fraction": 18, "weight-decay": 5, "primes": 4, "digit-addition": 2,
-                "repeated-subsequence": 2, "skip-trigram": 9}
+                "repeated-subsequence": 2, "skip-trigram": 9, "copy-lm-deep-seeds": 2}
     for name, n in expected.items():
         assert counts[name] == n, (name, counts[name])
 

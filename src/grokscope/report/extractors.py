@@ -1116,26 +1116,45 @@ def copy_after_loss(res: Results) -> Measure:
 ORDER_VALUE = {"shallow_to_deep": 1.0, "simultaneous": 0.5, "mixed": 0.5, "deep_to_shallow": 0.0}
 
 
+def layer_onsets(r: RunView) -> tuple[str, str, str] | None:
+    """One run's claim 3 at 0.1: (each layer's first crossing, the order over depth as the summary
+    names it, the order in words), or None where the run's summary has no `claim3`."""
+    c3 = r.summary.get("claim3") if isinstance(r.summary.get("claim3"), dict) else {}
+    th = (c3.get("thresholds") or {}).get("0.1")
+    if not isinstance(th, dict):
+        return None
+    onsets = [f"layer {i}: " + ("never" if f is None else f"step {f['step']:,}") for i, f in enumerate(th.get("formed", []))]
+    order, rho = str(th.get("order", "")), th.get("spearman")
+    said = order.replace("_", " ") + (f", Spearman {rho:.2f}" if number(rho) is not None else "")
+    return "; ".join(onsets), order, said
+
+
 def shallow_to_deep(res: Results) -> Measure:
     """Claim 3: the order over depth in which layers' best induction scores first pass 0.1
-    (summary `claim3`), from the deep model (copy-lm-deep) where it ran, else copy-lm."""
+    (summary `claim3`), from the deep model where it ran (copy-lm-deep, with copy-lm-deep-seeds'
+    further seeds), else copy-lm. Over several runs, the median order over the runs in which two
+    or more layers crossed; undecided (NaN) where none did."""
     exp = "copy-lm-deep" if res.finished("copy-lm-deep") else "copy-lm"
     runs, why = lm_analysed(res, exp)
     if why:
         return why
-    r = runs[0]
-    c3 = r.summary.get("claim3") if isinstance(r.summary.get("claim3"), dict) else {}
-    th = (c3.get("thresholds") or {}).get("0.1")
-    if not isinstance(th, dict):
-        return no_key("`claim3`", runs)
-    onsets = [f"layer {i}: " + ("never" if f is None else f"step {f['step']:,}") for i, f in enumerate(th.get("formed", []))]
-    text = f"{exp}, first step with an induction score above 0.1: " + "; ".join(onsets)
-    order = th.get("order", "")
-    if order not in ORDER_VALUE:
-        return Measure(math.nan, f"{text} ({order})", runs=names(runs))
-    rho = th.get("spearman")
-    return Measure(ORDER_VALUE[order], f"{text}: {order.replace('_', ' ')}"
-                   + (f", Spearman {rho:.2f}" if number(rho) is not None else ""), runs=names(runs))
+    if exp == "copy-lm-deep":
+        runs += lm_analysed(res, "copy-lm-deep-seeds")[0]
+    read = [(r, layer_onsets(r)) for r in runs]
+    missing = [r for r, x in read if x is None]
+    if missing:
+        return no_key("`claim3`", missing)
+    each = [(r, *x) for r, x in read if x is not None]
+    orders = [ORDER_VALUE[order] for _, _, order, _ in each if order in ORDER_VALUE]
+    value = statistics.median(orders) if orders else math.nan
+    if len(each) == 1:
+        _, onsets, _, said = each[0]
+        return Measure(value, f"{exp}, first step with an induction score above 0.1: {onsets}"
+                       + (f": {said}" if orders else f" ({said})"), runs=names(runs))
+    head = (f"{exp} over {len(each)} seeds, first step with an induction score above 0.1; two or more layers "
+            f"crossed in {len(orders)} of {len(each)} runs. ")
+    text = "; ".join(f"seed {r.seed}: {onsets} ({said})" for r, onsets, _, said in each)
+    return Measure(value, head + text, tuple(orders), runs=names(runs))
 
 
 def steps_not_tokens(res: Results) -> Measure:
