@@ -466,8 +466,11 @@ def test_induction_heads_shallow_to_deep_over_seeds(folder):
                    ({"seed": 2}, lm_summary(onsets=(None, None, 3000, 3000, None, None)))])
     v, m = judge(folder, "copy.shallow-to-deep")  # median of 1 (shallow to deep) and 0.5 (simultaneous)
     assert v == CL.PARTLY and "over 3 seeds" in m.text and "crossed in 2 of 3 runs" in m.text, m
-    assert "seed 0: layer 0: never" in m.text and "(fewer than two layers crossed)" in m.text, m
-    assert "seed 1: " in m.text and "(shallow to deep, Spearman 1.00)" in m.text and "(simultaneous)" in m.text, m
+    assert "seed 0: layer 0: never" in m.text, m
+    assert "seed 1: " in m.text and "(shallow to deep, Spearman 1.00; above 0.3: layer 1 at step 1,000, layer 2 at " \
+        "step 2,000, layer 3 at step 3,000 (shallow to deep))" in m.text, m
+    assert "(simultaneous; above 0.3: layer 2 at step 3,000, layer 3 at step 3,000 (simultaneous))" in m.text, m
+    assert "(fewer than two layers crossed; above 0.3: layer 3 at step 4,000)" in m.text, m
     shutil.rmtree(folder / "copy-lm-deep-seeds" / "seed=1")
     v, m = judge(folder, "copy.shallow-to-deep")
     assert v == CL.PARTLY and "crossed in 1 of 2 runs" in m.text, m

@@ -1118,7 +1118,8 @@ ORDER_VALUE = {"shallow_to_deep": 1.0, "simultaneous": 0.5, "mixed": 0.5, "deep_
 
 def layer_onsets(r: RunView) -> tuple[str, str, str] | None:
     """One run's claim 3 at 0.1: (each layer's first crossing, the order over depth as the summary
-    names it, the order in words), or None where the run's summary has no `claim3`."""
+    names it, the order in words, with the layers that passed 0.3, a formed head, and their order),
+    or None where the run's summary has no `claim3`."""
     c3 = r.summary.get("claim3") if isinstance(r.summary.get("claim3"), dict) else {}
     th = (c3.get("thresholds") or {}).get("0.1")
     if not isinstance(th, dict):
@@ -1126,6 +1127,11 @@ def layer_onsets(r: RunView) -> tuple[str, str, str] | None:
     onsets = [f"layer {i}: " + ("never" if f is None else f"step {f['step']:,}") for i, f in enumerate(th.get("formed", []))]
     order, rho = str(th.get("order", "")), th.get("spearman")
     said = order.replace("_", " ") + (f", Spearman {rho:.2f}" if number(rho) is not None else "")
+    formed = (c3.get("thresholds") or {}).get("0.3")
+    hits = [(i, f["step"]) for i, f in enumerate(formed.get("formed", [])) if f] if isinstance(formed, dict) else []
+    if hits:
+        said += "; above 0.3: " + ", ".join(f"layer {i} at step {s:,}" for i, s in hits)
+        said += f" ({formed.get('order', '').replace('_', ' ')})" if len(hits) > 1 else ""
     return "; ".join(onsets), order, said
 
 
