@@ -370,16 +370,21 @@ def make_lm_run(path: Path, base: str, overrides: list[str], summary: dict[str, 
 
 
 def lm_summary(stable: int | None = 400, surge: int | None = 6000, token_surge: int | None = None,
-               tokens_per_step: int = 2048, onsets: tuple[int | None, ...] = (None, None, None, 9000)) -> dict[str, Any]:
-    """An LM summary whose claim keys are computed by lm/analysis.py from curves with known events."""
+               tokens_per_step: int = 2048, onsets: tuple[int | None, ...] = (None, None, None, 9000),
+               formed: tuple[int | None, ...] | None = None) -> dict[str, Any]:
+    """An LM summary whose claim keys are computed by lm/analysis.py from curves with known events:
+    each layer's induction score jumps past 0.1 and 0.3 at its onset, or, with `formed`, passes
+    0.1 at its onset and 0.3 at its step in `formed`."""
     import pandas as pd
 
     from grokscope.lm.analysis import claim3
 
     steps = list(range(0, 14001, 250))
     m = pd.DataFrame({"step": steps, "tokens": [s * tokens_per_step for s in steps]})
-    for layer, onset in enumerate(onsets):
-        m[f"induction_l{layer}"] = [0.5 if onset is not None and s >= onset else 0.02 for s in steps]
+    formed = onsets if formed is None else formed
+    for layer, (onset, full) in enumerate(zip(onsets, formed, strict=True)):
+        m[f"induction_l{layer}"] = [0.5 if full is not None and s >= full else 0.2 if onset is not None and s >= onset
+                                    else 0.02 for s in steps]
 
     def event(step: int | None, **extra: Any) -> dict[str, Any] | None:
         return None if step is None else {"step": step, "tokens": step * tokens_per_step, **extra}
@@ -464,8 +469,8 @@ def test_induction_heads_shallow_to_deep_over_seeds(folder):
     make_lm_sweep(folder / "copy-lm-deep-seeds", "copy-lm-deep-seeds",
                   [({"seed": 1}, lm_summary(onsets=(None, 1000, 2000, 3000, None, None))),
                    ({"seed": 2}, lm_summary(onsets=(None, None, 3000, 3000, None, None)))])
-    v, m = judge(folder, "copy.shallow-to-deep")  # median of 1 (shallow to deep) and 0.5 (simultaneous)
-    assert v == CL.PARTLY and "over 3 seeds" in m.text and "crossed in 2 of 3 runs" in m.text, m
+    v, m = judge(folder, "copy.shallow-to-deep")  # the mean of 0 (one layer), 1 (shallow to deep), 0.5 (simultaneous)
+    assert v == CL.PARTLY and "over 3 seeds" in m.text and "crossed in 2 of 3 runs; mean score 0.50" in m.text, m
     assert "seed 0: layer 0: never" in m.text, m
     assert "seed 1: " in m.text and "(shallow to deep, Spearman 1.00; above 0.3: layer 1 at step 1,000, layer 2 at " \
         "step 2,000, layer 3 at step 3,000 (shallow to deep))" in m.text, m
@@ -473,7 +478,20 @@ def test_induction_heads_shallow_to_deep_over_seeds(folder):
     assert "(fewer than two layers crossed; above 0.3: layer 3 at step 4,000)" in m.text, m
     shutil.rmtree(folder / "copy-lm-deep-seeds" / "seed=1")
     v, m = judge(folder, "copy.shallow-to-deep")
-    assert v == CL.PARTLY and "crossed in 1 of 2 runs" in m.text, m
+    assert v == CL.NOT_REPRODUCED and "crossed in 1 of 2 runs; mean score 0.25" in m.text, m
+
+
+def test_induction_heads_shallow_to_deep_reversed_among_formed_heads(folder):
+    # layer 2 passes 0.1 before layer 3, but layer 3's head forms (0.3) first: no clear order
+    make_lm_run(folder / "copy-lm-deep", "copy-lm-deep", [],
+                lm_summary(onsets=(None, None, 3000, 3250, None, None), formed=(None, None, 4500, 4000, None, None)))
+    v, m = judge(folder, "copy.shallow-to-deep")
+    assert v == CL.PARTLY and "shallow to deep; above 0.3: layer 2 at step 4,500, layer 3 at step 4,000 " \
+        "(deep to shallow)" in m.text, m
+    make_lm_run(folder / "copy-lm-deep", "copy-lm-deep", [],
+                lm_summary(onsets=(None, None, 3000, 3250, None, None), formed=(None, None, 4000, 4500, None, None)))
+    v, m = judge(folder, "copy.shallow-to-deep")
+    assert v == CL.REPRODUCED, m
 
 
 def test_copy_steps_not_tokens(folder):

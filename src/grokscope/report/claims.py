@@ -612,11 +612,11 @@ CLAIMS: list[Claim] = [
         ("copy.shallow-to-deep", "Abstract",
          "Induction heads, the attention heads responsible for copying, form from shallow to deep layers during "
          "training, mirroring the development of circuits in deeper layers during grokking.", "", ("copy-lm-deep", "copy-lm"), shallow_to_deep,
-         between(1.0, 1.0, (0.5, 1.0), "shallow to deep 1, simultaneous or mixed 0.5, deep to shallow 0; the "
-                 "median over the runs in which two or more layers crossed"),
+         between(1.0, 1.0, (0.5, 1.0), "per run: shallow to deep 1; simultaneous, mixed, or reversed among the "
+                 "layers that pass 0.3, 0.5; deep to shallow, or fewer than two layers, 0; the mean over runs"),
          "Per layer, the first evaluation at which its best head's induction score (the attention to the token "
-         "after the previous occurrence) passes 0.1, five times chance; from copy-lm-deep (6 layers) where it ran, "
-         "with copy-lm-deep-seeds' seeds 1 and 2.",
+         "after the previous occurrence) passes 0.1, five times chance, and 0.3, a formed head; from copy-lm-deep "
+         "(6 layers) where it ran, with copy-lm-deep-seeds' seeds 1 and 2.",
          "copy-lm-deep/report/index.html"),
         ("copy.learning-rate", "learning-rate experiment",
          "[Not quoted: the paper's finding in our words] A larger learning rate brings the copy surge earlier, "

@@ -1116,51 +1116,75 @@ def copy_after_loss(res: Results) -> Measure:
 ORDER_VALUE = {"shallow_to_deep": 1.0, "simultaneous": 0.5, "mixed": 0.5, "deep_to_shallow": 0.0}
 
 
-def layer_onsets(r: RunView) -> tuple[str, str, str] | None:
-    """One run's claim 3 at 0.1: (each layer's first crossing, the order over depth as the summary
-    names it, the order in words, with the layers that passed 0.3, a formed head, and their order),
-    or None where the run's summary has no `claim3`."""
+@dataclass(frozen=True)
+class LayerOrder:
+    """One run's claim 3: its layers' first crossings of 0.1 and of 0.3 (a formed head), the
+    orders over depth the summary names, and the run's score (`score`)."""
+    onsets: str  # "layer 0: never; layer 1: step 2,000; ..."
+    order: str  # at 0.1
+    rho: float | None
+    formed: list[tuple[int, int]]  # (layer, step) of the layers that passed 0.3
+    formed_order: str
+
+    @property
+    def score(self) -> float:
+        """Shallow to deep 1; simultaneous, mixed, or shallow to deep at 0.1 but reversed among
+        the layers that pass 0.3, 0.5; deep to shallow 0; one layer or none 0 (no order over depth
+        shows)."""
+        value = ORDER_VALUE.get(self.order, 0.0)
+        if value == 1.0 and self.formed_order == "deep_to_shallow":
+            return 0.5
+        return value
+
+    def said(self) -> str:
+        text = self.order.replace("_", " ") + (f", Spearman {self.rho:.2f}" if self.rho is not None else "")
+        if self.formed:
+            text += "; above 0.3: " + ", ".join(f"layer {i} at step {s:,}" for i, s in self.formed)
+            text += f" ({self.formed_order.replace('_', ' ')})" if len(self.formed) > 1 else ""
+        return text
+
+
+def layer_order_of(r: RunView) -> LayerOrder | None:
+    """A run's claim 3 from its summary, or None where the summary has no `claim3` at 0.1."""
     c3 = r.summary.get("claim3") if isinstance(r.summary.get("claim3"), dict) else {}
-    th = (c3.get("thresholds") or {}).get("0.1")
+    ths = c3.get("thresholds") or {}
+    th, formed = ths.get("0.1"), ths.get("0.3")
     if not isinstance(th, dict):
         return None
     onsets = [f"layer {i}: " + ("never" if f is None else f"step {f['step']:,}") for i, f in enumerate(th.get("formed", []))]
-    order, rho = str(th.get("order", "")), th.get("spearman")
-    said = order.replace("_", " ") + (f", Spearman {rho:.2f}" if number(rho) is not None else "")
-    formed = (c3.get("thresholds") or {}).get("0.3")
-    hits = [(i, f["step"]) for i, f in enumerate(formed.get("formed", [])) if f] if isinstance(formed, dict) else []
-    if hits:
-        said += "; above 0.3: " + ", ".join(f"layer {i} at step {s:,}" for i, s in hits)
-        said += f" ({formed.get('order', '').replace('_', ' ')})" if len(hits) > 1 else ""
-    return "; ".join(onsets), order, said
+    formed = formed if isinstance(formed, dict) else {}
+    return LayerOrder("; ".join(onsets), str(th.get("order", "")), number(th.get("spearman")),
+                      [(i, f["step"]) for i, f in enumerate(formed.get("formed", [])) if f],
+                      str(formed.get("order", "")))
 
 
 def shallow_to_deep(res: Results) -> Measure:
     """Claim 3: the order over depth in which layers' best induction scores first pass 0.1
-    (summary `claim3`), from the deep model where it ran (copy-lm-deep, with copy-lm-deep-seeds'
-    further seeds), else copy-lm. Over several runs, the median order over the runs in which two
-    or more layers crossed; undecided (NaN) where none did."""
+    (summary `claim3`), checked against the order of those that pass 0.3, from the deep model
+    where it ran (copy-lm-deep, with copy-lm-deep-seeds' further seeds), else copy-lm. The value
+    is the mean over runs of LayerOrder.score."""
     exp = "copy-lm-deep" if res.finished("copy-lm-deep") else "copy-lm"
     runs, why = lm_analysed(res, exp)
     if why:
         return why
     if exp == "copy-lm-deep":
         runs += lm_analysed(res, "copy-lm-deep-seeds")[0]
-    read = [(r, layer_onsets(r)) for r in runs]
+    read = [(r, layer_order_of(r)) for r in runs]
     missing = [r for r, x in read if x is None]
     if missing:
         return no_key("`claim3`", missing)
-    each = [(r, *x) for r, x in read if x is not None]
-    orders = [ORDER_VALUE[order] for _, _, order, _ in each if order in ORDER_VALUE]
-    value = statistics.median(orders) if orders else math.nan
+    each = [(r, x) for r, x in read if x is not None]
+    scores = [x.score for _, x in each]
+    value = statistics.mean(scores)
     if len(each) == 1:
-        _, onsets, _, said = each[0]
-        return Measure(value, f"{exp}, first step with an induction score above 0.1: {onsets}"
-                       + (f": {said}" if orders else f" ({said})"), runs=names(runs))
+        x = each[0][1]
+        return Measure(value, f"{exp}, first step with an induction score above 0.1: {x.onsets}"
+                       + (f": {x.said()}" if x.order in ORDER_VALUE else f" ({x.said()})"), runs=names(runs))
+    crossed = sum(x.order in ORDER_VALUE for _, x in each)
     head = (f"{exp} over {len(each)} seeds, first step with an induction score above 0.1; two or more layers "
-            f"crossed in {len(orders)} of {len(each)} runs. ")
-    text = "; ".join(f"seed {r.seed}: {onsets} ({said})" for r, onsets, _, said in each)
-    return Measure(value, head + text, tuple(orders), runs=names(runs))
+            f"crossed in {crossed} of {len(each)} runs; mean score {value:.2f}. ")
+    text = "; ".join(f"seed {r.seed}: {x.onsets} ({x.said()})" for r, x in each)
+    return Measure(value, head + text, tuple(scores), runs=names(runs))
 
 
 def steps_not_tokens(res: Results) -> Measure:
