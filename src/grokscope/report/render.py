@@ -149,11 +149,18 @@ def _mpl_axes(fig: Figure, ax) -> None:
     elif fig.kind == "hist":
         for s in fig.series:
             ax.hist(np.asarray(s.y, dtype=float)[np.isfinite(s.y)], bins=40, range=fig.x_range, label=s.name)
-    for x, label in fig.vlines:
-        ax.axvline(x, ls=":", color="#444", lw=1)
-        ax.annotate(label, (x, 1), xycoords=("data", "axes fraction"), ha="center", va="bottom", fontsize=8)
     if fig.x_range:
         ax.set_xlim(*fig.x_range)
+    lo, hi = ax.get_xlim()
+    placed: list[tuple[float, int]] = []
+    for x, label in sorted(fig.vlines):
+        ax.axvline(x, ls=":", color="#444", lw=1)
+        row = 0  # labels closer than ~8% of the axis would print over each other: stack them
+        while any(abs(x - px) < 0.08 * (hi - lo) and pr == row for px, pr in placed):
+            row += 1
+        placed.append((x, row))
+        ax.annotate(label, (x, 1), xycoords=("data", "axes fraction"), xytext=(0, 1 + 9 * row),
+                    textcoords="offset points", ha="center", va="bottom", fontsize=8)
     ys = [np.asarray(s.y, dtype=float) for s in fig.series if not s.hidden]
     positive = all(np.all(y[np.isfinite(y)] > 0) for y in ys) and any(np.isfinite(y).any() for y in ys)
     if fig.log_y and positive:
