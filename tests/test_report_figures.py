@@ -240,3 +240,22 @@ def test_progress_columns_no_figure_shows_get_their_own(tmp_path):
     other = figs["progress_other"]
     assert [s.name for s in other.series] == ["excluded_acc"]
     assert np.array_equal(other.series[0].y, d.progress["excluded_acc"].to_numpy())
+
+
+def test_close_vertical_line_labels_are_stacked_not_overprinted():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from grokscope.report.base import Figure, Series
+
+    x = np.arange(0, 8001, 100, dtype=float)
+    fig = Figure("layers", "t", "c", "lines", [Series("a", x, np.sin(x)), Series("b", x, np.cos(x))],
+                 vlines=[(4800.0, "layer 3"), (4350.0, "layer 4"), (1000.0, "layer 1")])
+    _, ax = plt.subplots()
+    render._mpl_axes(fig, ax)
+    offsets = {t.get_text(): t.xyann[1] for t in ax.texts}
+    plt.close("all")
+    assert offsets["layer 4"] == offsets["layer 1"]  # far apart: one row
+    assert offsets["layer 3"] > offsets["layer 4"]  # 450 steps apart on an 8,000-step axis: the next row up
