@@ -527,7 +527,8 @@ CLAIMS: list[Claim] = [
     Claim("dropout.groks", "App. D.1",
           "[Grokking] does occur for all three seeds using dropout with p = [lost] or [lost].", "3 of 3 seeds, both p",
           ("dropout",), grok_epochs_of("dropout"), ALL, "The dropout rates are lost from the text; ours are the "
-          "experiment's.", "dropout/sweep.html"),
+          "experiment's. Whether the budget is what keeps a run from grokking: docs/notes/appendix-experiments.md "
+          "(\"Dropout past 50,000 epochs\").", "dropout/sweep.html"),
     Claim("dropout.table5", "App. C.2.3, Table 5",
           "[Dropout:] Gini(W_E) 0.19-0.26, Gini(W_L) 0.45-0.56, logit FVE 71.3%-89.4%, MLP FVE 65.0%-88.9%, 5-9 key "
           "frequencies; the embedding and unembedding matrices of the models trained with dropout are not sparse "
