@@ -264,6 +264,13 @@ def test_failed_trial_says_why(tmp_path):
     assert info["status"] == "failed" and "corrupt" in info["error"] and "Traceback" in info["traceback"]
 
 
+def test_copy_lm_deep_seeds_is_copy_lm_deep_at_other_seeds():
+    deep, _ = experiments.load("copy-lm-deep")
+    seeds = [t.config for t in plan("copy-lm-deep-seeds", None, None, Path("unused")).trials]
+    assert [c.seed for c in seeds] == [1, 2]
+    assert all(c.model_copy(update={"seed": deep.seed, "name": deep.name}) == deep for c in seeds)  # all else equal
+
+
 def test_a_trial_that_fails_before_training_is_started_again_by_a_rerun(tmp_path, monkeypatch):
     from grokscope import pipeline
 

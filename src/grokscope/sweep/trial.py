@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from grokscope import config as C
-from grokscope.store import RUN_FORMAT, FolderLocked, Run
+from grokscope.store import FolderLocked, Run
 
 DONE = ("completed", "stopped_early")
 
@@ -42,10 +42,11 @@ def record_outcome(run: Run, **fields: Any) -> None:
     folder that is empty or absent, which is then marked as a run (a trial that failed before
     training began, say on a missing corpus, must still be a run that a rerun of the sweep starts
     again). A folder holding anything else is left as it was."""
-    if run.is_run():
-        run.update_info(**fields)
-    elif not run.entries():
-        run.update_info(format=RUN_FORMAT, **fields)
+    if not run.is_run():
+        if run.entries():
+            return
+        run.mark()
+    run.update_info(**fields)
 
 
 def run_trial(cfg: C.RunConfig, out: Path, threads: int | None = None) -> dict[str, Any]:
