@@ -523,6 +523,20 @@ def test_copy_tokens_not_steps_and_a_censored_run(tmp_path):
     assert v == CL.NOT_REPRODUCED and "undecided: 1 run(s) without a per-token copy surge" in m.text, m
 
 
+def test_copy_steps_not_tokens_reads_the_larger_batches_and_the_papers_range(folder):
+    # a critical batch size of 32: below it the surge keeps its tokens (16,000 steps at batch 8,
+    # 8,000 at 16), from it on its steps (4,000 at 32, 64 and 128). Over all five sizes neither
+    # explains it; over the paper's 32, 64 and 128 (the last two from copy-batch-size-large) steps do
+    small = {8: 16000, 16: 8000, 32: 4000}
+    make_lm_sweep(folder / "copy-batch-size", "copy-batch-size",
+                  [({"train.batch_size": b}, lm_summary(surge=e, tokens_per_step=128 * b)) for b, e in small.items()])
+    make_lm_sweep(folder / "copy-batch-size-large", "copy-batch-size-large",
+                  [({"train.batch_size": b}, lm_summary(surge=4000, tokens_per_step=128 * b)) for b in (64, 128)])
+    v, m = judge(folder, "copy.steps-not-tokens")
+    assert v == CL.PARTLY and ": neither" in m.text and "batch 128: 1/1 surged, mean step 4,000" in m.text, m
+    assert "among the paper's batch sizes that ran (32, 64, 128): 0.00 in steps, 0.53 in tokens: steps" in m.text, m
+
+
 def test_copy_steps_not_tokens_reads_per_token_unless_every_run_surged_exactly(folder):
     # exact match surged in two of three runs (at equal tokens); per token in all three, at equal
     # steps: the spread needs the event in every run, so per token decides

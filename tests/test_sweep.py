@@ -111,7 +111,8 @@ def test_every_named_experiment_plans(tmp_path):
         counts[name] = len(plan(name, None, None, tmp_path / name).trials)
     assert not any(tmp_path.iterdir())  # planning writes nothing
     expected = {"seeds": 5, "data-fraction": 18, "weight-decay": 5, "primes": 4, "digit-addition": 2,
-                "repeated-subsequence": 2, "skip-trigram": 9, "copy-lm-deep-seeds": 2}
+                "repeated-subsequence": 2, "skip-trigram": 9, "copy-lm-deep-seeds": 2,
+                "copy-batch-size-large": 6}
     for name, n in expected.items():
         assert counts[name] == n, (name, counts[name])
 
@@ -269,6 +270,18 @@ def test_copy_lm_deep_seeds_is_copy_lm_deep_at_other_seeds():
     seeds = [t.config for t in plan("copy-lm-deep-seeds", None, None, Path("unused")).trials]
     assert [c.seed for c in seeds] == [1, 2]
     assert all(c.model_copy(update={"seed": deep.seed, "name": deep.name}) == deep for c in seeds)  # all else equal
+
+
+def test_copy_batch_size_large_is_copy_batch_size_at_larger_batches():
+    small, _ = experiments.load("copy-batch-size")
+    large = [t.config for t in plan("copy-batch-size-large", None, None, Path("unused")).trials]
+    assert sorted({(c.train.batch_size, c.train.steps) for c in large}) == [(64, 4000), (128, 4000)]
+    assert sorted(c.seed for c in large) == [0, 0, 1, 1, 2, 2]
+    for c in large:  # all else equal
+        same = c.model_copy(update={"seed": small.seed, "name": small.name,
+                                    "train": c.train.model_copy(update={"batch_size": small.train.batch_size,
+                                                                        "steps": small.train.steps})})
+        assert same == small
 
 
 def test_a_trial_that_fails_before_training_is_started_again_by_a_rerun(tmp_path, monkeypatch):

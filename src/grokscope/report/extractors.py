@@ -1187,18 +1187,26 @@ def shallow_to_deep(res: Results) -> Measure:
     return Measure(value, head + text, tuple(scores), runs=names(runs))
 
 
+PAPER_BATCHES = (32, 64, 128)  # Lv et al.'s per-GPU batch sizes, in sequences
+
+
 def steps_not_tokens(res: Results) -> Measure:
     """Claim 2: across batch sizes, the spread (CV) of the mean copy surge in steps against in
     tokens (lm.analysis.surge_spread over the runs' `claim2_events`): steps 1, neither 0.5,
     tokens 0. The spread needs its event in every run, so the event is the first that every run
     had: exact match's surge, per token's, or else the induction head's onset (the circuit that
     copies; the 50-sample copy test can stay too noisy to surge by 0.1 after the head has
-    formed), said so. Where no event is in every run the row is undecided (NaN)."""
+    formed), said so. Where no event is in every run the row is undecided (NaN).
+
+    copy-batch-size-large's runs (batch 64 and 128), where they ran, join copy-batch-size's, and
+    the text gives the spread over the paper's own batch sizes (PAPER_BATCHES) beside the verdict,
+    which stays the one over every batch size."""
     from grokscope.lm.analysis import INDUCTION_FORMED, surge_spread
 
     runs, why = lm_analysed(res, "copy-batch-size")
     if why:
         return why
+    runs += lm_analysed(res, "copy-batch-size-large")[0]
     events = [r.summary.get("claim2_events") if isinstance(r.summary.get("claim2_events"), dict) else {} for r in runs]
     key = next((k for k in ("copy", "copy_token", "induction") if all(ev.get(k) for ev in events)), "copy_token")
     points = []
@@ -1221,8 +1229,14 @@ def steps_not_tokens(res: Results) -> Measure:
         return Measure(math.nan, f"undecided: {len(s['censored'])} run(s) without a {what} ({per})",
                        runs=names(runs))
     value = {"steps": 1.0, "neither": 0.5, "tokens": 0.0}[s["verdict"]]
+    paper = surge_spread([p for p in points if p["batch_size"] in PAPER_BATCHES])
+    among = ""
+    if len(paper["batch_sizes"]) >= 2 and paper["verdict"] is not None:
+        sizes = ", ".join(str(row["batch_size"]) for row in paper["batch_sizes"])
+        among = (f"; among the paper's batch sizes that ran ({sizes}): {paper['cv_steps']:.2f} in steps, "
+                 f"{paper['cv_tokens']:.2f} in tokens: {paper['verdict']}")
     return Measure(value, f"CV of the {what} across batch sizes: {s['cv_steps']:.2f} in steps, {s['cv_tokens']:.2f} in "
-                   f"tokens: {s['verdict']} ({per})", runs=names(runs))
+                   f"tokens: {s['verdict']}{among} ({per})", runs=names(runs))
 
 
 def surge_earlier(exp: str, key_name: str) -> Callable[[Results], Measure]:

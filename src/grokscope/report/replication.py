@@ -54,7 +54,8 @@ span.badge { display: inline-block; padding: 2px 8px; border-radius: 3px; margin
 TITLE = "Replication of Nanda et al. 2023 (and of Lv et al. 2024's copy LM), claim by claim"
 COPY_NOTE = ("The rows of Lv et al. 2024 (ids copy.*) read the copy-LM experiments, which `reproduce --all` does not "
              "run: run `grokscope reproduce copy-lm --out DIR/copy-lm` (and copy-lm-deep, copy-lm-deep-seeds, "
-             "copy-batch-size, copy-learning-rate, copy-regularization likewise) into the same folder.")
+             "copy-batch-size, copy-batch-size-large, copy-learning-rate, copy-regularization likewise) into the same "
+             "folder.")
 
 
 def section(claim: dict[str, Any]) -> str:
