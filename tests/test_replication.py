@@ -302,6 +302,20 @@ def test_settings_that_differ_from_the_papers_are_listed(folder):
     assert not any("weight_decay" in d for d in diffs)  # the mainline's decay is the paper's
 
 
+def test_a_trial_stopped_before_it_began_adds_no_setting_differences(folder):
+    # a sweep interrupted as it started a trial leaves a marked folder with run.json only: it has
+    # no config to differ from the paper's, and no seed to count
+    make_sweep(folder / "l1", [({"optim.l1": 1e-5, "seed": s}, {}) for s in (0, 1, 2)], "l1")
+    before = CL.setting_differences(Results(folder), ["l1"])
+    stub = Run(folder / "l1" / "optim.l1=0.0001__seed=0")
+    stub.path.mkdir()
+    stub.mark()
+    stub.update_info(status="interrupted")
+    after = CL.setting_differences(Results(folder), ["l1"])
+    assert not any("None (paper:" in d for d in after), after
+    assert after == before and not any("seed(s) per setting" in d for d in after), after
+
+
 def test_a_failing_extractor_is_a_not_run_row(folder):
     folder.mkdir()
 

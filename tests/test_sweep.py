@@ -410,6 +410,17 @@ def test_sweep_summary_by_hand(tmp_path):
     assert grok_figure(table, "task.n_train", tmp_path / "g.png", unit="step").stat().st_size > 1000
 
 
+def test_an_interrupted_trial_is_not_drawn_as_one_that_did_not_grok():
+    from grokscope.report.sweep import grok_outcomes
+
+    group = [{"status": "stopped_early", "grok_epoch": 2300.0, "epoch": 3300.0},
+             {"status": "completed", "grok_epoch": None, "epoch": 25000.0},
+             {"status": "interrupted", "grok_epoch": None, "epoch": 600.0},
+             {"status": "failed", "grok_epoch": float("nan"), "epoch": 50.0},
+             {"grok_epoch": None, "epoch": 900.0}]  # no status column: a table of finished runs
+    assert grok_outcomes(group, "grok_epoch", "epoch") == ([2300.0], [25000.0, 900.0], [600.0, 50.0])
+
+
 def test_runs_are_listed_in_numeric_order(tmp_path):
     names = ["task.frac_train=0.95__seed=0", "task.frac_train=0.9__seed=0", "task.frac_train=0.25__seed=10",
              "task.frac_train=0.25__seed=2"]

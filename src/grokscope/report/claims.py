@@ -194,7 +194,7 @@ def setting_differences(res: Results, exps: Sequence[str]) -> list[str]:
     the paper's."""
     out: list[str] = []
     for exp in exps:
-        runs = res.runs(exp)
+        runs = [r for r in res.runs(exp) if r.config]  # a trial stopped before it began has no config
         if not runs:
             continue
         why = departures(exp)

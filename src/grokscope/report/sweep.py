@@ -34,6 +34,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from grokscope.config import format_value  # noqa: E402
+from grokscope.report.results import FINISHED  # noqa: E402
 from grokscope.store import (  # noqa: E402
     StoreError,
     atomic_write_bytes,
@@ -102,6 +103,20 @@ def _order(values: list[Any]) -> list[Any]:
     return sorted(distinct, key=key)
 
 
+def grok_outcomes(group: list[dict[str, Any]], col: str, last: str) -> tuple[list[float], list[float], list[float]]:
+    """A setting's runs split for the grokking figure: the grokking epochs (or steps) of those that
+    grokked, and the last epoch of those that finished without grokking and of those that did not
+    finish (a run without a status counts as finished): an interrupted run has not failed to grok."""
+    def known(x: Any) -> bool:
+        return x is not None and not pd.isna(x)
+
+    hit = [float(r[col]) for r in group if known(r.get(col))]
+    ended = [r for r in group if not known(r.get(col)) and known(r.get(last))]
+    done = [r for r in ended if not known(r.get("status")) or r.get("status") in FINISHED]
+    open_ = [r for r in ended if known(r.get("status")) and r.get("status") not in FINISHED]
+    return hit, [float(r[last]) for r in done], [float(r[last]) for r in open_]
+
+
 def grok_figure(table: pd.DataFrame, key: str, path: Path, label_null: str = "null", unit: str = "epoch") -> Path:
     """Epoch (or step) of grokking (test acc > 99%) against one swept value; one point per run, mean as a line."""
     rows = table.to_dict("records")
@@ -110,21 +125,23 @@ def grok_figure(table: pd.DataFrame, key: str, path: Path, label_null: str = "nu
     fig, ax = plt.subplots(figsize=(7, 4.2))
     means_x, means_y = [], []
     labelled_miss = False
+    labelled_open = False
     for i, v in enumerate(xs):
-        group = [r for r in rows if format_value(r.get(key)) == format_value(v)]
-        hit = [r[col] for r in group if r.get(col) is not None and not pd.isna(r.get(col))]
-        miss = [r.get(last) for r in group if r.get(col) is None or pd.isna(r.get(col))]
+        hit, miss, unfinished = grok_outcomes([r for r in rows if format_value(r.get(key)) == format_value(v)], col, last)
         if hit:
             ax.scatter([i] * len(hit), hit, color="C0", zorder=3)
             means_x.append(i)
             means_y.append(sum(hit) / len(hit))
-        miss = [e for e in miss if e is not None and not pd.isna(e)]
         if miss:
             ax.scatter([i] * len(miss), miss, facecolors="none", edgecolors="C3", zorder=3,
                        label=None if labelled_miss else f"did not grok (plotted at its last {last})")
             labelled_miss = True
+        if unfinished:
+            ax.scatter([i] * len(unfinished), unfinished, marker="x", color="0.55", zorder=3,
+                       label=None if labelled_open else f"unfinished (interrupted, failed or running; its last {last})")
+            labelled_open = True
     if means_x:
-        ax.plot(means_x, means_y, color="C0", alpha=0.6, label="mean over seeds")
+        ax.plot(means_x, means_y, color="C0", alpha=0.6, label="mean over the runs that grokked")
     ax.set_xticks(range(len(xs)), [label_null if v is None else format_value(v) for v in xs])
     ax.set_xlabel(key)
     ax.set_ylabel(f"{unit} of grokking (test acc > 99%)")
