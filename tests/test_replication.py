@@ -264,6 +264,30 @@ def test_l1_fourier_sparsity_against_weight_decay_with_each_runs_neuron_gini(fol
     assert "in the neuron basis with weight decay 1 0.4" in m.text
 
 
+def test_dropout_table5_reads_the_runs_trained_longest_when_none_grokked(folder):
+    # neither experiment's runs pass 99%: Table 5 describes the paper's finished models, so the row
+    # reads the 150,000-epoch run (inside every range), not the 50,000-epoch ones (outside all)
+    short = mainline_summary(gini_W_E=0.14, gini_W_L=0.26, logit_fve=0.5, mlp_fve=0.6, key_frequencies=[1, 2, 3])
+    make_sweep(folder / "dropout", [({"optim.dropout": 0.1, "seed": s}, {"grok": None, "epochs": 500,
+                                                                          "summary": short}) for s in (0, 1)], "dropout")
+    got, m = judge(folder, "dropout.table5")
+    assert got == CL.NOT_REPRODUCED and "over the 2 run(s) trained longest (500 epochs)" in m.text, m
+    long = mainline_summary(gini_W_E=0.19, gini_W_L=0.41, logit_fve=0.7, mlp_fve=0.71, key_frequencies=[1, 8, 21, 24, 29])
+    make_sweep(folder / "dropout-long", [({"optim.dropout": 0.1, "seed": 0}, {"grok": None, "epochs": 1500,
+                                                                              "summary": long})], "dropout-long")
+    got, m = judge(folder, "dropout.table5")
+    assert got == CL.REPRODUCED and m.runs == ("dropout-long/optim.dropout=0.1__seed=0",), m
+    assert "over the 1 run(s) trained longest (1,500 epochs): 5 of 5 columns" in m.text, m
+    # a run that passed 99% is read before any longer one that did not
+    make_sweep(folder / "dropout", [({"optim.dropout": 0.2, "seed": 0}, {"grok": 450.0, "mem": 100.0, "epochs": 500,
+                                                                          "summary": short})], "dropout")
+    got, m = judge(folder, "dropout.table5")
+    assert got == CL.NOT_REPRODUCED and m.runs == ("dropout/optim.dropout=0.2__seed=0",), m
+    groks, g = judge(folder, "dropout.groks")  # every run of both experiments counts towards the share
+    assert groks == CL.PARTLY and g.text.startswith("grokking epoch") and "0 of 3 runs" not in g.text
+    assert "within 1500 epochs" in g.text and len(g.runs) == 4, g
+
+
 def test_generalising_at_once_is_not_grokking(folder):
     make_sweep(folder / "data-fraction", [({"task.frac_train": f}, {"grok": g, "mem": 300.0})
                                           for f, g in [(0.3, 7450.0), (0.4, 1150.0), (0.6, 500.0), (0.9, 350.0)]],

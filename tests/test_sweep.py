@@ -112,7 +112,7 @@ def test_every_named_experiment_plans(tmp_path):
     assert not any(tmp_path.iterdir())  # planning writes nothing
     expected = {"seeds": 5, "data-fraction": 18, "weight-decay": 5, "primes": 4, "digit-addition": 2,
                 "repeated-subsequence": 2, "skip-trigram": 9, "copy-lm-deep-seeds": 2,
-                "copy-batch-size-large": 6}
+                "copy-batch-size-large": 6, "dropout": 9, "dropout-long": 3}
     for name, n in expected.items():
         assert counts[name] == n, (name, counts[name])
 
@@ -282,6 +282,16 @@ def test_copy_batch_size_large_is_copy_batch_size_at_larger_batches():
                                     "train": c.train.model_copy(update={"batch_size": small.train.batch_size,
                                                                         "steps": small.train.steps})})
         assert same == small
+
+
+def test_dropout_long_is_dropout_at_p_0_1_for_longer():
+    short = {t.config.name: t.config for t in plan("dropout", None, None, Path("unused")).trials}
+    long = [t.config for t in plan("dropout-long", None, None, Path("unused")).trials]
+    assert sorted((c.optim.dropout, c.seed, c.train.epochs) for c in long) == [(0.1, s, 150000) for s in (0, 1, 2)]
+    for c in long:  # all else equal to the same trial of `dropout`
+        same = short[c.name]
+        assert c.model_copy(update={"train": c.train.model_copy(update={"epochs": same.train.epochs,
+                                                                        "checkpoint_every": same.train.checkpoint_every})}) == same
 
 
 def test_a_trial_that_fails_before_training_is_started_again_by_a_rerun(tmp_path, monkeypatch):
