@@ -288,6 +288,22 @@ def test_dropout_table5_reads_the_runs_trained_longest_when_none_grokked(folder)
     assert "within 1500 epochs" in g.text and len(g.runs) == 4, g
 
 
+def test_dropout_groks_says_where_the_key_frequencies_alone_generalise(folder):
+    # the full model stays at 5% test accuracy; its key frequencies alone pass 99% at epoch 600
+    progress = [{"step": e, "epoch": float(e), "test_acc": 0.05, "restricted_acc_test": min(1.0, e / 600)}
+                for e in range(0, 1001, 100)]
+    make_sweep(folder / "dropout", [({"optim.dropout": 0.1, "seed": 0}, {"grok": None, "epochs": 1000,
+                                                                          "progress": progress})], "dropout")
+    got, m = judge(folder, "dropout.groks")
+    assert got == CL.NOT_REPRODUCED, m
+    assert ("memorised only (within 1000 epochs; test accuracy 5.0% at the end); the key frequencies alone: 99% test "
+            "accuracy from epoch 600, 100.0% at the end") in m.text, m
+    never = [dict(row, restricted_acc_test=0.5) for row in progress]
+    make_sweep(folder / "dropout", [({"optim.dropout": 0.1, "seed": 0}, {"grok": None, "epochs": 1000,
+                                                                          "progress": never})], "dropout")
+    assert "the key frequencies alone: 50.0% test accuracy at the end" in judge(folder, "dropout.groks")[1].text
+
+
 def test_generalising_at_once_is_not_grokking(folder):
     make_sweep(folder / "data-fraction", [({"task.frac_train": f}, {"grok": g, "mem": 300.0})
                                           for f, g in [(0.3, 7450.0), (0.4, 1150.0), (0.6, 500.0), (0.9, 350.0)]],

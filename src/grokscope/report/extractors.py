@@ -279,14 +279,32 @@ def first_of(exps: str | Sequence[str]) -> str:
     return exps if isinstance(exps, str) else exps[0]
 
 
-def grok_epochs_of(exps: str | Sequence[str]) -> Callable[[Results], Measure]:
-    """Test accuracy above 99%: the share of runs that grokked, with their epochs."""
+def circuit_text(r: RunView) -> str:
+    """Where the key frequencies alone (the restricted model: every other frequency ablated from
+    the logits) pass 99% test accuracy, for a run whose full model did not."""
+    pr = r.progress
+    if "restricted_acc_test" not in pr:
+        return ""
+    e = first_epoch(pr, "restricted_acc_test", lambda c: c >= 0.99)
+    if e is None:
+        return ""
+    at_end = fmt_num(last(pr, "restricted_acc_test"), "pct")
+    return (f"; the key frequencies alone: 99% test accuracy from epoch {fmt_num(e, 'epoch')}, {at_end} at the end"
+            if not math.isnan(e) else f"; the key frequencies alone: {at_end} test accuracy at the end")
+
+
+def grok_epochs_of(exps: str | Sequence[str], circuit: bool = False) -> Callable[[Results], Measure]:
+    """Test accuracy above 99%: the share of runs that grokked, with their epochs. With `circuit`,
+    each run that did not also says how far its key frequencies alone got (circuit_text)."""
+
+    def label(r: RunView) -> str:
+        return grok_text(r) + (circuit_text(r) if circuit and outcome(r) != "grokked" else "")
 
     def extract(res: Results) -> Measure:
         runs = finished_of(res, exps)
         if not runs:
             return missing_runs(res, first_of(exps))
-        m = share(runs, lambda r: outcome(r) == "grokked", grok_text)
+        m = share(runs, lambda r: outcome(r) == "grokked", label)
         epochs = [r.grok_epoch if r.grok_epoch is not None else math.nan for r in runs]
         return Measure(m.value, f"grokking epoch {spread(epochs, 'epoch')}. {m.text}", m.values, runs=m.runs)
 
