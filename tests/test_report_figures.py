@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from safetensors.numpy import save_file
@@ -85,6 +87,18 @@ def test_progress_figures_are_the_progress_columns(fake):
                               p[f"excluded_loss_k{k}"].to_numpy())
     wn = figs["weight_norm"]  # the cheap metric (every eval), not the per-checkpoint copy
     assert np.array_equal(wn.series[0].y, fake.metrics["weight_norm"].to_numpy())
+
+
+def test_a_restricted_loss_of_zero_is_left_out_of_the_ratio_and_said(fake, recwarn):
+    # a long run whose key frequencies fit the data past float precision stores restricted loss 0
+    p = fake.progress.copy()
+    p.loc[p.index[-3:], "restricted_loss"] = 0.0
+    fig = F.test_over_restricted(dataclasses.replace(fake, progress=p))
+    y = fig.series[0].y
+    assert np.isnan(y[-3:]).all() and np.isfinite(y[:-3]).all()
+    assert np.allclose(y[:-3], p["test_loss"].to_numpy()[:-3] / p["restricted_loss"].to_numpy()[:-3])
+    assert "Left out: 3 checkpoint(s) whose restricted loss rounds to 0" in fig.caption
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
 
 
 def test_phases_from_summary_are_shaded_on_every_curve(fake):

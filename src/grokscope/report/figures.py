@@ -210,10 +210,16 @@ def test_over_restricted(d: RunData) -> Figure | Missing:
     if not has(p, "test_loss", "restricted_loss"):
         return Missing("test_over_restricted", title, f"the progress table has no restricted loss yet; {ANALYZE_HINT}",
                        section="Progress measures")
-    ratio = floats(p, "test_loss") / floats(p, "restricted_loss")  # a quotient of two stored columns, drawn as is
+    restricted = floats(p, "restricted_loss")
+    # a restricted loss that rounds to exactly 0 (every key-frequency logit margin past float precision)
+    # has no finite ratio: those checkpoints are left out and counted in the caption
+    zero = restricted == 0
+    ratio = floats(p, "test_loss") / np.where(zero, np.nan, restricted)
+    gaps = (f" Left out: {int(zero.sum())} checkpoint(s) whose restricted loss rounds to 0 (no finite ratio)."
+            if zero.any() else "")
     return Figure("test_over_restricted", title, "Ratio of test loss to restricted loss: it grows while the "
                   "circuit forms but memorisation still dominates the test loss, and falls in cleanup (Nanda et al. "
-                  "Fig. 7).", "lines",
+                  "Fig. 7)." + gaps, "lines",
                   [Series("test loss / restricted loss", _x(p), ratio)], x_label=_x_label(p), y_label="ratio",
                   log_y=True, phases=d.phases, section="Progress measures")
 
