@@ -170,6 +170,21 @@ def test_resume_rejects_config_changes_other_than_length(tmp_path):
     assert res.returncode == 2 and "only be lengthened" in res.stderr
 
 
+def test_resume_may_space_later_checkpoints_differently_and_the_numbers_do_not_change(tmp_path):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    pipeline.train_run(_cfg("train.epochs=200", "optim.dropout=0.1"), straight, progress=False)
+    pipeline.train_run(_cfg("train.epochs=100", "optim.dropout=0.1"), resumed, progress=False)
+    res = run_cli_here("train", "--resume", str(resumed), "--set", "train.epochs=200",
+                       "--set", "train.checkpoint_every=100", "-q")
+    assert res.returncode == 0, res.stderr
+    run = Run(resumed)
+    assert run.checkpoint_steps() == [0, 50, 100, 200] and Run(straight).checkpoint_steps() == [0, 50, 100, 150, 200]
+    assert pipeline.load_run_config(run).train.checkpoint_every == 100
+    _, a = run.load_checkpoint(200)
+    _, b = Run(straight).load_checkpoint(200)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # dropout masks included
+
+
 def _args(*overrides: str) -> list[str]:
     return [a for x in [*TINY, *overrides] for a in ("--set", x)]
 

@@ -539,10 +539,15 @@ class Run:
 
 
 # ---------------------------------------------------------------------------------- readers
+RESUME_MAY_CHANGE = ("train.epochs", "train.steps", "train.checkpoint_every")
+
+
 def read_run_config(run: Run, extend: list[str] | None = None) -> C.RunConfig:
     """A run's own config.yaml, validated: the one reader that resume, analysis, model loading and
     the CLI share. `extend` (`--set` items on resume) may only lengthen the run (train.epochs /
-    train.steps), or restate a value it already has.
+    train.steps), space its later checkpoints differently (train.checkpoint_every: a run taken to
+    several times its length need not keep its first cadence; the training does not depend on
+    it), or restate a value it already has.
 
     A folder that is no run, or a config.yaml that is damaged or is a mapping the config model cannot
     take, is a one-line StoreError; a config that fails validation, or an `extend` that would change
@@ -554,8 +559,9 @@ def read_run_config(run: Run, extend: list[str] | None = None) -> C.RunConfig:
         for item in extend or []:
             key = item.split("=", 1)[0].strip()
             # the command that started the run, repeated with --resume, may restate its own settings
-            if key not in ("train.epochs", "train.steps") and C.resolve(raw, [item]) != before:
-                raise C.ConfigError(f"--set {key}: a resumed run keeps its config; only train.epochs or train.steps may change")
+            if key not in RESUME_MAY_CHANGE and C.resolve(raw, [item]) != before:
+                raise C.ConfigError(f"--set {key}: a resumed run keeps its config; only train.epochs, train.steps "
+                                    "or train.checkpoint_every may change")
         after = C.resolve(raw, extend)
     except (C.ConfigError, StoreError):  # already one line naming the problem
         raise

@@ -92,21 +92,22 @@ def record_config(run: Run, cfg: C.RunConfig, resume: bool, total: int, model, *
 
 
 def record_length(run: Run, cfg: C.RunConfig, total: int, model, **info: Any) -> None:
-    """On resume: refuse a length below the steps already trained; record a longer one in
-    config.yaml and run.json (`info`: more run.json fields), but only once the checkpoint has
-    been seen to load and only if training will go on, so that a resume that fails changes nothing."""
+    """On resume: refuse a length below the steps already trained; record a longer one (and a
+    new checkpoint cadence) in config.yaml and run.json (`info`: more run.json fields), but only
+    once the checkpoint has been seen to load and only if training will go on, so that a resume
+    that fails changes nothing."""
     reached = max(run.checkpoint_steps(), default=0)
     if total < reached:
         raise C.ConfigError(f"a resumed run can only be lengthened: it has reached step {reached}, and the new "
                             f"length is {total} steps")
     saved = read_run_config(run)
-    if (cfg.train.epochs, cfg.train.steps) == (saved.train.epochs, saved.train.steps):
+    changed = {k: getattr(cfg.train, k) for k in ("epochs", "steps", "checkpoint_every")}
+    if changed == {k: getattr(saved.train, k) for k in changed}:
         return
     if run.read_info().get("status") == "stopped_early":
         return  # it will not train on: its config stays as it ran
     if reached:
         run.load_into(model)  # a checkpoint that cannot resume fails here, before anything is written
-    longer = saved.model_copy(update={"train": saved.train.model_copy(update={"epochs": cfg.train.epochs,
-                                                                                 "steps": cfg.train.steps})})
+    longer = saved.model_copy(update={"train": saved.train.model_copy(update=changed)})
     run.write_config(C.to_yaml(longer))
     run.update_info(total_steps=total, **info)
