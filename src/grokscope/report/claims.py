@@ -531,9 +531,10 @@ CLAIMS: list[Claim] = [
           "The dropout rates are lost from the text; ours are the experiment's (0.1-0.3). The budget is tested by "
           "dropout-long: p 0.1 run to 150,000 epochs, three times the paper's code's length (its runs are the "
           "ones \"within 150000 epochs\"); docs/notes/appendix-experiments.md (\"Dropout past 50,000 epochs\"). "
-          "\"The key frequencies alone\" is the restricted model's test accuracy (§5.1): where it is 99% and "
-          "the full model's is not, the circuit has formed and what is missing is cleanup, the removal of the "
-          "memorising components that weight decay does and dropout, here, does not.",
+          "A seed run by both counts once, at its longer run. \"The key frequencies alone\" is the restricted "
+          "model's test accuracy (§5.1): where it is 99% and the full model's is not, the circuit has formed and "
+          "what is missing is cleanup, the removal of the memorising components, which weight decay does in a "
+          "few thousand epochs and which without it happens only as the circuit slowly outgrows them.",
           "dropout/sweep.html"),
     Claim("dropout.table5", "App. C.2.3, Table 5",
           "[Dropout:] Gini(W_E) 0.19-0.26, Gini(W_L) 0.45-0.56, logit FVE 71.3%-89.4%, MLP FVE 65.0%-88.9%, 5-9 key "

@@ -293,15 +293,34 @@ def circuit_text(r: RunView) -> str:
             if not math.isnan(e) else f"; the key frequencies alone: {at_end} test accuracy at the end")
 
 
+def trained_longest(runs: Sequence[RunView]) -> list[RunView]:
+    """The runs whose last evaluation came latest (ties kept): the furthest a budget took them."""
+    ends = [last(r.metrics, "epoch") for r in runs]
+    known = [e for e in ends if e is not None and not math.isnan(e)]
+    return [r for r, e in zip(runs, ends, strict=True) if e == max(known)] if known else list(runs)
+
+
+def longest_per_setting(runs: Sequence[RunView]) -> list[RunView]:
+    """One run per setting (a trial's name: its swept values and seed): where two experiments ran
+    the same one at two budgets, the one trained longest."""
+    best: dict[str, RunView] = {}
+    for r in runs:
+        key = r.name
+        if key not in best or trained_longest([best[key], r]) == [r]:
+            best[key] = r
+    return list(best.values())
+
+
 def grok_epochs_of(exps: str | Sequence[str], circuit: bool = False) -> Callable[[Results], Measure]:
-    """Test accuracy above 99%: the share of runs that grokked, with their epochs. With `circuit`,
-    each run that did not also says how far its key frequencies alone got (circuit_text)."""
+    """Test accuracy above 99%: the share of runs that grokked, with their epochs; a setting run by
+    several of `exps` counts once, at its longest run. With `circuit`, each run that did not grok
+    also says how far its key frequencies alone got (circuit_text)."""
 
     def label(r: RunView) -> str:
         return grok_text(r) + (circuit_text(r) if circuit and outcome(r) != "grokked" else "")
 
     def extract(res: Results) -> Measure:
-        runs = finished_of(res, exps)
+        runs = longest_per_setting(finished_of(res, exps))
         if not runs:
             return missing_runs(res, first_of(exps))
         m = share(runs, lambda r: outcome(r) == "grokked", label)
@@ -395,13 +414,6 @@ def finite_groks(exp: str, **where: Any) -> Callable[[Results], Measure]:
 
 TABLE5_COLUMNS = (("gini_W_E", ("gini_W_E",), "Gini(W_E)"), ("gini_W_L", ("gini_W_L",), "Gini(W_L)"),
                   ("logit_fve", ("logit_fve",), "logit FVE"), ("mlp_fve", ("mlp_fve",), "MLP FVE"))
-
-
-def trained_longest(runs: Sequence[RunView]) -> list[RunView]:
-    """The runs whose last evaluation came latest (ties kept): the furthest a budget took them."""
-    ends = [last(r.metrics, "epoch") for r in runs]
-    known = [e for e in ends if e is not None and not math.isnan(e)]
-    return [r for r, e in zip(runs, ends, strict=True) if e == max(known)] if known else list(runs)
 
 
 def table5(exps: str | Sequence[str], paper: dict[str, tuple[float, float]], slack: float = 0.05,
