@@ -805,7 +805,7 @@ def slingshot_share(exps: Sequence[str], want: bool, grokked_only: bool) -> Call
     """The share of runs with (want=True) or without slingshots."""
 
     def extract(res: Results) -> Measure:
-        done = [r for e in exps for r in res.finished(e)]
+        done = finished_of(res, exps)
         runs = [r for r in done if not grokked_only or r.grok_epoch is not None]
         if not done:
             return missing_runs(res, exps[0])
@@ -991,7 +991,7 @@ def fourier_everywhere(res: Results) -> Measure:
     """The share of generalising modular runs trained with weight decay whose logits are explained
     by their key frequencies (at least one key frequency and logit FVE >= 0.6)."""
     exps = ("mainline", "seeds", "data-fraction", "weight-decay", "primes", "two-layer")
-    runs = [r for e in exps for r in res.finished(e)
+    runs = [r for r in finished_of(res, exps)
             if r.grok_epoch is not None and (number(r.setting("optim.weight_decay")) or 0) > 0 and r.summary]
     if not runs:
         return Measure(note="not run: no generalising modular run trained with weight decay and analysed")
