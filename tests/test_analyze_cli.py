@@ -48,6 +48,20 @@ def test_analyze_step_and_given_keys(run_copy):
     assert s["step"] == 1000 and s["key_frequencies"] == [2, 3]
 
 
+def test_mlp_ablations_at_the_end_of_cleanup_are_that_checkpoints(run_copy):
+    """The summary's end-of-cleanup ablations are what analysing that checkpoint (same keys) gives."""
+    full = json.loads(grokscope("analyze", str(run_copy), "--json", "--threads", "1").stdout)
+    cleanup, at = full["phases"]["cleanup"], full["mlp_ablations_cleanup_end"]
+    assert cleanup is not None, "the grokked fixture run has a cleanup phase"
+    assert at["epoch"] == cleanup[1] and at["step"] != full["step"]
+    keys = ",".join(map(str, full["key_frequencies"]))
+    there = json.loads(grokscope("analyze", str(run_copy), "--json", "--threads", "1", "--step", str(at["step"]),
+                                 "--keys", keys).stdout)
+    assert there["step"] == at["step"] and at["rows"] == there["mlp_ablations"]
+    assert [r["name"] for r in at["rows"]] == [r["name"] for r in full["mlp_ablations"]]
+    assert at["rows"] != full["mlp_ablations"]
+
+
 def test_missing_run_and_missing_step_exit_2(tmp_path, run_copy):
     res = grokscope("analyze", str(tmp_path / "nope"))
     assert res.returncode == 2 and "does not exist" in res.stderr and len(res.stderr.strip().splitlines()) == 1

@@ -179,6 +179,23 @@ def test_a_mainline_like_the_papers_reproduces(folder):
         assert got == CL.NOT_RUN and "not measured" in m.note and key in m.note, (cid, m)
 
 
+def test_mlp_ablations_are_judged_at_the_final_checkpoint_and_shown_at_the_end_of_cleanup(folder):
+    def rows(poly: float, proj: float) -> list[dict[str, Any]]:
+        return [{"name": "none", "loss": 1e-7, "acc": 1.0},
+                {"name": "explained neurons -> degree-2 polynomial of their frequency", "loss": poly, "acc": 1.0},
+                {"name": "activations projected onto the W_L key directions", "loss": proj, "acc": 1.0},
+                {"name": "activations projected onto their null space", "loss": 5.0, "acc": 0.03}]
+    make_run(folder / "mainline", summary=mainline_summary(
+        mlp_ablations=rows(3.5e-7, 1.2e-7),
+        mlp_ablations_cleanup_end={"step": 10000, "epoch": 10000.0, "rows": rows(1.0e-7, 1.5e-7)}))
+    got, m = judge(folder, "mainline.ablate-neuron-polynomial")
+    assert got == CL.PARTLY and m.value == pytest.approx(3.5)  # the final checkpoint decides
+    assert m.text.endswith("at the end of cleanup (not judged): 1 at epoch 10,000")
+    got, m = judge(folder, "mainline.project-key-directions")
+    assert got == CL.PARTLY and m.value == pytest.approx(1.2)
+    assert m.text.endswith("at the end of cleanup (not judged): 1.5 at epoch 10,000")
+
+
 def test_a_mainline_that_does_the_opposite_is_not_reproduced(folder):
     bad = mainline_summary(key_frequencies=[], neuron_fve=0.02, logit_fve=0.1, mlp_fve=None,
                            phases={"memorization": [0, 15000], "circuit_formation": None, "cleanup": None})

@@ -123,6 +123,7 @@ def analyze_run(run_dir: str | Path, step: int | None = None, per_checkpoint_key
     phases, rule, evidence = ph.locate_phases(rows)
     phases_tl, rule_tl, _ = ph.locate_phases(rows, rule="test_loss")
     at = next(r for r in rows if r["step"] == step)
+    cleanup_end = _ablations_at_cleanup_end(run, model, data, ks, phases, per_epoch, step, final)
 
     summary: dict[str, Any] = {
         "run": str(run.path),
@@ -158,6 +159,7 @@ def analyze_run(run_dir: str | Path, step: int | None = None, per_checkpoint_key
         "mlp_fve_std": final["mlp_fve_std"],
         "mlp_fve_components": final["mlp_fve_components"],
         "mlp_ablations": final["mlp_ablations"],
+        "mlp_ablations_cleanup_end": cleanup_end,
         "skip_ablations": final["skip_ablations"],
         "key_rule": final["key_rule"],
         "key_rule_name": final["key_rule_name"],
@@ -197,6 +199,28 @@ def analyze_run(run_dir: str | Path, step: int | None = None, per_checkpoint_key
         atomic_write(run.analysis_dir / LLC_TRACES, lambda tmp: save_file(llc_traces, tmp))
     run.write_summary(summary)
     return summary
+
+
+def _ablations_at_cleanup_end(run: Run, model: torch.nn.Module, data: ci.ModularData, ks: list[int],
+                              phases: dict, per_epoch: int, step: int, final: dict) -> dict[str, Any] | None:
+    """Section 4.4's MLP ablations at the checkpoint that ends cleanup, with the same key frequencies.
+
+    A run trained long past cleanup sits at its loss floor, where these loss ratios keep drifting
+    (the mainline's polynomial replacement: 1.0x at the end of cleanup, 3.45x 4,700 epochs later;
+    docs/notes/mainline-ablations.md), so the summary gives both. None without a cleanup phase.
+    """
+    cleanup = phases.get("cleanup")
+    if not cleanup:
+        return None
+    end = round(cleanup[1] * per_epoch)
+    if end not in run.checkpoint_steps():
+        return None
+    if end == step:
+        rows = final["mlp_ablations"]
+    else:
+        run.load_into(model, end)
+        rows = ci.reverse_engineer(model, data, ks=ks)[0]["mlp_ablations"]
+    return {"step": end, "epoch": end / per_epoch, "rows": rows}
 
 
 def _llc(run: Run, steps: list[int], per_epoch: int | None, s: lc.Settings, threads: int | None,

@@ -237,21 +237,35 @@ def ablation_ratio(exp: str, table: str, pattern: str, what: str, exclude: str |
         runs = res.finished(exp)
         if not runs:
             return missing_runs(res, exp)
-        vals, parts = [], []
-        for r in runs:
-            row, base = row_named(r.summary, table, pattern, exclude), row_named(r.summary, table, r"^none$")
+
+        def measured(r: RunView, summary: dict[str, Any]) -> tuple[float, float, float | None] | None:
+            """(ablated loss, reference loss, ablated accuracy) from summary's `table`."""
+            row, base = row_named(summary, table, pattern, exclude), row_named(summary, table, r"^none$")
             loss = number((row or {}).get("loss"))
             ref = chance_loss(r) if against_chance else number((base or {}).get("loss"))
-            if loss is None or not ref:
+            if row is None or loss is None or not ref:
+                return None
+            return loss, ref, number(row.get("acc"))
+
+        vals, parts, at_end = [], [], []
+        for r in runs:
+            m = measured(r, r.summary)
+            if m is None:
                 continue
+            loss, ref, acc = m
             vals.append(loss / ref)
-            acc = number(row.get("acc")) if row else None
             parts.append(f"loss {fmt_num(loss)} vs {'chance ' if against_chance else ''}{fmt_num(ref)}"
                          + (f", accuracy {fmt_num(acc, 'pct')}" if acc is not None else ""))
+            end = r.summary.get(f"{table}_cleanup_end")
+            if isinstance(end, dict) and end.get("step") != r.summary.get("step"):
+                e = measured(r, {table: end.get("rows")})
+                if e is not None:
+                    at_end.append(f"{fmt_num(e[0] / e[1])} at epoch {number(end.get('epoch')) or 0:,.0f}")
         if not vals:
             return no_key(wanted or f"a `{table}` row matching /{pattern}/", runs)
         ratio = "loss / chance loss (ln p)" if against_chance else "loss ratio (ablated / as is)"
-        return Measure(median(vals), f"{what}: {ratio} {spread(vals)}; {'; '.join(parts)}", tuple(vals),
+        cleanup = f"; at the end of cleanup (not judged): {', '.join(at_end)}" if at_end else ""
+        return Measure(median(vals), f"{what}: {ratio} {spread(vals)}; {'; '.join(parts)}{cleanup}", tuple(vals),
                        runs=names(runs))
 
     return extract
