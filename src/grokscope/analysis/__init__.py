@@ -26,7 +26,8 @@ What analysis writes (the report reads exactly this and computes nothing):
         mlp_fve, mlp_fve_std, mlp_fve_components [{freq, kind, fve}] (Section 4.2, Table 5),
         mlp_ablations and skip_ablations [{name, loss, acc, test_loss, test_acc}] (Section 4.4,
         Table 6), mlp_ablations_cleanup_end {step, epoch, rows} (the same ablations at the
-        checkpoint that ends cleanup; null without a cleanup phase), key_rule_name, key_frequencies_wl, key_frequencies_neurons,
+        checkpoint that ends cleanup; null without a cleanup phase), key_rule_name,
+        key_frequencies_wl, key_frequencies_neurons,
         wl_frequency_shares, neuron_fve_all_freqs(_mean), gini_W_E_rows, gini_W_L_rows, embed_frequencies,
         gini_neurons (the Gini over MLP neurons of what each sends to the logits: sparsity in the
         neuron basis, beside the Fourier basis's gini_W_E/gini_W_L),

@@ -206,7 +206,7 @@ def _ablations_at_cleanup_end(run: Run, model: torch.nn.Module, data: ci.Modular
     """Section 4.4's MLP ablations at the checkpoint that ends cleanup, with the same key frequencies.
 
     A run trained long past cleanup sits at its loss floor, where these loss ratios keep drifting
-    (the mainline's polynomial replacement: 1.0x at the end of cleanup, 3.45x 4,700 epochs later;
+    (the mainline's polynomial replacement: 1.06x at the end of cleanup, 3.45x 4,700 epochs later;
     docs/notes/mainline-ablations.md), so the summary gives both. None without a cleanup phase.
     """
     cleanup = phases.get("cleanup")
