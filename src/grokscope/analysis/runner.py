@@ -123,7 +123,7 @@ def analyze_run(run_dir: str | Path, step: int | None = None, per_checkpoint_key
     phases, rule, evidence = ph.locate_phases(rows)
     phases_tl, rule_tl, _ = ph.locate_phases(rows, rule="test_loss")
     at = next(r for r in rows if r["step"] == step)
-    cleanup_end = _ablations_at_cleanup_end(run, model, data, ks, phases, per_epoch, step, final)
+    cleanup_end = _ablations_at_cleanup_end(run, model, data, ks, phases, per_epoch, step, steps, final)
 
     summary: dict[str, Any] = {
         "run": str(run.path),
@@ -202,7 +202,8 @@ def analyze_run(run_dir: str | Path, step: int | None = None, per_checkpoint_key
 
 
 def _ablations_at_cleanup_end(run: Run, model: torch.nn.Module, data: ci.ModularData, ks: list[int],
-                              phases: dict, per_epoch: int, step: int, final: dict) -> dict[str, Any] | None:
+                              phases: dict, per_epoch: int, step: int, steps: list[int],
+                              final: dict) -> dict[str, Any] | None:
     """Section 4.4's MLP ablations at the checkpoint that ends cleanup, with the same key frequencies.
 
     A run trained long past cleanup sits at its loss floor, where these loss ratios keep drifting
@@ -213,7 +214,7 @@ def _ablations_at_cleanup_end(run: Run, model: torch.nn.Module, data: ci.Modular
     if not cleanup:
         return None
     end = round(cleanup[1] * per_epoch)
-    if end not in run.checkpoint_steps():
+    if end not in steps:
         return None
     if end == step:
         rows = final["mlp_ablations"]
